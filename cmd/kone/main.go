@@ -1,0 +1,33 @@
+// Command kone is a Kubernetes distribution in one binary. Called as kubectl (through a link),
+// it is kubectl; otherwise its subcommands run a server or manage one.
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/pflag"
+
+	"github.com/kone-dev/kone/pkg/cli"
+)
+
+func main() {
+	// component-base registers its own --version on pflag's global flag set at init, and cobra
+	// merges that set into every root command; kone's --version is cobra's.
+	pflag.CommandLine = pflag.NewFlagSet(os.Args[0], pflag.ExitOnError)
+	var err error
+	switch filepath.Base(os.Args[0]) {
+	case "kubectl":
+		err = cli.Kubectl(os.Args[1:])
+	default:
+		err = cli.New().Execute()
+	}
+	if err != nil {
+		msg, code := cli.AsExit(err)
+		if msg != "" {
+			fmt.Fprintln(os.Stderr, msg)
+		}
+		os.Exit(code)
+	}
+}

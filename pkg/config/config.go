@@ -1,0 +1,289 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/kone-dev/kone/pkg/token"
+)
+
+// Defaults users know from k3s, under kone's name.
+const (
+	DefaultConfigFile = "/etc/kone/config.yaml"
+	DefaultDataDir    = "/var/lib/kone"
+	DefaultKubeconfig = "/etc/kone/kone.yaml"
+	envPrefix         = "KONE_"
+)
+
+// Config is the whole of one kone process's settings. It is filled once by Load and then only read.
+type Config struct {
+	ConfigFile string
+	DataDir    string
+	Debug      bool
+
+	BindAddress      net.IP
+	AdvertiseAddress net.IP
+	HTTPSPort        int
+	TLSSANs          []string
+
+	ClusterCIDR   *net.IPNet
+	ServiceCIDR   *net.IPNet
+	ClusterDNS    net.IP
+	ClusterDomain string
+
+	Token string
+
+	WriteKubeconfig     string
+	WriteKubeconfigMode uint32
+
+	EtcdClientPort int
+	EtcdPeerPort   int
+
+	APIServerArgs         []string
+	ControllerManagerArgs []string
+	SchedulerArgs         []string
+	EtcdArgs              []string
+
+	DisableAgent bool
+}
+
+// BindServerFlags registers every `kone server` setting on fs, with its default, bound into c.
+func BindServerFlags(fs *pflag.FlagSet, c *Config) {
+	_, clusterCIDR, _ := net.ParseCIDR("10.42.0.0/16")
+	_, serviceCIDR, _ := net.ParseCIDR("10.43.0.0/16")
+	c.ClusterCIDR, c.ServiceCIDR = clusterCIDR, serviceCIDR
+	c.ClusterDNS = net.ParseIP("10.43.0.10")
+	c.BindAddress = net.IPv4zero
+	c.HTTPSPort, c.EtcdClientPort, c.EtcdPeerPort = 6443, 2379, 2380
+	c.WriteKubeconfigMode = 0o600
+
+	fs.StringVarP(&c.ConfigFile, "config", "c", DefaultConfigFile, "config file; keys are flag names, lists for repeatable flags; drop-ins in <config>.d/*.yaml")
+	fs.StringVarP(&c.DataDir, "data-dir", "d", DefaultDataDir, "directory that holds kone's state")
+	fs.BoolVar(&c.Debug, "debug", false, "log at debug level, including the components' own output")
+	fs.Var(ipValue{&c.BindAddress}, "bind-address", "address kube-apiserver listens on")
+	fs.Var(ipValue{&c.AdvertiseAddress}, "advertise-address", "address kube-apiserver advertises to the cluster (default: the address of the default route)")
+	fs.Var(portValue{&c.HTTPSPort}, "https-listen-port", "port kube-apiserver serves on")
+	fs.StringSliceVar(&c.TLSSANs, "tls-san", nil, "extra host name or IP for the apiserver's serving certificate (repeatable)")
+	fs.Var(cidrValue{&c.ClusterCIDR}, "cluster-cidr", "network pod IPs are allocated from")
+	fs.Var(cidrValue{&c.ServiceCIDR}, "service-cidr", "network Service cluster IPs are allocated from")
+	fs.Var(ipValue{&c.ClusterDNS}, "cluster-dns", "cluster IP of the DNS Service, inside --service-cidr")
+	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "DNS domain of the cluster")
+	fs.StringVarP(&c.Token, "token", "t", "", "join token or the secret to build it from (default: generated on first start)")
+	fs.StringVarP(&c.WriteKubeconfig, "write-kubeconfig", "o", DefaultKubeconfig, "where to write the admin kubeconfig")
+	fs.Var(modeValue{&c.WriteKubeconfigMode}, "write-kubeconfig-mode", "file mode of the admin kubeconfig, in octal")
+	fs.Var(portValue{&c.EtcdClientPort}, "etcd-client-port", "port embedded etcd serves clients on (loopback)")
+	fs.Var(portValue{&c.EtcdPeerPort}, "etcd-peer-port", "port embedded etcd serves peers on (loopback)")
+	fs.Var(&argsValue{p: &c.APIServerArgs}, "kube-apiserver-arg", "extra kube-apiserver flag as key=value (repeatable)")
+	fs.Var(&argsValue{p: &c.ControllerManagerArgs}, "kube-controller-manager-arg", "extra kube-controller-manager flag as key=value (repeatable)")
+	fs.Var(&argsValue{p: &c.SchedulerArgs}, "kube-scheduler-arg", "extra kube-scheduler flag as key=value (repeatable)")
+	fs.Var(&argsValue{p: &c.EtcdArgs}, "etcd-arg", "extra etcd setting as key=value, keys as in etcd's config file (repeatable)")
+	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
+}
+
+// Load applies the config file, its drop-ins and the environment to the flags in fs that were
+// not given on the command line, then checks the result as a whole. lookupEnv is os.LookupEnv
+// outside tests.
+func Load(fs *pflag.FlagSet, c *Config, lookupEnv func(string) (string, bool)) error {
+	onCommandLine := map[string]bool{}
+	fs.Visit(func(f *pflag.Flag) { onCommandLine[f.Name] = true })
+
+	explicit := onCommandLine["config"]
+	if v, ok := lookupEnv(envName("config")); ok && !explicit {
+		c.ConfigFile, explicit = v, true
+	}
+	files, err := configFiles(c.ConfigFile, explicit)
+	if err != nil {
+		return err
+	}
+	for _, file := range files {
+		if err := applyFile(fs, file, onCommandLine); err != nil {
+			return err
+		}
+	}
+	if err := applyEnv(fs, lookupEnv, onCommandLine); err != nil {
+		return err
+	}
+	return c.validate()
+}
+
+// configFiles lists the main file (when it exists or was asked for) and then its drop-ins in name order.
+func configFiles(main string, explicit bool) ([]string, error) {
+	var files []string
+	switch _, err := os.Stat(main); {
+	case err == nil:
+		files = append(files, main)
+	case errors.Is(err, os.ErrNotExist) && !explicit:
+	default:
+		return nil, fmt.Errorf("config file %s: %w; create it or point --config at an existing file", main, err)
+	}
+	dropins, err := filepath.Glob(filepath.Join(main+".d", "*.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("config drop-ins %s.d: %w", main, err)
+	}
+	sort.Strings(dropins)
+	return append(files, dropins...), nil
+}
+
+func applyFile(fs *pflag.FlagSet, file string, onCommandLine map[string]bool) error {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fmt.Errorf("config file %s: %w", file, err)
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("config file %s: not valid YAML: %w", file, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil // an empty file sets nothing
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return fmt.Errorf("config file %s: expected a mapping of flag names to values, such as \"cluster-cidr: 10.42.0.0/16\"", file)
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		key, val := root.Content[i], root.Content[i+1]
+		where := fmt.Sprintf("config file %s: line %d: key %q", file, key.Line, key.Value)
+		f := fs.Lookup(key.Value)
+		if f == nil || key.Value == "config" {
+			return fmt.Errorf("%s: unknown key; keys are the flag names of `kone server --help` without the leading --", where)
+		}
+		values, err := scalars(val, isList(f))
+		if err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		if onCommandLine[f.Name] {
+			continue
+		}
+		if err := setFlag(f, values); err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+	}
+	return nil
+}
+
+// scalars returns the raw text of a scalar or of each item of a list, so that a value such as
+// 0644 reaches the flag as written rather than as YAML's idea of a number.
+func scalars(n *yaml.Node, list bool) ([]string, error) {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			return nil, errors.New("has no value")
+		}
+		return []string{n.Value}, nil
+	case yaml.SequenceNode:
+		if !list {
+			return nil, errors.New("expected a single value, got a list")
+		}
+		out := make([]string, 0, len(n.Content))
+		for _, item := range n.Content {
+			if item.Kind != yaml.ScalarNode {
+				return nil, fmt.Errorf("line %d: expected a list of plain values", item.Line)
+			}
+			out = append(out, item.Value)
+		}
+		return out, nil
+	default:
+		if list {
+			return nil, errors.New("expected a value or a list of values")
+		}
+		return nil, errors.New("expected a single value")
+	}
+}
+
+func applyEnv(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), onCommandLine map[string]bool) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		name := envName(f.Name)
+		v, ok := lookupEnv(name)
+		if !ok || err != nil || onCommandLine[f.Name] || f.Name == "config" {
+			return
+		}
+		values := []string{v}
+		if isList(f) {
+			values = strings.Split(v, ",")
+		}
+		if e := setFlag(f, values); e != nil {
+			err = fmt.Errorf("environment variable %s: %w", name, e)
+		}
+	})
+	return err
+}
+
+func envName(flag string) string {
+	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+func isList(f *pflag.Flag) bool {
+	_, ok := f.Value.(pflag.SliceValue)
+	return ok
+}
+
+// setFlag replaces a flag's value; a list replaces the whole list of an earlier layer.
+func setFlag(f *pflag.Flag, values []string) error {
+	if sv, ok := f.Value.(pflag.SliceValue); ok {
+		return sv.Replace(values)
+	}
+	if err := f.Value.Set(values[0]); err != nil {
+		if f.Value.Type() == "bool" {
+			return fmt.Errorf("%q is not a boolean; expected true or false", values[0])
+		}
+		return err
+	}
+	return nil
+}
+
+var dnsName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+
+// validate checks what no single flag can: relations between settings.
+func (c *Config) validate() error {
+	if !filepath.IsAbs(c.DataDir) {
+		return fmt.Errorf("--data-dir %q: expected an absolute path such as %s", c.DataDir, DefaultDataDir)
+	}
+	if c.BindAddress == nil {
+		return errors.New("--bind-address is empty; expected an IP address such as 0.0.0.0")
+	}
+	if c.ClusterDNS == nil || !c.ServiceCIDR.Contains(c.ClusterDNS) {
+		return fmt.Errorf("--cluster-dns %v is not inside --service-cidr %v; pick an address in that network", c.ClusterDNS, c.ServiceCIDR)
+	}
+	if c.ClusterCIDR.Contains(c.ServiceCIDR.IP) || c.ServiceCIDR.Contains(c.ClusterCIDR.IP) {
+		return fmt.Errorf("--cluster-cidr %v and --service-cidr %v overlap; give them separate networks", c.ClusterCIDR, c.ServiceCIDR)
+	}
+	if ones, bits := c.ClusterCIDR.Mask.Size(); bits-ones < 9 {
+		return fmt.Errorf("--cluster-cidr %v is too small: every node gets a /24 of it, so use a /23 or larger", c.ClusterCIDR)
+	}
+	if !dnsName.MatchString(c.ClusterDomain) {
+		return fmt.Errorf("--cluster-domain %q is not a DNS name; expected something such as cluster.local", c.ClusterDomain)
+	}
+	for _, san := range c.TLSSANs {
+		if strings.TrimSpace(san) == "" || strings.ContainsAny(san, " /:") && net.ParseIP(san) == nil {
+			return fmt.Errorf("--tls-san %q is neither a host name nor an IP address", san)
+		}
+	}
+	if c.EtcdClientPort == c.EtcdPeerPort || c.EtcdClientPort == c.HTTPSPort || c.EtcdPeerPort == c.HTTPSPort {
+		return fmt.Errorf("--https-listen-port %d, --etcd-client-port %d and --etcd-peer-port %d must all differ", c.HTTPSPort, c.EtcdClientPort, c.EtcdPeerPort)
+	}
+	if c.Token != "" {
+		if _, err := token.Parse(c.Token); err != nil {
+			return fmt.Errorf("--token: %w", err)
+		}
+	}
+	if c.WriteKubeconfig != "" && !filepath.IsAbs(c.WriteKubeconfig) {
+		return fmt.Errorf("--write-kubeconfig %q: expected an absolute path such as %s", c.WriteKubeconfig, DefaultKubeconfig)
+	}
+	return nil
+}
+
+// ServerDir holds everything only a server has: certificates, etcd's data, the token.
+func (c *Config) ServerDir() string { return filepath.Join(c.DataDir, "server") }
+
+// TLSDir holds the cluster's PKI.
+func (c *Config) TLSDir() string { return filepath.Join(c.ServerDir(), "tls") }

@@ -1,0 +1,137 @@
+package control
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/pki"
+)
+
+// Files are the paths the components read besides the PKI.
+type Files struct {
+	EtcdURL                     string
+	AuthenticationConfig        string
+	ControllerManagerKubeconfig string
+	SchedulerKubeconfig         string
+	CertDir                     string // where kube-apiserver may keep generated certificates
+}
+
+// Local ports of the controller-manager and scheduler health endpoints.
+const (
+	ControllerManagerPort = "10257"
+	SchedulerPort         = "10259"
+)
+
+// APIServerArgs are kube-apiserver's flags for the configuration c.
+func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
+	issuer := "https://kubernetes.default.svc." + c.ClusterDomain
+	a := map[string]string{
+		"bind-address":                       c.BindAddress.String(),
+		"secure-port":                        fmt.Sprint(c.HTTPSPort),
+		"allow-privileged":                   "true",
+		"authorization-mode":                 "Node,RBAC",
+		"enable-admission-plugins":           "NodeRestriction",
+		"authentication-config":              f.AuthenticationConfig,
+		"enable-bootstrap-token-auth":        "true",
+		"client-ca-file":                     p.ClientCA,
+		"etcd-servers":                       f.EtcdURL,
+		"etcd-cafile":                        p.EtcdServerCA,
+		"etcd-certfile":                      p.APIServerEtcd.Cert,
+		"etcd-keyfile":                       p.APIServerEtcd.Key,
+		"kubelet-client-certificate":         p.APIServerKubelet.Cert,
+		"kubelet-client-key":                 p.APIServerKubelet.Key,
+		"proxy-client-cert-file":             p.AuthProxy.Cert,
+		"proxy-client-key-file":              p.AuthProxy.Key,
+		"requestheader-client-ca-file":       p.RequestHeaderCA,
+		"requestheader-allowed-names":        "system:auth-proxy",
+		"requestheader-extra-headers-prefix": "X-Remote-Extra-",
+		"requestheader-group-headers":        "X-Remote-Group",
+		"requestheader-username-headers":     "X-Remote-User",
+		"service-account-issuer":             issuer,
+		"api-audiences":                      issuer,
+		"service-account-key-file":           p.ServiceAccountKey,
+		"service-account-signing-key-file":   p.ServiceAccountKey,
+		"service-cluster-ip-range":           c.ServiceCIDR.String(),
+		"tls-cert-file":                      p.APIServerServing.Cert,
+		"tls-private-key-file":               p.APIServerServing.Key,
+		"cert-dir":                           f.CertDir,
+		"profiling":                          "false",
+	}
+	if c.AdvertiseAddress != nil {
+		a["advertise-address"] = c.AdvertiseAddress.String()
+	}
+	return merge(a, c.APIServerArgs)
+}
+
+// ControllerManagerArgs are kube-controller-manager's flags for the configuration c.
+func ControllerManagerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
+	a := map[string]string{
+		"kubeconfig":                       f.ControllerManagerKubeconfig,
+		"authentication-kubeconfig":        f.ControllerManagerKubeconfig,
+		"authorization-kubeconfig":         f.ControllerManagerKubeconfig,
+		"bind-address":                     "127.0.0.1",
+		"secure-port":                      ControllerManagerPort,
+		"allocate-node-cidrs":              "true",
+		"cluster-cidr":                     c.ClusterCIDR.String(),
+		"service-cluster-ip-range":         c.ServiceCIDR.String(),
+		"root-ca-file":                     p.ServerCA,
+		"service-account-private-key-file": p.ServiceAccountKey,
+		"use-service-account-credentials":  "true",
+		// bootstrapsigner signs kube-public/cluster-info for joining nodes; tokencleaner
+		// removes expired join tokens. Both are off upstream by default.
+		"controllers": "*,bootstrapsigner,tokencleaner",
+		"cluster-signing-kube-apiserver-client-cert-file": p.ClientCA,
+		"cluster-signing-kube-apiserver-client-key-file":  p.ClientCAKey,
+		"cluster-signing-kubelet-client-cert-file":        p.ClientCA,
+		"cluster-signing-kubelet-client-key-file":         p.ClientCAKey,
+		"cluster-signing-kubelet-serving-cert-file":       p.ServerCA,
+		"cluster-signing-kubelet-serving-key-file":        p.ServerCAKey,
+		"cluster-signing-legacy-unknown-cert-file":        p.ServerCA,
+		"cluster-signing-legacy-unknown-key-file":         p.ServerCAKey,
+		// One server: no one to elect. A lost lease would also make the upstream code exit the process.
+		"leader-elect":           "false",
+		"configure-cloud-routes": "false",
+		"profiling":              "false",
+	}
+	return merge(a, c.ControllerManagerArgs)
+}
+
+// SchedulerArgs are kube-scheduler's flags for the configuration c.
+func SchedulerArgs(c *config.Config, f Files) []string {
+	a := map[string]string{
+		"kubeconfig":                f.SchedulerKubeconfig,
+		"authentication-kubeconfig": f.SchedulerKubeconfig,
+		"authorization-kubeconfig":  f.SchedulerKubeconfig,
+		"bind-address":              "127.0.0.1",
+		"secure-port":               SchedulerPort,
+		"leader-elect":              "false",
+		"profiling":                 "false",
+	}
+	return merge(a, c.SchedulerArgs)
+}
+
+// merge applies key=value overrides to defaults and returns sorted --key=value flags.
+func merge(defaults map[string]string, overrides []string) []string {
+	for _, o := range overrides {
+		k, v, _ := strings.Cut(o, "=")
+		defaults[strings.TrimLeft(k, "-")] = v
+	}
+	out := make([]string, 0, len(defaults))
+	for k, v := range defaults {
+		out = append(out, "--"+k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// ArgValue returns the value of --key in args built by merge.
+func ArgValue(args []string, key string) string {
+	for _, a := range args {
+		if v, ok := strings.CutPrefix(a, "--"+key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}

@@ -1,0 +1,209 @@
+package control
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spf13/pflag"
+	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	"k8s.io/client-go/rest"
+	cliflag "k8s.io/component-base/cli/flag"
+	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
+	apiserveroptions "k8s.io/kubernetes/cmd/kube-apiserver/app/options"
+	cmapp "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	cmoptions "k8s.io/kubernetes/cmd/kube-controller-manager/app/options"
+	schedapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	schedoptions "k8s.io/kubernetes/cmd/kube-scheduler/app/options"
+
+	"github.com/kone-dev/kone/pkg/pki"
+)
+
+// parse parses args with a component's own flag sets, as its command would.
+func parse(name string, sets cliflag.NamedFlagSets, args []string) error {
+	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
+	for _, s := range sets.FlagSets {
+		fs.AddFlagSet(s)
+	}
+	fs.SetOutput(discard{})
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%s arguments: %w (check --%s-arg)", name, err, name)
+	}
+	return nil
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// APIServer is kube-apiserver.
+type APIServer struct {
+	opts     *apiserveroptions.ServerRunOptions
+	authFile string
+	health   *rest.Config
+}
+
+// NewAPIServer parses args; health is an admin client for the readiness check.
+func NewAPIServer(args []string, health *rest.Config) (*APIServer, error) {
+	s := apiserveroptions.NewServerRunOptions()
+	if err := parse("kube-apiserver", s.Flags(), args); err != nil {
+		return nil, err
+	}
+	return &APIServer{opts: s, authFile: ArgValue(args, "authentication-config"), health: health}, nil
+}
+
+func (a *APIServer) Name() string { return "kube-apiserver" }
+
+func (a *APIServer) Run(ctx context.Context) error {
+	if err := writeAuthenticationConfig(a.authFile); err != nil {
+		return err
+	}
+	if err := a.opts.GenericServerRunOptions.ComponentGlobalsRegistry.Set(); err != nil {
+		return err
+	}
+	completed, err := a.opts.Complete(ctx)
+	if err != nil {
+		return err
+	}
+	if errs := completed.Validate(); len(errs) != 0 {
+		return utilerrors.NewAggregate(errs)
+	}
+	return apiserverapp.Run(ctx, completed)
+}
+
+// Ready waits for /readyz, as a user's client would see it.
+func (a *APIServer) Ready(ctx context.Context) error {
+	client, err := rest.HTTPClientFor(a.health)
+	if err != nil {
+		return err
+	}
+	return poll(ctx, client, a.health.Host+"/readyz")
+}
+
+// anonymousPaths are all an unauthenticated client may reach: health, and the cluster-info
+// a joining node reads before it has credentials. RBAC still decides what anonymous may read.
+const authenticationConfig = `apiVersion: apiserver.config.k8s.io/v1
+kind: AuthenticationConfiguration
+anonymous:
+  enabled: true
+  conditions:
+  - path: /livez
+  - path: /readyz
+  - path: /healthz
+  - path: /version
+  - path: /api/v1/namespaces/kube-public/configmaps/cluster-info
+`
+
+func writeAuthenticationConfig(path string) error {
+	return pki.WriteFile(path, []byte(authenticationConfig), 0o600)
+}
+
+// ControllerManager is kube-controller-manager.
+type ControllerManager struct {
+	opts *cmoptions.KubeControllerManagerOptions
+	port string
+}
+
+func NewControllerManager(args []string) (*ControllerManager, error) {
+	s, err := cmoptions.NewKubeControllerManagerOptions()
+	if err != nil {
+		return nil, err
+	}
+	sets := s.Flags(cmapp.KnownControllers(), cmapp.ControllersDisabledByDefault(), cmapp.ControllerAliases())
+	s.ParsedFlags = &sets
+	if err := parse("kube-controller-manager", sets, args); err != nil {
+		return nil, err
+	}
+	return &ControllerManager{opts: s, port: ArgValue(args, "secure-port")}, nil
+}
+
+func (c *ControllerManager) Name() string { return "kube-controller-manager" }
+
+func (c *ControllerManager) Run(ctx context.Context) error {
+	if err := c.opts.ComponentGlobalsRegistry.Set(); err != nil {
+		return err
+	}
+	cfg, err := c.opts.Config(ctx, cmapp.KnownControllers(), cmapp.ControllersDisabledByDefault(), cmapp.ControllerAliases())
+	if err != nil {
+		return err
+	}
+	return cmapp.Run(ctx, cfg.Complete())
+}
+
+func (c *ControllerManager) Ready(ctx context.Context) error {
+	return poll(ctx, localHealthClient(), "https://"+net.JoinHostPort("127.0.0.1", c.port)+"/healthz")
+}
+
+// Scheduler is kube-scheduler.
+type Scheduler struct {
+	opts *schedoptions.Options
+	port string
+}
+
+func NewScheduler(args []string) (*Scheduler, error) {
+	opts := schedoptions.NewOptions()
+	if err := parse("kube-scheduler", *opts.Flags, args); err != nil {
+		return nil, err
+	}
+	return &Scheduler{opts: opts, port: ArgValue(args, "secure-port")}, nil
+}
+
+func (s *Scheduler) Name() string { return "kube-scheduler" }
+
+func (s *Scheduler) Run(ctx context.Context) error {
+	if err := s.opts.ComponentGlobalsRegistry.Set(); err != nil {
+		return err
+	}
+	cc, sched, err := schedapp.Setup(ctx, s.opts)
+	if err != nil {
+		return err
+	}
+	err = schedapp.Run(ctx, cc, sched)
+	if ctx.Err() != nil {
+		return nil // a requested stop, which upstream reports as an error
+	}
+	return err
+}
+
+func (s *Scheduler) Ready(ctx context.Context) error {
+	return poll(ctx, localHealthClient(), "https://"+net.JoinHostPort("127.0.0.1", s.port)+"/readyz")
+}
+
+// localHealthClient probes a component of this process on loopback. The controller-manager and
+// the scheduler serve with certificates they generate in memory, so there is nothing to verify
+// them against; the probe sends no credentials and reads only a status code.
+func localHealthClient() *http.Client {
+	return &http.Client{
+		Timeout:   2 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // see above
+	}
+}
+
+// poll GETs url until it answers 200 or ctx ends.
+func poll(ctx context.Context, client *http.Client, url string) error {
+	var last error
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			err = fmt.Errorf("%s answered %s", url, resp.Status)
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}

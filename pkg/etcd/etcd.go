@@ -1,0 +1,128 @@
+// Package etcd runs kone's datastore: etcd, embedded in the kone process through
+// go.etcd.io/etcd/server/v3/embed, with TLS for clients and peers, listening on loopback.
+package etcd
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kone-dev/kone/pkg/pki"
+)
+
+// Config is what the datastore needs from kone's configuration.
+type Config struct {
+	Name       string
+	DataDir    string // etcd's own data directory
+	ClientPort int
+	PeerPort   int
+	ServerCA   string
+	PeerCA     string
+	Serving    pki.File
+	Peer       pki.File
+	// Args are --etcd-arg key=value settings, keys as in etcd's config file, applied last.
+	Args []string
+}
+
+// ClientURL is where etcd serves clients.
+func (c Config) ClientURL() string { return fmt.Sprintf("https://127.0.0.1:%d", c.ClientPort) }
+
+// Settings returns etcd's configuration for c, --etcd-arg included. The listen URLs and TLS are
+// kone's to set (its port flags and PKI); every other key of etcd's config file may be overridden.
+func Settings(c Config) (*embed.Config, error) {
+	client := url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", c.ClientPort)}
+	peer := url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", c.PeerPort)}
+	cfg := embed.NewConfig()
+	cfg.Name = c.Name
+	cfg.Dir = c.DataDir
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+	cfg.InitialCluster = c.Name + "=" + peer.String()
+	cfg.ClusterState = embed.ClusterStateFlagNew
+	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: c.Serving.Cert, KeyFile: c.Serving.Key, TrustedCAFile: c.ServerCA, ClientCertAuth: true}
+	cfg.PeerTLSInfo = transport.TLSInfo{CertFile: c.Peer.Cert, KeyFile: c.Peer.Key, TrustedCAFile: c.PeerCA, ClientCertAuth: true}
+	// etcd keeps this many raft entries in memory between snapshots; its default of 10000 costs
+	// tens of MiB that a small cluster never needs.
+	cfg.SnapshotCount = 5000
+	for _, arg := range c.Args {
+		key, raw, _ := strings.Cut(arg, "=")
+		key = strings.TrimLeft(key, "-")
+		var value any
+		if err := yaml.Unmarshal([]byte(raw), &value); err != nil || value == nil {
+			value = raw
+		}
+		doc, err := yaml.Marshal(map[string]any{key: value})
+		if err == nil {
+			err = yaml.UnmarshalStrict(doc, cfg)
+		}
+		if err != nil {
+			if strings.Contains(err.Error(), "unknown field") {
+				return nil, fmt.Errorf("--etcd-arg %s: etcd has no setting %q that kone lets you change; use a key of etcd's config file such as quota-backend-bytes (listen URLs: --etcd-client-port, --etcd-peer-port)", arg, key)
+			}
+			return nil, fmt.Errorf("--etcd-arg %s: %w", arg, err)
+		}
+	}
+	return cfg, nil
+}
+
+// Etcd is the datastore component.
+type Etcd struct {
+	cfg     *embed.Config
+	dataDir string
+	started chan struct{}
+	server  *embed.Etcd
+}
+
+// New checks c, --etcd-arg included, and returns the component; nothing starts until Run.
+func New(c Config, log *zap.Logger) (*Etcd, error) {
+	cfg, err := Settings(c)
+	if err != nil {
+		return nil, err
+	}
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(log)
+	return &Etcd{cfg: cfg, dataDir: c.DataDir, started: make(chan struct{})}, nil
+}
+
+func (e *Etcd) Name() string { return "etcd" }
+
+// Run starts etcd, then waits for ctx and closes it cleanly.
+func (e *Etcd) Run(ctx context.Context) error {
+	if err := os.MkdirAll(e.dataDir, 0o700); err != nil {
+		return fmt.Errorf("create etcd data dir: %w", err)
+	}
+	server, err := embed.StartEtcd(e.cfg)
+	if err != nil {
+		return fmt.Errorf("start etcd: %w", err)
+	}
+	e.server = server
+	close(e.started)
+	defer server.Close()
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-server.Err():
+		return fmt.Errorf("etcd: %w", err)
+	}
+}
+
+// Ready waits for etcd to join its cluster and serve.
+func (e *Etcd) Ready(ctx context.Context) error {
+	select {
+	case <-e.started:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-e.server.Server.ReadyNotify():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,57 @@
+package logging
+
+import (
+	"flag"
+	"io"
+	stdlog "log"
+	"strconv"
+	"sync/atomic"
+
+	"github.com/sirupsen/logrus"
+	"k8s.io/klog/v2"
+)
+
+// Logging is the process's one log stream.
+type Logging struct {
+	*logrus.Logger
+	// started is set once kone is ready. Before that, the components' errors are the retries
+	// of a control plane coming up (a namespace not created yet, a lease not there yet) and are
+	// debug lines; a start-up that really fails is reported by kone with the component's error.
+	started atomic.Bool
+}
+
+// Setup configures the process's one logger. It must run once, before any component starts:
+// klog and Go's standard logger are process-wide.
+func Setup(out io.Writer, debug bool) *Logging {
+	l := &Logging{Logger: logrus.New()}
+	l.SetOutput(out)
+	l.SetFormatter(&logrus.TextFormatter{FullTimestamp: true, TimestampFormat: "2006-01-02T15:04:05.000Z07:00", DisableColors: true})
+	verbosity := 0
+	if debug {
+		l.SetLevel(logrus.DebugLevel)
+		verbosity = 2
+	}
+
+	// klog's own V() checks read its global -v; our sink applies the same threshold to
+	// contextual loggers, which skip klog's check.
+	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
+	klog.InitFlags(fs)
+	_ = fs.Set("v", strconv.Itoa(verbosity))
+	klog.SetLoggerWithOptions(newKlogLogger(l, verbosity), klog.ContextualLogger(true))
+
+	// Libraries that use Go's standard logger (grpc, some of Kubernetes' dependencies).
+	stdlog.SetFlags(0)
+	stdlog.SetOutput(l.WithField("component", "go").WriterLevel(logrus.DebugLevel))
+	return l
+}
+
+// Started marks kone as ready: from now on the components' errors are errors.
+func (l *Logging) Started() { l.started.Store(true) }
+
+// errorLevel is the level of a component's error line.
+func (l *Logging) errorLevel() logrus.Level {
+	if l.started.Load() {
+		return logrus.ErrorLevel
+	}
+	return logrus.DebugLevel
+}

@@ -1,0 +1,115 @@
+package pki
+
+import (
+	"crypto/x509"
+	"fmt"
+	"net"
+	"path/filepath"
+	"time"
+)
+
+// Names are the host names and addresses the apiserver's serving certificate must carry,
+// besides the in-cluster names that Ensure always adds.
+type Names struct {
+	DNSNames []string
+	IPs      []net.IP
+}
+
+// Cluster is the on-disk layout of a server's PKI.
+type Cluster struct {
+	Dir string
+
+	ServerCA, ClientCA, RequestHeaderCA, EtcdServerCA, EtcdPeerCA string // CA certificates
+	ServerCAKey, ClientCAKey                                      string // for the CSR signer
+
+	ServiceAccountKey string
+
+	APIServerServing  File
+	Admin             File
+	ControllerManager File
+	Scheduler         File
+	APIServerKubelet  File // kube-apiserver's client certificate for kubelets
+	APIServerEtcd     File // kube-apiserver's client certificate for etcd
+	AuthProxy         File // the front proxy's client certificate (request-header CA)
+	EtcdServing       File
+	EtcdPeer          File
+}
+
+// Layout names every file of a server's PKI under dir, without touching the disk.
+func Layout(dir string) *Cluster {
+	leaf := func(name string) File {
+		return File{filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")}
+	}
+	etcd := filepath.Join(dir, "etcd")
+	return &Cluster{
+		Dir:               dir,
+		ServerCA:          filepath.Join(dir, "server-ca.crt"),
+		ServerCAKey:       filepath.Join(dir, "server-ca.key"),
+		ClientCA:          filepath.Join(dir, "client-ca.crt"),
+		ClientCAKey:       filepath.Join(dir, "client-ca.key"),
+		RequestHeaderCA:   filepath.Join(dir, "request-header-ca.crt"),
+		EtcdServerCA:      filepath.Join(etcd, "server-ca.crt"),
+		EtcdPeerCA:        filepath.Join(etcd, "peer-ca.crt"),
+		ServiceAccountKey: filepath.Join(dir, "service.key"),
+		APIServerServing:  leaf("serving-kube-apiserver"),
+		Admin:             leaf("client-admin"),
+		ControllerManager: leaf("client-controller-manager"),
+		Scheduler:         leaf("client-scheduler"),
+		APIServerKubelet:  leaf("client-kube-apiserver"),
+		APIServerEtcd:     File{filepath.Join(etcd, "client.crt"), filepath.Join(etcd, "client.key")},
+		AuthProxy:         leaf("client-auth-proxy"),
+		EtcdServing:       File{filepath.Join(etcd, "server.crt"), filepath.Join(etcd, "server.key")},
+		EtcdPeer:          File{filepath.Join(etcd, "peer.crt"), filepath.Join(etcd, "peer.key")},
+	}
+}
+
+// InClusterNames are the names every apiserver serving certificate carries.
+func InClusterNames(clusterDomain string) []string {
+	return []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc." + clusterDomain}
+}
+
+// Ensure creates or renews everything in the layout. apiserver are the serving certificate's
+// names (InClusterNames, host names, node IPs, the first service IP, --tls-san); etcd are the
+// names of etcd's serving and peer certificates. It returns the leaves it issued.
+func (c *Cluster) Ensure(apiserver, etcd Names, now time.Time) ([]string, error) {
+	cas := map[string]*CA{}
+	for _, name := range []string{"server-ca", "client-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca"} {
+		ca, err := EnsureCA(c.Dir, name, now)
+		if err != nil {
+			return nil, fmt.Errorf("certificate authority %s: %w", name, err)
+		}
+		cas[name] = ca
+	}
+	if err := EnsureKey(c.ServiceAccountKey); err != nil {
+		return nil, fmt.Errorf("service-account key: %w", err)
+	}
+	server := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+	client := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	both := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
+	leaves := []struct {
+		ca   string
+		file File
+		spec LeafSpec
+	}{
+		{"server-ca", c.APIServerServing, LeafSpec{CommonName: "kube-apiserver", DNSNames: apiserver.DNSNames, IPs: apiserver.IPs, Usages: server}},
+		{"client-ca", c.Admin, LeafSpec{CommonName: "system:admin", Organization: []string{"system:masters"}, Usages: client}},
+		{"client-ca", c.ControllerManager, LeafSpec{CommonName: "system:kube-controller-manager", Usages: client}},
+		{"client-ca", c.Scheduler, LeafSpec{CommonName: "system:kube-scheduler", Usages: client}},
+		{"client-ca", c.APIServerKubelet, LeafSpec{CommonName: "system:kube-apiserver-kubelet-client", Usages: client}},
+		{"request-header-ca", c.AuthProxy, LeafSpec{CommonName: "system:auth-proxy", Usages: client}},
+		{"etcd/server-ca", c.APIServerEtcd, LeafSpec{CommonName: "kube-apiserver-etcd-client", Usages: client}},
+		{"etcd/server-ca", c.EtcdServing, LeafSpec{CommonName: "etcd-server", DNSNames: etcd.DNSNames, IPs: etcd.IPs, Usages: both}},
+		{"etcd/peer-ca", c.EtcdPeer, LeafSpec{CommonName: "etcd-peer", DNSNames: etcd.DNSNames, IPs: etcd.IPs, Usages: both}},
+	}
+	var issued []string
+	for _, l := range leaves {
+		done, err := cas[l.ca].EnsureLeaf(l.file, l.spec, now)
+		if err != nil {
+			return nil, err
+		}
+		if done {
+			issued = append(issued, l.file.Cert)
+		}
+	}
+	return issued, nil
+}

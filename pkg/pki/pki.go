@@ -1,0 +1,302 @@
+package pki
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// Lifetimes of what Ensure issues.
+const (
+	CAValidity   = 10 * 365 * 24 * time.Hour
+	LeafValidity = 365 * 24 * time.Hour
+	RenewBefore  = 90 * 24 * time.Hour
+)
+
+// CA is a certificate authority whose key is at hand for signing.
+type CA struct {
+	Cert     *x509.Certificate
+	Key      crypto.Signer
+	CertFile string
+}
+
+// LeafSpec describes one certificate to issue.
+type LeafSpec struct {
+	CommonName   string
+	Organization []string
+	DNSNames     []string
+	IPs          []net.IP
+	Usages       []x509.ExtKeyUsage
+}
+
+// File is a certificate and its key on disk.
+type File struct{ Cert, Key string }
+
+// EnsureCA loads the CA in dir/name.crt and dir/name.key, or creates it when neither exists.
+func EnsureCA(dir, name string, now time.Time) (*CA, error) {
+	f := File{filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")}
+	certOK, keyOK := exists(f.Cert), exists(f.Key)
+	if certOK != keyOK {
+		return nil, fmt.Errorf("certificate authority %s: only one of %s and %s exists; restore the other from a backup, or remove both to create a new CA (every certificate it signed must then be re-issued)", name, f.Cert, f.Key)
+	}
+	if certOK {
+		cert, key, err := load(f)
+		if err != nil {
+			return nil, err
+		}
+		if !cert.IsCA {
+			return nil, fmt.Errorf("%s is not a CA certificate; restore it from a backup", f.Cert)
+		}
+		return &CA{Cert: cert, Key: key, CertFile: f.Cert}, nil
+	}
+	key, err := newKey()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: fmt.Sprintf("kone-%s@%d", name, now.Unix())},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(CAValidity),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+	}
+	cert, err := sign(tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		return nil, fmt.Errorf("create CA %s: %w", name, err)
+	}
+	if err := write(f, cert, key); err != nil {
+		return nil, err
+	}
+	return &CA{Cert: cert, Key: key, CertFile: f.Cert}, nil
+}
+
+// EnsureLeaf makes sure f holds a certificate for spec signed by ca that is valid for at least
+// RenewBefore. It reports whether it issued a new one. An existing key is kept on renewal.
+func (ca *CA) EnsureLeaf(f File, spec LeafSpec, now time.Time) (bool, error) {
+	var key crypto.Signer
+	if exists(f.Cert) || exists(f.Key) {
+		cert, k, err := load(f)
+		if err != nil {
+			return false, err
+		}
+		if cert.CheckSignatureFrom(ca.Cert) == nil && now.Add(RenewBefore).Before(cert.NotAfter) && covers(cert, spec) {
+			return false, nil
+		}
+		key = k
+	} else {
+		var err error
+		if key, err = newKey(); err != nil {
+			return false, err
+		}
+	}
+	tmpl := &x509.Certificate{
+		Subject:               pkix.Name{CommonName: spec.CommonName, Organization: spec.Organization},
+		DNSNames:              spec.DNSNames,
+		IPAddresses:           spec.IPs,
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(LeafValidity),
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+		ExtKeyUsage:           spec.Usages,
+	}
+	cert, err := sign(tmpl, ca.Cert, key.Public(), ca.Key)
+	if err != nil {
+		return false, fmt.Errorf("issue %s: %w", f.Cert, err)
+	}
+	return true, write(f, cert, key)
+}
+
+// EnsureKey makes sure path holds a private key, for signing service-account tokens.
+func EnsureKey(path string) error {
+	if exists(path) {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if _, err := parseKey(data); err != nil {
+			return fmt.Errorf("%s: %w; restore it from a backup (a new key invalidates every service-account token)", path, err)
+		}
+		return nil
+	}
+	key, err := newKey()
+	if err != nil {
+		return err
+	}
+	// SEC1, not PKCS#8: kube-apiserver's --service-account-key-file reader takes only SEC1 EC keys.
+	der, err := x509.MarshalECPrivateKey(key.(*ecdsa.PrivateKey))
+	if err != nil {
+		return err
+	}
+	return WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600)
+}
+
+// covers reports whether cert already carries spec's identity and every name spec asks for.
+func covers(cert *x509.Certificate, spec LeafSpec) bool {
+	if cert.Subject.CommonName != spec.CommonName || !slices.Equal(cert.Subject.Organization, spec.Organization) {
+		return false
+	}
+	for _, d := range spec.DNSNames {
+		if !slices.Contains(cert.DNSNames, d) {
+			return false
+		}
+	}
+	for _, ip := range spec.IPs {
+		if !slices.ContainsFunc(cert.IPAddresses, ip.Equal) {
+			return false
+		}
+	}
+	return true
+}
+
+func newKey() (crypto.Signer, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	return key, nil
+}
+
+func sign(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		return nil, err
+	}
+	tmpl.SerialNumber = serial
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+// load reads a certificate and its key, and checks that they belong together.
+func load(f File) (*x509.Certificate, crypto.Signer, error) {
+	fix := "restore it from a backup, or remove it together with its key to have kone issue a new one"
+	certPEM, err := os.ReadFile(f.Cert)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read certificate: %w; %s", err, fix)
+	}
+	cert, err := ParseCert(certPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w; %s", f.Cert, err, fix)
+	}
+	keyPEM, err := os.ReadFile(f.Key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read key: %w; %s", err, fix)
+	}
+	key, err := parseKey(keyPEM)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: %w; %s", f.Key, err, fix)
+	}
+	if !publicKeysEqual(cert.PublicKey, key.Public()) {
+		return nil, nil, fmt.Errorf("%s does not belong to %s; %s", f.Key, f.Cert, fix)
+	}
+	return cert, key, nil
+}
+
+// ParseCert decodes the first PEM certificate in data.
+func ParseCert(data []byte) (*x509.Certificate, error) {
+	block, _ := pem.Decode(data)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, errors.New("not a PEM certificate")
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("corrupt certificate: %w", err)
+	}
+	return cert, nil
+}
+
+func parseKey(data []byte) (crypto.Signer, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("not a PEM private key")
+	}
+	var key any
+	var err error
+	switch block.Type {
+	case "PRIVATE KEY":
+		key, err = x509.ParsePKCS8PrivateKey(block.Bytes)
+	case "EC PRIVATE KEY":
+		key, err = x509.ParseECPrivateKey(block.Bytes)
+	case "RSA PRIVATE KEY":
+		key, err = x509.ParsePKCS1PrivateKey(block.Bytes)
+	default:
+		return nil, fmt.Errorf("unexpected PEM block %q, expected a private key", block.Type)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("corrupt private key: %w", err)
+	}
+	signer, ok := key.(crypto.Signer)
+	if !ok {
+		return nil, errors.New("unsupported private key type")
+	}
+	return signer, nil
+}
+
+func publicKeysEqual(a, b crypto.PublicKey) bool {
+	ka, ok := a.(interface{ Equal(crypto.PublicKey) bool })
+	return ok && ka.Equal(b)
+}
+
+// EncodeCert returns cert as PEM.
+func EncodeCert(cert *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+}
+
+func write(f File, cert *x509.Certificate, key crypto.Signer) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	if err := WriteFile(f.Key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return err
+	}
+	return WriteFile(f.Cert, EncodeCert(cert), 0o644)
+}
+
+// WriteFile replaces path atomically: a crash leaves either the old file or the new one. kone
+// writes every file that holds a secret or state this way.
+func WriteFile(path string, data []byte, mode os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("create directory for %s: %w", path, err)
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(mode); err == nil {
+		if _, err = tmp.Write(data); err == nil {
+			err = tmp.Sync()
+		}
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}

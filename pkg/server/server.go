@@ -1,0 +1,191 @@
+// Package server assembles a kone server from its components: it prepares the data dir (lock,
+// free ports, PKI, join token, kubeconfigs) and then hands etcd, kube-apiserver, the cluster
+// bootstrap, kube-controller-manager and kube-scheduler to the supervisor, in that order.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"k8s.io/client-go/rest"
+
+	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/control"
+	"github.com/kone-dev/kone/pkg/etcd"
+	"github.com/kone-dev/kone/pkg/logging"
+	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/supervisor"
+)
+
+// Run runs a server until ctx is done or a component fails.
+func Run(ctx context.Context, cfg *config.Config, log *logging.Logging) error {
+	dir := cfg.ServerDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w; check --data-dir and that it is writable by this user", err)
+	}
+	lock, err := acquireLock(filepath.Join(dir, ".lock"))
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+
+	files := control.Files{
+		EtcdURL:                     fmt.Sprintf("https://127.0.0.1:%d", cfg.EtcdClientPort),
+		AuthenticationConfig:        filepath.Join(dir, "cred", "authentication-config.yaml"),
+		ControllerManagerKubeconfig: filepath.Join(dir, "cred", "controller-manager.kubeconfig"),
+		SchedulerKubeconfig:         filepath.Join(dir, "cred", "scheduler.kubeconfig"),
+		CertDir:                     filepath.Join(dir, "tls", "temporary-certs"),
+	}
+	ca := pki.Layout(cfg.TLSDir())
+	apiArgs := control.APIServerArgs(cfg, ca, files)
+	cmArgs := control.ControllerManagerArgs(cfg, ca, files)
+	schedArgs := control.SchedulerArgs(cfg, files)
+	if err := checkPorts(cfg, cmArgs, schedArgs); err != nil {
+		return err
+	}
+
+	t0 := time.Now()
+	issued, err := ca.Ensure(apiserverNames(cfg), etcdNames(), t0)
+	if err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
+	if len(issued) > 0 {
+		log.WithField("certificates", len(issued)).Debugf("issued certificates: %v", issued)
+	}
+	tok, err := loadToken(filepath.Join(dir, "token"), cfg.Token, ca.ServerCA)
+	if err != nil {
+		return err
+	}
+	local := fmt.Sprintf("https://%s", net.JoinHostPort("127.0.0.1", fmt.Sprint(cfg.HTTPSPort)))
+	if err := writeKubeconfigs(cfg, ca, files, local); err != nil {
+		return err
+	}
+	log.Infof("certificates and kubeconfigs ready in %s", time.Since(t0).Round(10*time.Millisecond))
+
+	admin := &rest.Config{Host: local, TLSClientConfig: rest.TLSClientConfig{
+		CAFile: ca.ServerCA, CertFile: ca.Admin.Cert, KeyFile: ca.Admin.Key,
+	}}
+	apiserver, err := control.NewAPIServer(apiArgs, admin)
+	if err != nil {
+		return err
+	}
+	cm, err := control.NewControllerManager(cmArgs)
+	if err != nil {
+		return err
+	}
+	sched, err := control.NewScheduler(schedArgs)
+	if err != nil {
+		return err
+	}
+	store, err := etcd.New(etcd.Config{
+		Name:       "kone",
+		DataDir:    filepath.Join(dir, "db", "etcd"),
+		ClientPort: cfg.EtcdClientPort,
+		PeerPort:   cfg.EtcdPeerPort,
+		ServerCA:   ca.EtcdServerCA,
+		PeerCA:     ca.EtcdPeerCA,
+		Serving:    ca.EtcdServing,
+		Peer:       ca.EtcdPeer,
+		Args:       cfg.EtcdArgs,
+	}, log.Zap("etcd"))
+	if err != nil {
+		return err
+	}
+
+	sup := &supervisor.Supervisor{Log: log.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second, OnReady: log.Started}
+	return sup.Run(ctx, store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg)), cm, sched)
+}
+
+func writeKubeconfigs(cfg *config.Config, ca *pki.Cluster, files control.Files, local string) error {
+	for path, client := range map[string]pki.File{
+		files.ControllerManagerKubeconfig: ca.ControllerManager,
+		files.SchedulerKubeconfig:         ca.Scheduler,
+	} {
+		if err := (pki.Kubeconfig{Server: local, CAFile: ca.ServerCA, Client: client}).Write(path, 0o600); err != nil {
+			return err
+		}
+	}
+	if cfg.WriteKubeconfig == "" {
+		return nil
+	}
+	admin := pki.Kubeconfig{Server: local, CAFile: ca.ServerCA, Client: ca.Admin, Embed: true}
+	if err := admin.Write(cfg.WriteKubeconfig, os.FileMode(cfg.WriteKubeconfigMode)); err != nil {
+		return fmt.Errorf("%w; choose another path with --write-kubeconfig", err)
+	}
+	return nil
+}
+
+// apiserverNames are the names on the apiserver's serving certificate: the in-cluster names,
+// this host's name and addresses, the first service IP, and every --tls-san.
+func apiserverNames(cfg *config.Config) pki.Names {
+	n := pki.Names{DNSNames: pki.InClusterNames(cfg.ClusterDomain)}
+	if host, err := os.Hostname(); err == nil {
+		n.DNSNames = append(n.DNSNames, host)
+	}
+	n.IPs = append(hostIPs(), firstServiceIP(cfg.ServiceCIDR))
+	if cfg.AdvertiseAddress != nil {
+		n.IPs = append(n.IPs, cfg.AdvertiseAddress)
+	}
+	for _, san := range cfg.TLSSANs {
+		if ip := net.ParseIP(san); ip != nil {
+			n.IPs = append(n.IPs, ip)
+		} else {
+			n.DNSNames = append(n.DNSNames, san)
+		}
+	}
+	return n
+}
+
+func etcdNames() pki.Names {
+	return pki.Names{DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}}
+}
+
+// hostIPs are loopback and interfaceIPs.
+func hostIPs() []net.IP {
+	return append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, interfaceIPs()...)
+}
+
+// interfaceIPs are the addresses of this host's interfaces but loopback and link-local ones.
+func interfaceIPs() []net.IP {
+	var ips []net.IP
+	addrs, _ := net.InterfaceAddrs()
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && !n.IP.IsLoopback() && !n.IP.IsLinkLocalUnicast() {
+			ips = append(ips, n.IP)
+		}
+	}
+	return ips
+}
+
+func firstServiceIP(n *net.IPNet) net.IP {
+	ip := append(net.IP(nil), n.IP...)
+	ip[len(ip)-1]++
+	return ip
+}
+
+// checkPorts fails early, naming the flag to change, when a port kone needs is taken.
+func checkPorts(cfg *config.Config, cmArgs, schedArgs []string) error {
+	ports := []struct{ host, port, flag string }{
+		{cfg.BindAddress.String(), fmt.Sprint(cfg.HTTPSPort), "--https-listen-port"},
+		{"127.0.0.1", fmt.Sprint(cfg.EtcdClientPort), "--etcd-client-port"},
+		{"127.0.0.1", fmt.Sprint(cfg.EtcdPeerPort), "--etcd-peer-port"},
+		{"127.0.0.1", control.ArgValue(cmArgs, "secure-port"), "--kube-controller-manager-arg=secure-port=PORT"},
+		{"127.0.0.1", control.ArgValue(schedArgs, "secure-port"), "--kube-scheduler-arg=secure-port=PORT"},
+	}
+	for _, p := range ports {
+		l, err := net.Listen("tcp", net.JoinHostPort(p.host, p.port))
+		if err != nil {
+			if errors.Is(err, os.ErrPermission) {
+				return fmt.Errorf("cannot listen on port %s: %w; run kone as root", p.port, err)
+			}
+			return fmt.Errorf("port %s on %s is already in use: stop whatever holds it (is another kone or Kubernetes running?) or pick another port with %s", p.port, p.host, p.flag)
+		}
+		l.Close()
+	}
+	return nil
+}

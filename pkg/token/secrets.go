@@ -1,0 +1,172 @@
+package token
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	bootstraputil "k8s.io/cluster-bootstrap/token/util"
+)
+
+// NodeGroup is the extra group kone's join tokens authenticate as; join rules key on it.
+const NodeGroup = "system:bootstrappers:kone:default-node-token"
+
+// Options describe a bootstrap token Secret. A zero TTL never expires.
+type Options struct {
+	TTL         time.Duration
+	Description string
+}
+
+// Info is what `kone token list` shows of a token: never its secret.
+type Info struct {
+	ID          string
+	Description string
+	Expires     time.Time // zero: never
+	Usages      []string
+	Groups      string
+}
+
+// Create stores t as a bootstrap-token Secret, usable for authentication and for signing
+// cluster-info. It fails if a token with the same id exists.
+func Create(ctx context.Context, cs kubernetes.Interface, t Token, o Options, now time.Time) error {
+	data := map[string]string{
+		bootstrapapi.BootstrapTokenIDKey:               t.ID,
+		bootstrapapi.BootstrapTokenSecretKey:           t.Secret,
+		bootstrapapi.BootstrapTokenUsageSigningKey:     "true",
+		bootstrapapi.BootstrapTokenUsageAuthentication: "true",
+		bootstrapapi.BootstrapTokenExtraGroupsKey:      NodeGroup,
+	}
+	if o.Description != "" {
+		data[bootstrapapi.BootstrapTokenDescriptionKey] = o.Description
+	}
+	if o.TTL > 0 {
+		data[bootstrapapi.BootstrapTokenExpirationKey] = now.Add(o.TTL).UTC().Format(time.RFC3339)
+	}
+	secret := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: bootstraputil.BootstrapTokenSecretName(t.ID), Namespace: metav1.NamespaceSystem},
+		Type:       bootstrapapi.SecretTypeBootstrapToken,
+		StringData: data,
+	}
+	if _, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("a token with id %s already exists; delete it first with `kone token delete %s`", t.ID, t.ID)
+		}
+		return fmt.Errorf("create token %s: %w", t.ID, err)
+	}
+	return nil
+}
+
+// Ensure is Create that leaves an existing token with the same id and secret alone, so that a
+// server restart keeps its token. A token with the same id and another secret is an error.
+func Ensure(ctx context.Context, cs kubernetes.Interface, t Token, o Options, now time.Time) error {
+	s, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, bootstraputil.BootstrapTokenSecretName(t.ID), metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return Create(ctx, cs, t, o, now)
+	case err != nil:
+		return fmt.Errorf("read token %s: %w", t.ID, err)
+	case string(s.Data[bootstrapapi.BootstrapTokenSecretKey]) != t.Secret:
+		return fmt.Errorf("token %s in the cluster has another secret than the server's token file; delete it with `kone token delete %s` or restore the token file", t.ID, t.ID)
+	}
+	return nil
+}
+
+// List returns the bootstrap tokens in the cluster, sorted by id.
+func List(ctx context.Context, cs kubernetes.Interface) ([]Info, error) {
+	secrets, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).List(ctx, metav1.ListOptions{
+		FieldSelector: "type=" + string(bootstrapapi.SecretTypeBootstrapToken),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list tokens: %w", err)
+	}
+	var out []Info
+	for _, s := range secrets.Items {
+		info := Info{
+			ID:          string(s.Data[bootstrapapi.BootstrapTokenIDKey]),
+			Description: string(s.Data[bootstrapapi.BootstrapTokenDescriptionKey]),
+			Groups:      string(s.Data[bootstrapapi.BootstrapTokenExtraGroupsKey]),
+		}
+		if exp := string(s.Data[bootstrapapi.BootstrapTokenExpirationKey]); exp != "" {
+			info.Expires, _ = time.Parse(time.RFC3339, exp)
+		}
+		for k, v := range s.Data {
+			if u, ok := strings.CutPrefix(k, bootstrapapi.BootstrapTokenUsagePrefix); ok && string(v) == "true" {
+				info.Usages = append(info.Usages, u)
+			}
+		}
+		sort.Strings(info.Usages)
+		out = append(out, info)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// Delete removes the token with the given id (or full token).
+func Delete(ctx context.Context, cs kubernetes.Interface, id string) error {
+	if t, err := Parse(id); err == nil {
+		id = t.ID
+	}
+	if !bootstraputil.IsValidBootstrapTokenID(id) {
+		return fmt.Errorf("%q is not a token id: expected 6 characters of a-z and 0-9, as `kone token list` shows", id)
+	}
+	err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Delete(ctx, bootstraputil.BootstrapTokenSecretName(id), metav1.DeleteOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("no token with id %s; `kone token list` shows the tokens", id)
+	}
+	if err != nil {
+		return fmt.Errorf("delete token %s: %w", id, err)
+	}
+	return nil
+}
+
+// PublishClusterInfo writes kube-public/cluster-info, which the controller-manager's
+// bootstrapsigner signs for every signing token, and lets anonymous clients read only it: a
+// joining node reads it before it has any credential.
+func PublishClusterInfo(ctx context.Context, cs kubernetes.Interface, kubeconfig []byte) error {
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: bootstrapapi.ConfigMapClusterInfo, Namespace: metav1.NamespacePublic},
+		Data:       map[string]string{bootstrapapi.KubeConfigKey: string(kubeconfig)},
+	}
+	cms := cs.CoreV1().ConfigMaps(metav1.NamespacePublic)
+	existing, err := cms.Get(ctx, cm.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+	case err == nil && existing.Data[bootstrapapi.KubeConfigKey] != cm.Data[bootstrapapi.KubeConfigKey]:
+		// keep the signatures the signer added; it re-signs the new content itself
+		existing.Data[bootstrapapi.KubeConfigKey] = cm.Data[bootstrapapi.KubeConfigKey]
+		_, err = cms.Update(ctx, existing, metav1.UpdateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("publish cluster-info: %w", err)
+	}
+	const name = "kone:bootstrap-signer-clusterinfo"
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: metav1.NamespacePublic},
+		Rules: []rbacv1.PolicyRule{{
+			Verbs: []string{"get"}, APIGroups: []string{""}, Resources: []string{"configmaps"},
+			ResourceNames: []string{bootstrapapi.ConfigMapClusterInfo},
+		}},
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: metav1.NamespacePublic},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
+		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: "system:anonymous"}},
+	}
+	rbac := cs.RbacV1()
+	if _, err := rbac.Roles(metav1.NamespacePublic).Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create role %s: %w", name, err)
+	}
+	if _, err := rbac.RoleBindings(metav1.NamespacePublic).Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create role binding %s: %w", name, err)
+	}
+	return nil
+}
