@@ -10,12 +10,14 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kone-dev/kone/pkg/cli"
+	"github.com/kone-dev/kone/pkg/memory"
 )
 
 func main() {
 	// component-base registers its own --version on pflag's global flag set at init, and cobra
 	// merges that set into every root command; kone's --version is cobra's.
 	pflag.CommandLine = pflag.NewFlagSet(os.Args[0], pflag.ExitOnError)
+	_ = memory.RandomAccessExecutable()
 	var err error
 	switch filepath.Base(os.Args[0]) {
 	case "kubectl":

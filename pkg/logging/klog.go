@@ -99,15 +99,19 @@ func callerComponent() string {
 		fn := f.Function
 		if !strings.HasPrefix(fn, "k8s.io/klog/") && !strings.HasPrefix(fn, "github.com/go-logr/") &&
 			!strings.HasPrefix(fn, "github.com/kone-dev/kone/pkg/logging") {
-			for _, p := range packageComponents {
-				if strings.HasPrefix(fn, p.prefix) {
-					return p.component
-				}
-			}
-			return "kubernetes"
+			return componentOf(fn)
 		}
 		if !more {
 			return "kubernetes"
 		}
 	}
+}
+
+func componentOf(function string) string {
+	for _, p := range packageComponents {
+		if strings.HasPrefix(function, p.prefix) {
+			return p.component
+		}
+	}
+	return "kubernetes"
 }

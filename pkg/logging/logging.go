@@ -14,10 +14,11 @@ import (
 // Logging is the process's one log stream.
 type Logging struct {
 	*logrus.Logger
-	// started is set once kone is ready. Before that, the components' errors are the retries
-	// of a control plane coming up (a namespace not created yet, a lease not there yet) and are
-	// debug lines; a start-up that really fails is reported by kone with the component's error.
-	started atomic.Bool
+	// serving is set while kone is ready and not stopping. Outside that, the components' errors
+	// are the retries of a control plane coming up (a namespace not created yet, a lease not
+	// there yet) or the complaints of one being closed, and are debug lines; a start or stop that
+	// really fails is reported by kone itself with the component's error.
+	serving atomic.Bool
 }
 
 // Setup configures the process's one logger. It must run once, before any component starts:
@@ -45,12 +46,15 @@ func Setup(out io.Writer, debug bool) *Logging {
 	return l
 }
 
-// Started marks kone as ready: from now on the components' errors are errors.
-func (l *Logging) Started() { l.started.Store(true) }
+// Serving marks kone as ready: from now on the components' errors are errors.
+func (l *Logging) Serving() { l.serving.Store(true) }
+
+// Stopping marks kone as stopping: the components' errors are debug lines again.
+func (l *Logging) Stopping() { l.serving.Store(false) }
 
 // errorLevel is the level of a component's error line.
 func (l *Logging) errorLevel() logrus.Level {
-	if l.started.Load() {
+	if l.serving.Load() {
 		return logrus.ErrorLevel
 	}
 	return logrus.DebugLevel

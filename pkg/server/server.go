@@ -18,6 +18,7 @@ import (
 	"github.com/kone-dev/kone/pkg/control"
 	"github.com/kone-dev/kone/pkg/etcd"
 	"github.com/kone-dev/kone/pkg/logging"
+	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
@@ -97,7 +98,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging) error {
 		return err
 	}
 
-	sup := &supervisor.Supervisor{Log: log.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second, OnReady: log.Started}
+	sup := &supervisor.Supervisor{Log: log.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second, OnReady: func() { log.Serving(); _ = memory.TrimExecutable() }, OnStopping: log.Stopping}
 	return sup.Run(ctx, store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg)), cm, sched)
 }
 

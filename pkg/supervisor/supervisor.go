@@ -29,6 +29,8 @@ type Supervisor struct {
 	StopTimeout  time.Duration // for each component
 	// OnReady, if set, is called once every component is ready.
 	OnReady func()
+	// OnStopping, if set, is called when the components are about to be stopped.
+	OnStopping func()
 }
 
 type running struct {
@@ -77,6 +79,9 @@ func (s *Supervisor) Run(ctx context.Context, components ...Component) error {
 	case r := <-exited:
 		failure = exitError(r)
 		s.Log.WithError(failure).Error("a component stopped; stopping the others")
+	}
+	if s.OnStopping != nil {
+		s.OnStopping()
 	}
 	t0 := time.Now()
 	stopAll()

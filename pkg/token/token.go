@@ -56,12 +56,11 @@ func Parse(s string) (Token, error) {
 		if !hashPattern.MatchString(hash) {
 			return Token{}, errors.New("token starts with K10 but the CA hash after it is not 64 lower-case hex digits; copy the whole token from the server's data dir (server/token)")
 		}
-		t, err := parseCredential(cred)
-		if err != nil {
-			return Token{}, err
+		m := bootstrapPattern.FindStringSubmatch(cred)
+		if m == nil {
+			return Token{}, errors.New("token is malformed: after K10<CA hash>:: it must have <id>.<secret>, 6 and 16 characters of a-z and 0-9")
 		}
-		t.CAHash = hash
-		return t, nil
+		return Token{CAHash: hash, ID: m[1], Secret: m[2]}, nil
 	}
 	return parseCredential(s)
 }

@@ -1,0 +1,175 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/spf13/pflag"
+)
+
+// load runs Load the way `kone server` does: command line first, then the layers.
+func load(t *testing.T, args []string, env map[string]string) (*Config, error) {
+	t.Helper()
+	c := &Config{}
+	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
+	BindServerFlags(fs, c)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return c, Load(fs, c, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+}
+
+func write(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDefaults(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "config.yaml")
+	write(t, empty, "")
+	c, err := load(t, []string{"--config", empty}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ClusterCIDR.String() != "10.42.0.0/16" || c.ServiceCIDR.String() != "10.43.0.0/16" ||
+		c.ClusterDNS.String() != "10.43.0.10" || c.ClusterDomain != "cluster.local" ||
+		c.HTTPSPort != 6443 || c.DataDir != "/var/lib/kone" || c.WriteKubeconfig != "/etc/kone/kone.yaml" ||
+		c.WriteKubeconfigMode != 0o600 || c.BindAddress.String() != "0.0.0.0" {
+		t.Fatalf("unexpected defaults: %+v", c)
+	}
+}
+
+func TestConfigFileIsOptionalUnlessNamed(t *testing.T) {
+	absent := filepath.Join(t.TempDir(), "config.yaml")
+	if files, err := configFiles(absent, false); err != nil || len(files) != 0 {
+		t.Fatalf("default file absent: got %v, %v", files, err)
+	}
+	if _, err := configFiles(absent, true); err == nil || !strings.Contains(err.Error(), absent) {
+		t.Fatalf("named file absent: got %v", err)
+	}
+	if _, err := load(t, nil, map[string]string{"KONE_CONFIG": absent}); err == nil {
+		t.Fatal("a file named by KONE_CONFIG that does not exist must be an error")
+	}
+}
+
+func TestPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.yaml")
+	write(t, file, `
+cluster-domain: file.local
+https-listen-port: 7000
+tls-san: [a.example, b.example]
+kube-apiserver-arg:
+- v=1
+write-kubeconfig-mode: 0644
+data-dir: /file
+debug: true
+`)
+	write(t, filepath.Join(dir, "config.yaml.d", "20-second.yaml"), "https-listen-port: 7002\ndata-dir: /second\n")
+	write(t, filepath.Join(dir, "config.yaml.d", "10-first.yaml"), "https-listen-port: 7001\ntls-san: c.example\ndata-dir: /first\n")
+	write(t, filepath.Join(dir, "config.yaml.d", "ignored.txt"), "not: yaml: at all")
+	env := map[string]string{"KONE_DATA_DIR": "/env", "KONE_CLUSTER_DNS": "10.43.0.53"}
+
+	c, err := load(t, []string{"--config", file, "--cluster-dns", "10.43.0.99"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checks := map[string][2]any{
+		"file value":                  {c.ClusterDomain, "file.local"},
+		"last drop-in wins":           {c.HTTPSPort, 7002},
+		"drop-in list replaces":       {strings.Join(c.TLSSANs, ","), "c.example"},
+		"list from file":              {strings.Join(c.APIServerArgs, ","), "v=1"},
+		"octal mode as written":       {c.WriteKubeconfigMode, uint32(0o644)},
+		"env beats files":             {c.DataDir, "/env"},
+		"command line beats env":      {c.ClusterDNS.String(), "10.43.0.99"},
+		"bool from file":              {c.Debug, true},
+		"config path from flag/stays": {c.ConfigFile, file},
+	}
+	for name, v := range checks {
+		if v[0] != v[1] {
+			t.Errorf("%s: got %v, want %v", name, v[0], v[1])
+		}
+	}
+
+	// A list from the environment is comma-separated; KONE_CONFIG picks the file.
+	c, err = load(t, nil, map[string]string{"KONE_CONFIG": file, "KONE_TLS_SAN": "x.example,y.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.TLSSANs, ","); got != "x.example,y.example" || c.ClusterDomain != "file.local" {
+		t.Errorf("env: tls-san %q, cluster-domain %q", got, c.ClusterDomain)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	cases := []struct {
+		name, file string
+		env        map[string]string
+		args       []string
+		want       []string // every fragment must be in the error
+	}{
+		{name: "unknown key", file: "cluster-cidr: 10.42.0.0/16\nclutser-dns: 10.43.0.10\n", want: []string{"config.yaml", "line 2", `"clutser-dns"`, "unknown key"}},
+		{name: "config key in file", file: "config: /x.yaml\n", want: []string{`"config"`, "unknown key"}},
+		{name: "bad cidr", file: "cluster-cidr: 10.42.0.0/33\n", want: []string{`"cluster-cidr"`, "not a CIDR", "10.42.0.0/16"}},
+		{name: "host bits", file: "service-cidr: 10.43.0.1/16\n", want: []string{`"service-cidr"`, "host bits"}},
+		{name: "bad ip", file: "cluster-dns: ten\n", want: []string{`"cluster-dns"`, "not an IP address"}},
+		{name: "bad port", file: "https-listen-port: 70000\n", want: []string{`"https-listen-port"`, "1 to 65535"}},
+		{name: "bad mode", file: "write-kubeconfig-mode: rw\n", want: []string{`"write-kubeconfig-mode"`, "octal"}},
+		{name: "bad bool", file: "debug: maybe\n", want: []string{`"debug"`, "true or false"}},
+		{name: "list for scalar", file: "cluster-domain: [a, b]\n", want: []string{`"cluster-domain"`, "single value"}},
+		{name: "map for list", file: "tls-san: {a: b}\n", want: []string{`"tls-san"`, "list"}},
+		{name: "empty value", file: "cluster-domain:\n", want: []string{`"cluster-domain"`, "no value"}},
+		{name: "bad component arg", file: "kube-apiserver-arg: [novalue]\n", want: []string{`"kube-apiserver-arg"`, "key=value"}},
+		{name: "not yaml", file: "a: [\n", want: []string{"config.yaml", "not valid YAML"}},
+		{name: "not a mapping", file: "- a\n- b\n", want: []string{"config.yaml", "mapping"}},
+		{name: "env", env: map[string]string{"KONE_HTTPS_LISTEN_PORT": "x"}, want: []string{"KONE_HTTPS_LISTEN_PORT", "1 to 65535"}},
+		{name: "dns outside services", args: []string{"--cluster-dns", "10.42.0.10"}, want: []string{"--cluster-dns", "not inside --service-cidr"}},
+		{name: "overlap", args: []string{"--cluster-cidr", "10.0.0.0/8", "--service-cidr", "10.43.0.0/16"}, want: []string{"overlap"}},
+		{name: "small pod network", args: []string{"--cluster-cidr", "10.42.0.0/24"}, want: []string{"too small"}},
+		{name: "relative data dir", args: []string{"--data-dir", "kone"}, want: []string{"--data-dir", "absolute"}},
+		{name: "bad domain", args: []string{"--cluster-domain", "Bad_Domain"}, want: []string{"--cluster-domain", "DNS name"}},
+		{name: "bad token", args: []string{"--token", "short"}, want: []string{"--token", "too short"}},
+		{name: "same ports", args: []string{"--etcd-client-port", "6443"}, want: []string{"must all differ"}},
+		{name: "bad san", args: []string{"--tls-san", "a b"}, want: []string{"--tls-san", "neither"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "config.yaml")
+			write(t, file, tc.file)
+			_, err := load(t, append([]string{"--config", file}, tc.args...), tc.env)
+			if err == nil {
+				t.Fatal("expected an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestCommandLineValuesAreValidatedToo(t *testing.T) {
+	if _, err := load(t, []string{"--cluster-cidr", "nonsense"}, nil); err == nil || !strings.Contains(err.Error(), "not a CIDR") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestCommandLineListIsNotMergedWithFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "config.yaml")
+	write(t, file, "tls-san: [from.file]\nkube-apiserver-arg: [v=1]\n")
+	c, err := load(t, []string{"--config", file, "--tls-san", "from.flag", "--kube-apiserver-arg", "v=3"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.TLSSANs, ",") != "from.flag" || strings.Join(c.APIServerArgs, ",") != "v=3" {
+		t.Fatalf("got tls-san %v, args %v", c.TLSSANs, c.APIServerArgs)
+	}
+}

@@ -1,0 +1,89 @@
+package control
+
+import (
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/pki"
+)
+
+func testConfig(overrides ...string) *config.Config {
+	_, pods, _ := net.ParseCIDR("10.42.0.0/16")
+	_, svcs, _ := net.ParseCIDR("10.43.0.0/16")
+	return &config.Config{
+		BindAddress: net.IPv4zero, HTTPSPort: 6443, ClusterCIDR: pods, ServiceCIDR: svcs,
+		ClusterDomain: "cluster.local", APIServerArgs: overrides, ControllerManagerArgs: overrides, SchedulerArgs: overrides,
+	}
+}
+
+var files = Files{EtcdURL: "https://127.0.0.1:2379", AuthenticationConfig: "/d/auth.yaml", ControllerManagerKubeconfig: "/d/cm.kubeconfig", SchedulerKubeconfig: "/d/s.kubeconfig", CertDir: "/d/tmp"}
+
+func has(t *testing.T, args []string, want ...string) {
+	t.Helper()
+	joined := "\n" + strings.Join(args, "\n") + "\n"
+	for _, w := range want {
+		if !strings.Contains(joined, "\n"+w+"\n") {
+			t.Errorf("missing %s", w)
+		}
+	}
+}
+
+func TestAPIServerArgs(t *testing.T) {
+	p := pki.Layout("/d/tls")
+	args := APIServerArgs(testConfig(), p, files)
+	has(t, args,
+		"--secure-port=6443", "--bind-address=0.0.0.0",
+		"--authorization-mode=Node,RBAC", "--enable-admission-plugins=NodeRestriction",
+		"--enable-bootstrap-token-auth=true", "--authentication-config=/d/auth.yaml",
+		"--service-cluster-ip-range=10.43.0.0/16", "--etcd-servers=https://127.0.0.1:2379",
+		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+		"--client-ca-file=/d/tls/client-ca.crt", "--tls-cert-file=/d/tls/serving-kube-apiserver.crt",
+		"--etcd-certfile=/d/tls/etcd/client.crt", "--kubelet-client-certificate=/d/tls/client-kube-apiserver.crt",
+	)
+	for _, a := range args {
+		if strings.HasPrefix(a, "--anonymous-auth") || strings.HasPrefix(a, "--advertise-address") {
+			t.Errorf("unexpected %s", a)
+		}
+	}
+	c := testConfig("--secure-port=7443", "audit-log-maxage=3")
+	c.AdvertiseAddress = net.ParseIP("192.0.2.7")
+	has(t, APIServerArgs(c, p, files), "--secure-port=7443", "--audit-log-maxage=3", "--advertise-address=192.0.2.7")
+}
+
+func TestControllerManagerAndSchedulerArgs(t *testing.T) {
+	p := pki.Layout("/d/tls")
+	has(t, ControllerManagerArgs(testConfig(), p, files),
+		"--kubeconfig=/d/cm.kubeconfig", "--cluster-cidr=10.42.0.0/16", "--allocate-node-cidrs=true",
+		"--controllers=*,bootstrapsigner,tokencleaner", "--bind-address=127.0.0.1", "--secure-port=10257",
+		"--cluster-signing-kubelet-serving-cert-file=/d/tls/server-ca.crt", "--root-ca-file=/d/tls/server-ca.crt",
+		"--service-account-private-key-file=/d/tls/service.key", "--leader-elect=false")
+	has(t, SchedulerArgs(testConfig(), files), "--kubeconfig=/d/s.kubeconfig", "--secure-port=10259", "--bind-address=127.0.0.1")
+	has(t, SchedulerArgs(testConfig("secure-port=20259"), files), "--secure-port=20259")
+	if got := ArgValue(SchedulerArgs(testConfig("secure-port=20259"), files), "secure-port"); got != "20259" {
+		t.Errorf("ArgValue = %q", got)
+	}
+}
+
+// The built arguments must be accepted by the components' own flag sets, and a user's typo
+// must be refused before anything starts.
+func TestUpstreamFlagSetsAcceptArgs(t *testing.T) {
+	p := pki.Layout("/d/tls")
+	if _, err := NewAPIServer(APIServerArgs(testConfig(), p, files), nil); err != nil {
+		t.Errorf("kube-apiserver: %v", err)
+	}
+	if _, err := NewControllerManager(ControllerManagerArgs(testConfig(), p, files)); err != nil {
+		t.Errorf("kube-controller-manager: %v", err)
+	}
+	if _, err := NewScheduler(SchedulerArgs(testConfig(), files)); err != nil {
+		t.Errorf("kube-scheduler: %v", err)
+	}
+	_, err := NewAPIServer(APIServerArgs(testConfig("no-such-flag=1"), p, files), nil)
+	if err == nil || !strings.Contains(err.Error(), "no-such-flag") || !strings.Contains(err.Error(), "--kube-apiserver-arg") {
+		t.Errorf("typo: %v", err)
+	}
+	if _, err := NewScheduler(SchedulerArgs(testConfig("secure-port=many"), files)); err == nil {
+		t.Error("a bad value was accepted")
+	}
+}

@@ -1,0 +1,44 @@
+package etcd
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestSettings(t *testing.T) {
+	c := Config{Name: "kone", DataDir: "/d/etcd", ClientPort: 2379, PeerPort: 2380, ServerCA: "/ca.crt"}
+	cfg, err := Settings(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ListenClientUrls[0].String() != "https://127.0.0.1:2379" || cfg.ListenPeerUrls[0].String() != "https://127.0.0.1:2380" {
+		t.Errorf("etcd must listen on loopback only: %v %v", cfg.ListenClientUrls, cfg.ListenPeerUrls)
+	}
+	if !cfg.ClientTLSInfo.ClientCertAuth || !cfg.PeerTLSInfo.ClientCertAuth || cfg.ClientTLSInfo.TrustedCAFile != "/ca.crt" {
+		t.Errorf("etcd must require client certificates: %+v", cfg.ClientTLSInfo)
+	}
+	if cfg.InitialCluster != "kone=https://127.0.0.1:2380" || cfg.Dir != "/d/etcd" {
+		t.Errorf("cluster %q, dir %q", cfg.InitialCluster, cfg.Dir)
+	}
+
+	c.Args = []string{"quota-backend-bytes=4294967296", "--snapshot-count=100", "auto-compaction-mode=revision"}
+	cfg, err = Settings(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.QuotaBackendBytes != 4294967296 || cfg.SnapshotCount != 100 || cfg.AutoCompactionMode != "revision" {
+		t.Errorf("overrides not applied: quota %d, snapshots %d, compaction %q", cfg.QuotaBackendBytes, cfg.SnapshotCount, cfg.AutoCompactionMode)
+	}
+
+	for arg, want := range map[string]string{
+		"quota-backend-bytse=1":        "no setting",
+		"listen-client-urls=http://x":  "--etcd-client-port",
+		"quota-backend-bytes=lots":     "quota-backend-bytes=lots",
+		"client-transport-security=no": "no setting",
+	} {
+		c.Args = []string{arg}
+		if _, err := Settings(c); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("--etcd-arg %s: got %v, want an error mentioning %q", arg, err, want)
+		}
+	}
+}

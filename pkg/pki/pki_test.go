@@ -1,0 +1,251 @@
+package pki
+
+import (
+	"bytes"
+	"crypto/x509"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+var (
+	now       = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	apiNames  = Names{DNSNames: append(InClusterNames("cluster.local"), "edge-1", "kone.example"), IPs: []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("::1"), net.ParseIP("10.43.0.1"), net.ParseIP("192.0.2.10")}}
+	etcdNames = Names{DNSNames: []string{"localhost"}, IPs: []net.IP{net.ParseIP("127.0.0.1")}}
+)
+
+func readCert(t *testing.T, path string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseCert(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func ensure(t *testing.T, c *Cluster, at time.Time) []string {
+	t.Helper()
+	issued, err := c.Ensure(apiNames, etcdNames, at)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return issued
+}
+
+func TestChainsVerify(t *testing.T) {
+	c := Layout(t.TempDir())
+	if issued := ensure(t, c, now); len(issued) != 9 {
+		t.Fatalf("issued %d leaves, want 9: %v", len(issued), issued)
+	}
+	server, client := x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth
+	for _, tc := range []struct {
+		ca    string
+		leaf  File
+		usage x509.ExtKeyUsage
+	}{
+		{c.ServerCA, c.APIServerServing, server},
+		{c.ClientCA, c.Admin, client},
+		{c.ClientCA, c.ControllerManager, client},
+		{c.ClientCA, c.Scheduler, client},
+		{c.ClientCA, c.APIServerKubelet, client},
+		{c.RequestHeaderCA, c.AuthProxy, client},
+		{c.EtcdServerCA, c.APIServerEtcd, client},
+		{c.EtcdServerCA, c.EtcdServing, server},
+		{c.EtcdPeerCA, c.EtcdPeer, server},
+		{c.EtcdPeerCA, c.EtcdPeer, client},
+	} {
+		ca, leaf := readCert(t, tc.ca), readCert(t, tc.leaf.Cert)
+		roots := x509.NewCertPool()
+		roots.AddCert(ca)
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{tc.usage}}); err != nil {
+			t.Errorf("%s does not verify against %s for %v: %v", tc.leaf.Cert, tc.ca, tc.usage, err)
+		}
+		if got := ca.NotAfter.Sub(now); got < CAValidity-2*time.Hour {
+			t.Errorf("%s valid for %s, want 10 years", tc.ca, got)
+		}
+		if got := leaf.NotAfter.Sub(now); got != LeafValidity {
+			t.Errorf("%s valid for %s, want %s", tc.leaf.Cert, got, LeafValidity)
+		}
+	}
+	// A leaf must not verify against another CA.
+	roots := x509.NewCertPool()
+	roots.AddCert(readCert(t, c.ClientCA))
+	if _, err := readCert(t, c.APIServerServing.Cert).Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now}); err == nil {
+		t.Error("the serving certificate verified against the client CA")
+	}
+	admin := readCert(t, c.Admin.Cert)
+	if admin.Subject.CommonName != "system:admin" || !slices.Equal(admin.Subject.Organization, []string{"system:masters"}) {
+		t.Errorf("admin subject %v", admin.Subject)
+	}
+}
+
+func TestServingSANs(t *testing.T) {
+	c := Layout(t.TempDir())
+	ensure(t, c, now)
+	cert := readCert(t, c.APIServerServing.Cert)
+	for _, name := range []string{"kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local", "edge-1", "kone.example"} {
+		if err := cert.VerifyHostname(name); err != nil {
+			t.Errorf("serving certificate lacks %s: %v", name, err)
+		}
+	}
+	for _, ip := range []string{"127.0.0.1", "::1", "10.43.0.1", "192.0.2.10"} {
+		if err := cert.VerifyHostname(ip); err != nil {
+			t.Errorf("serving certificate lacks %s: %v", ip, err)
+		}
+	}
+}
+
+func TestKeysArePrivate(t *testing.T) {
+	c := Layout(t.TempDir())
+	ensure(t, c, now)
+	err := filepath.Walk(c.Dir, func(path string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() {
+			return err
+		}
+		if strings.HasSuffix(path, ".key") && info.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", path, info.Mode().Perm())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSecondEnsureChangesNothing(t *testing.T) {
+	c := Layout(t.TempDir())
+	ensure(t, c, now)
+	before, _ := os.ReadFile(c.APIServerServing.Cert)
+	if issued := ensure(t, c, now.Add(24*time.Hour)); len(issued) != 0 {
+		t.Fatalf("second start re-issued %v", issued)
+	}
+	after, _ := os.ReadFile(c.APIServerServing.Cert)
+	if !bytes.Equal(before, after) {
+		t.Fatal("serving certificate changed")
+	}
+}
+
+func TestRenewalNearExpiryKeepsKeyAndCA(t *testing.T) {
+	c := Layout(t.TempDir())
+	ensure(t, c, now)
+	caBefore, _ := os.ReadFile(c.ServerCA)
+	keyBefore, _ := os.ReadFile(c.Admin.Key)
+	old := readCert(t, c.Admin.Cert)
+
+	// 91 days before expiry: nothing to do. 89 days before: every leaf is renewed.
+	if issued := ensure(t, c, old.NotAfter.Add(-91*24*time.Hour)); len(issued) != 0 {
+		t.Fatalf("renewed too early: %v", issued)
+	}
+	later := old.NotAfter.Add(-89 * 24 * time.Hour)
+	if issued := ensure(t, c, later); len(issued) != 9 {
+		t.Fatalf("renewed %d leaves, want 9", len(issued))
+	}
+	renewed := readCert(t, c.Admin.Cert)
+	if !renewed.NotAfter.Equal(later.Add(LeafValidity).Truncate(time.Second)) {
+		t.Errorf("renewed certificate expires %s, want %s", renewed.NotAfter, later.Add(LeafValidity))
+	}
+	if renewed.SerialNumber.Cmp(old.SerialNumber) == 0 {
+		t.Error("renewal kept the serial number")
+	}
+	keyAfter, _ := os.ReadFile(c.Admin.Key)
+	caAfter, _ := os.ReadFile(c.ServerCA)
+	if !bytes.Equal(keyBefore, keyAfter) || !bytes.Equal(caBefore, caAfter) {
+		t.Error("renewal changed the key or the CA")
+	}
+}
+
+func TestNewSANReissuesServingCertOnly(t *testing.T) {
+	c := Layout(t.TempDir())
+	ensure(t, c, now)
+	more := apiNames
+	more.DNSNames = append(slices.Clone(more.DNSNames), "new.example")
+	issued, err := c.Ensure(more, etcdNames, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(issued) != 1 || issued[0] != c.APIServerServing.Cert {
+		t.Fatalf("issued %v, want only the serving certificate", issued)
+	}
+	if err := readCert(t, c.APIServerServing.Cert).VerifyHostname("new.example"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCorruptFilesAreRefusedAndKept(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		corrupt func(c *Cluster) string // returns the file it damaged
+		want    string
+	}{
+		{"corrupt leaf", func(c *Cluster) string { return garble(t, c.Admin.Cert) }, "client-admin.crt"},
+		{"corrupt CA", func(c *Cluster) string { return garble(t, c.ServerCA) }, "server-ca.crt"},
+		{"corrupt key", func(c *Cluster) string { return garble(t, c.Scheduler.Key) }, "client-scheduler.key"},
+		{"corrupt service-account key", func(c *Cluster) string { return garble(t, c.ServiceAccountKey) }, "service.key"},
+		{"key of another cert", func(c *Cluster) string {
+			other, _ := os.ReadFile(c.Admin.Key)
+			os.WriteFile(c.Scheduler.Key, other, 0o600)
+			return c.Scheduler.Key
+		}, "does not belong"},
+		{"CA key missing", func(c *Cluster) string {
+			os.Remove(c.ClientCAKey)
+			return c.ClientCA
+		}, "only one of"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Layout(t.TempDir())
+			ensure(t, c, now)
+			damaged := tc.corrupt(c)
+			before, _ := os.ReadFile(damaged)
+			_, err := c.Ensure(apiNames, etcdNames, now)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
+			}
+			if !strings.Contains(err.Error(), "restore") {
+				t.Errorf("error %q does not say how to fix it", err)
+			}
+			after, _ := os.ReadFile(damaged)
+			if !bytes.Equal(before, after) {
+				t.Error("the damaged file was overwritten")
+			}
+		})
+	}
+}
+
+func garble(t *testing.T, path string) string {
+	t.Helper()
+	if err := os.WriteFile(path, []byte("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestKubeconfig(t *testing.T) {
+	c := Layout(t.TempDir())
+	ensure(t, c, now)
+	path := filepath.Join(t.TempDir(), "kone.yaml")
+	k := Kubeconfig{Server: "https://127.0.0.1:6443", CAFile: c.ServerCA, Client: c.Admin, Embed: true}
+	if err := k.Write(path, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	info, _ := os.Stat(path)
+	data, _ := os.ReadFile(path)
+	if info.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", info.Mode().Perm())
+	}
+	for _, want := range []string{"server: https://127.0.0.1:6443", "certificate-authority-data:", "client-key-data:"} {
+		if !strings.Contains(string(data), want) {
+			t.Errorf("kubeconfig lacks %q", want)
+		}
+	}
+	if strings.Contains(string(data), c.Dir) {
+		t.Error("an embedded kubeconfig refers to files")
+	}
+}

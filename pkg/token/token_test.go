@@ -1,0 +1,190 @@
+package token
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"math/big"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes/fake"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+)
+
+func testCA(t *testing.T) ([]byte, string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, IsCA: true, BasicConstraintsValid: true, NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(der)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), hex.EncodeToString(sum[:])
+}
+
+func TestGenerateAndFormat(t *testing.T) {
+	caPEM, hash := testCA(t)
+	tok, err := Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err = tok.WithCA(caPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := tok.String()
+	if !regexp.MustCompile(`^K10[0-9a-f]{64}::[a-z0-9]{6}\.[a-z0-9]{16}$`).MatchString(full) {
+		t.Fatalf("token %q has the wrong form", full)
+	}
+	if !strings.HasPrefix(full, "K10"+hash+"::") {
+		t.Fatalf("token %q does not carry the CA hash %s", full, hash)
+	}
+	back, err := Parse(full)
+	if err != nil || back != tok {
+		t.Fatalf("round trip: got %+v, %v; want %+v", back, err, tok)
+	}
+	if other, _ := Generate(); other.ID == tok.ID && other.Secret == tok.Secret {
+		t.Fatal("two generated tokens are equal")
+	}
+}
+
+func TestParseForms(t *testing.T) {
+	tok, err := Parse("abcdef.0123456789abcdef")
+	if err != nil || tok.ID != "abcdef" || tok.Secret != "0123456789abcdef" || tok.CAHash != "" {
+		t.Fatalf("bootstrap form: %+v, %v", tok, err)
+	}
+	p1, err1 := Parse("correct horse battery staple")
+	p2, err2 := Parse("  correct horse battery staple\n")
+	p3, _ := Parse("correct horse battery stapler")
+	if err1 != nil || err2 != nil || p1 != p2 {
+		t.Fatalf("a passphrase must derive the same token every time: %+v %v / %+v %v", p1, err1, p2, err2)
+	}
+	if p1 == p3 {
+		t.Fatal("different passphrases derived the same token")
+	}
+	if !regexp.MustCompile(`^[a-z0-9]{6}\.[a-z0-9]{16}$`).MatchString(p1.Bootstrap()) {
+		t.Fatalf("derived token %q is not a bootstrap token", p1.Bootstrap())
+	}
+}
+
+func TestParseBadInput(t *testing.T) {
+	hash := strings.Repeat("a", 64)
+	for in, want := range map[string]string{
+		"":      "empty",
+		"short": "too short",
+		"K10" + hash[:10] + "::abcdef.0123456789abcdef":             "64 lower-case hex",
+		"K10" + strings.ToUpper(hash) + "::abcdef.0123456789abcdef": "64 lower-case hex",
+		"K10" + hash + "::abc.def":                                  "malformed",
+		"K10" + hash + "::a long passphrase here":                   "malformed",
+		"X10" + hash + "::abcdef.0123456789abcdef":                  "malformed",
+		"K10" + hash + "::ABCDEF.0123456789abcdef-and-more":         "malformed",
+	} {
+		if _, err := Parse(in); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Parse(%q) = %v, want an error mentioning %q", in, err, want)
+		}
+	}
+}
+
+func TestCheckCA(t *testing.T) {
+	caPEM, _ := testCA(t)
+	otherPEM, _ := testCA(t)
+	tok, _ := Generate()
+	pinned, _ := tok.WithCA(caPEM)
+	if err := pinned.CheckCA(caPEM); err != nil {
+		t.Fatalf("the right CA was refused: %v", err)
+	}
+	err := pinned.CheckCA(otherPEM)
+	if err == nil || !strings.Contains(err.Error(), "does not match") {
+		t.Fatalf("another CA: got %v", err)
+	}
+	if err := tok.CheckCA(otherPEM); err != nil {
+		t.Fatalf("an unpinned token checks nothing, got %v", err)
+	}
+	if err := pinned.CheckCA([]byte("garbage")); err == nil {
+		t.Fatal("garbage accepted as a CA")
+	}
+}
+
+func TestSecrets(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset()
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	tok, _ := Parse("abcdef.0123456789abcdef")
+	if err := Create(ctx, cs, tok, Options{TTL: time.Hour, Description: "edge"}, now); err != nil {
+		t.Fatal(err)
+	}
+	s, err := cs.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-abcdef", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Type != bootstrapapi.SecretTypeBootstrapToken || s.StringData["token-secret"] != "0123456789abcdef" ||
+		s.StringData["usage-bootstrap-authentication"] != "true" || s.StringData["usage-bootstrap-signing"] != "true" ||
+		s.StringData["expiration"] != "2026-01-01T01:00:00Z" || s.StringData["auth-extra-groups"] != NodeGroup {
+		t.Fatalf("secret %+v", s)
+	}
+	if err := Create(ctx, cs, tok, Options{}, now); err == nil || !strings.Contains(err.Error(), "already exists") {
+		t.Fatalf("duplicate: %v", err)
+	}
+	// The fake clientset does not turn StringData into Data as the apiserver does.
+	s.Data = map[string][]byte{}
+	for k, v := range s.StringData {
+		s.Data[k] = []byte(v)
+	}
+	if _, err := cs.CoreV1().Secrets("kube-system").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := Ensure(ctx, cs, tok, Options{}, now); err != nil {
+		t.Fatalf("Ensure of the same token: %v", err)
+	}
+	clash, _ := Parse("abcdef.ffffffffffffffff")
+	if err := Ensure(ctx, cs, clash, Options{}, now); err == nil || !strings.Contains(err.Error(), "another secret") {
+		t.Fatalf("Ensure with another secret: %v", err)
+	}
+	infos, err := List(ctx, cs)
+	if err != nil || len(infos) != 1 || infos[0].ID != "abcdef" || infos[0].Description != "edge" ||
+		!infos[0].Expires.Equal(now.Add(time.Hour)) || strings.Join(infos[0].Usages, ",") != "authentication,signing" {
+		t.Fatalf("list: %+v, %v", infos, err)
+	}
+	if err := Delete(ctx, cs, "nope!"); err == nil || !strings.Contains(err.Error(), "not a token id") {
+		t.Fatalf("bad id: %v", err)
+	}
+	if err := Delete(ctx, cs, "abcdef"); err != nil {
+		t.Fatal(err)
+	}
+	if err := Delete(ctx, cs, "abcdef"); err == nil || !strings.Contains(err.Error(), "no token") {
+		t.Fatalf("second delete: %v", err)
+	}
+}
+
+func TestPublishClusterInfo(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset()
+	for _, content := range []string{"first", "second"} {
+		if err := PublishClusterInfo(ctx, cs, []byte(content)); err != nil {
+			t.Fatal(err)
+		}
+		cm, err := cs.CoreV1().ConfigMaps("kube-public").Get(ctx, "cluster-info", metav1.GetOptions{})
+		if err != nil || cm.Data["kubeconfig"] != content {
+			t.Fatalf("cluster-info %+v, %v", cm, err)
+		}
+	}
+	rb, err := cs.RbacV1().RoleBindings("kube-public").Get(ctx, "kone:bootstrap-signer-clusterinfo", metav1.GetOptions{})
+	if err != nil || rb.Subjects[0].Name != "system:anonymous" {
+		t.Fatalf("binding %+v, %v", rb, err)
+	}
+	role, err := cs.RbacV1().Roles("kube-public").Get(ctx, "kone:bootstrap-signer-clusterinfo", metav1.GetOptions{})
+	if err != nil || strings.Join(role.Rules[0].ResourceNames, ",") != "cluster-info" || strings.Join(role.Rules[0].Verbs, ",") != "get" {
+		t.Fatalf("anonymous may read more than cluster-info: %+v, %v", role, err)
+	}
+}
