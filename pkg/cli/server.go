@@ -10,6 +10,7 @@ import (
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/logging"
+	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/server"
 )
 
@@ -24,6 +25,7 @@ func newServerCommand() *cobra.Command {
 				return err
 			}
 			log := logging.Setup(os.Stderr, cfg.Debug)
+			memory.TuneGC()
 			ctx, stop := signalContext()
 			defer stop()
 			return server.Run(ctx, cfg, log)

@@ -5,12 +5,26 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
+
+// DefaultGCPercent is kone's GOGC. A control plane keeps about 100 MiB of live heap; Go's
+// default of 100 lets the heap grow to twice that before collecting, which is most of the
+// difference between a 250 MiB and a 300 MiB process. At 40 an idle server spends about 0.3 s
+// more CPU a minute on collection.
+const DefaultGCPercent = 40
+
+// TuneGC applies DefaultGCPercent unless the user chose with GOGC.
+func TuneGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(DefaultGCPercent)
+	}
+}
 
 // RandomAccessExecutable tells the kernel that kone's own code and read-only data are read at
 // random, which turns off read-ahead and fault-around for them. kone links all of Kubernetes,
