@@ -10,7 +10,6 @@ import (
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/logging"
-	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/server"
 )
 
@@ -25,7 +24,6 @@ func newServerCommand() *cobra.Command {
 				return err
 			}
 			log := logging.Setup(os.Stderr, cfg.Debug)
-			memory.TuneGC()
 			ctx, stop := signalContext()
 			defer stop()
 			return server.Run(ctx, cfg, log)

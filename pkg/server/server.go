@@ -98,7 +98,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging) error {
 		return err
 	}
 
-	sup := &supervisor.Supervisor{Log: log.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second, OnReady: func() { log.Serving(); _ = memory.TrimExecutable() }, OnStopping: log.Stopping}
+	sup := &supervisor.Supervisor{Log: log.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second, OnReady: func() { log.Serving(); memory.Settle() }, OnStopping: log.Stopping}
 	return sup.Run(ctx, store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg)), cm, sched)
 }
 
