@@ -1,5 +1,6 @@
-// Command kone is a Kubernetes distribution in one binary. Called as kubectl (through a link),
-// it is kubectl; otherwise its subcommands run a server or manage one.
+// Command kone is a Kubernetes distribution in one binary. Called as kubectl or ctr (through a
+// link) it is that tool, and called as containerd it is the node's containerd, which kone runs as
+// a child process; otherwise its subcommands run a server or manage one.
 package main
 
 import (
@@ -22,6 +23,10 @@ func main() {
 	switch filepath.Base(os.Args[0]) {
 	case "kubectl":
 		err = cli.Kubectl(os.Args[1:])
+	case "ctr":
+		err = cli.Ctr(os.Args[1:])
+	case "containerd":
+		err = cli.Containerd(os.Args[1:])
 	default:
 		err = cli.New().Execute()
 	}

@@ -1,0 +1,40 @@
+package cli
+
+import (
+	"os"
+
+	"github.com/containerd/containerd/v2/cmd/containerd/command"
+	ctrapp "github.com/containerd/containerd/v2/cmd/ctr/app"
+	"github.com/spf13/cobra"
+
+	// containerd's plugins, the CRI among them, register themselves.
+	_ "github.com/containerd/containerd/v2/cmd/containerd/builtins"
+)
+
+// DefaultContainerdSocket is where the node's containerd listens.
+const DefaultContainerdSocket = "/run/kone/containerd/containerd.sock"
+
+// Containerd runs containerd's daemon with args (argv without the program name). kone runs
+// itself this way as a child process.
+func Containerd(args []string) error {
+	return command.App().Run(append([]string{"containerd"}, args...))
+}
+
+// Ctr runs containerd's ctr with args, talking to kone's containerd unless told otherwise.
+func Ctr(args []string) error {
+	if os.Getenv("CONTAINERD_ADDRESS") == "" {
+		os.Setenv("CONTAINERD_ADDRESS", DefaultContainerdSocket)
+	}
+	return ctrapp.New().Run(append([]string{"ctr"}, args...))
+}
+
+func newCtrCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:                "ctr",
+		Short:              "Run containerd's ctr against this node's containerd",
+		DisableFlagParsing: true,
+		RunE: func(_ *cobra.Command, args []string) error {
+			return Ctr(args)
+		},
+	}
+}

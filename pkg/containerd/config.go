@@ -1,0 +1,60 @@
+package containerd
+
+import (
+	"bytes"
+	"strconv"
+	"text/template"
+)
+
+// Config is what the node's containerd needs from kone.
+type Config struct {
+	Root       string // persistent state: images, snapshots
+	State      string // runtime state, under /run
+	Socket     string
+	RuncRoot   string // runc's own state; every node on a machine needs its own
+	BinDir     string // runc, the shim and the CNI plugins
+	CNIConfDir string
+	// SandboxImage is the pause image every pod's sandbox runs.
+	SandboxImage string
+	// SystemdCgroup selects the systemd cgroup driver instead of cgroupfs.
+	SystemdCgroup bool
+	// RestrictOOMScoreAdj keeps containers from lowering their oom_score_adj, for hosts that
+	// refuse it; without it every pod fails to start there.
+	RestrictOOMScoreAdj bool
+}
+
+var configTemplate = template.Must(template.New("config.toml").Funcs(template.FuncMap{"q": strconv.Quote}).Parse(`# Written by kone at every start; changes here are lost.
+version = 3
+root = {{q .Root}}
+state = {{q .State}}
+
+[grpc]
+  address = {{q .Socket}}
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = "overlayfs"
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = {{q .SandboxImage}}
+
+[plugins.'io.containerd.cri.v1.runtime']
+  enable_selinux = false
+  restrict_oom_score_adj = {{.RestrictOOMScoreAdj}}
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = "runc"
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = {{q (printf "%s/runc" .BinDir)}}
+        Root = {{q .RuncRoot}}
+        SystemdCgroup = {{.SystemdCgroup}}
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = [{{q .BinDir}}]
+    conf_dir = {{q .CNIConfDir}}
+`))
+
+// TOML renders c as containerd's config.toml.
+func TOML(c Config) ([]byte, error) {
+	var b bytes.Buffer
+	err := configTemplate.Execute(&b, c)
+	return b.Bytes(), err
+}
