@@ -21,19 +21,33 @@ const PauseImage = "docker.io/kone/pause:3.10"
 // the same image digest and a restart imports nothing new.
 var epoch = time.Unix(0, 0).UTC()
 
-// PauseArchive returns an OCI image layout, as a tar, holding one image: the pause program at
+// PauseArchive returns the pause image as an OCI image layout in a tar: the pause program at
 // /pause as its entrypoint.
 func PauseArchive(pause []byte) ([]byte, error) {
+	return OCIArchive(PauseImage, []string{"/pause"}, []File{{Name: "pause", Mode: 0o755, Data: pause}})
+}
+
+// File is a file of a one-layer image.
+type File struct {
+	Name string
+	Mode int64
+	Data []byte
+}
+
+// OCIArchive returns an OCI image layout, as a tar, holding one image named name, with one
+// uncompressed layer of files. The same input always gives the same bytes.
+func OCIArchive(name string, entrypoint []string, files []File) ([]byte, error) {
 	var layer bytes.Buffer
-	if err := writeTar(&layer, []tarFile{{name: "pause", mode: 0o755, data: pause}}); err != nil {
+	if err := writeTar(&layer, files); err != nil {
 		return nil, err
 	}
 	layerDesc := descriptor(ocispec.MediaTypeImageLayer, layer.Bytes())
+	platform := ocispec.Platform{Architecture: runtime.GOARCH, OS: "linux"}
 
 	config, err := json.Marshal(ocispec.Image{
 		Created:  &epoch,
-		Platform: ocispec.Platform{Architecture: runtime.GOARCH, OS: "linux"},
-		Config:   ocispec.ImageConfig{Entrypoint: []string{"/pause"}, User: "65535:65535"},
+		Platform: platform,
+		Config:   ocispec.ImageConfig{Entrypoint: entrypoint},
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{layerDesc.Digest}},
 	})
 	if err != nil {
@@ -51,11 +65,8 @@ func PauseArchive(pause []byte) ([]byte, error) {
 		return nil, err
 	}
 	manifestDesc := descriptor(ocispec.MediaTypeImageManifest, manifest)
-	manifestDesc.Platform = &ocispec.Platform{Architecture: runtime.GOARCH, OS: "linux"}
-	manifestDesc.Annotations = map[string]string{
-		"io.containerd.image.name": PauseImage,
-		ocispec.AnnotationRefName:  "3.10",
-	}
+	manifestDesc.Platform = &platform
+	manifestDesc.Annotations = map[string]string{"io.containerd.image.name": name}
 	index, err := json.Marshal(ocispec.Index{
 		Versioned: specs.Versioned{SchemaVersion: 2},
 		MediaType: ocispec.MediaTypeImageIndex,
@@ -67,31 +78,25 @@ func PauseArchive(pause []byte) ([]byte, error) {
 	layout, _ := json.Marshal(ocispec.ImageLayout{Version: ocispec.ImageLayoutVersion})
 
 	var out bytes.Buffer
-	err = writeTar(&out, []tarFile{
-		{name: ocispec.ImageLayoutFile, mode: 0o644, data: layout},
-		{name: "index.json", mode: 0o644, data: index},
-		{name: blobPath(layerDesc), mode: 0o644, data: layer.Bytes()},
-		{name: blobPath(configDesc), mode: 0o644, data: config},
-		{name: blobPath(manifestDesc), mode: 0o644, data: manifest},
+	err = writeTar(&out, []File{
+		{Name: ocispec.ImageLayoutFile, Mode: 0o644, Data: layout},
+		{Name: "index.json", Mode: 0o644, Data: index},
+		{Name: blobPath(layerDesc), Mode: 0o644, Data: layer.Bytes()},
+		{Name: blobPath(configDesc), Mode: 0o644, Data: config},
+		{Name: blobPath(manifestDesc), Mode: 0o644, Data: manifest},
 	})
 	return out.Bytes(), err
 }
 
-type tarFile struct {
-	name string
-	mode int64
-	data []byte
-}
-
-func writeTar(w *bytes.Buffer, files []tarFile) error {
+func writeTar(w *bytes.Buffer, files []File) error {
 	tw := tar.NewWriter(w)
 	for _, f := range files {
-		hdr := &tar.Header{Name: f.name, Mode: f.mode, Size: int64(len(f.data)), ModTime: epoch, Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+		hdr := &tar.Header{Name: f.Name, Mode: f.Mode, Size: int64(len(f.Data)), ModTime: epoch, Typeflag: tar.TypeReg, Format: tar.FormatPAX}
 		if err := tw.WriteHeader(hdr); err != nil {
-			return fmt.Errorf("tar %s: %w", f.name, err)
+			return fmt.Errorf("tar %s: %w", f.Name, err)
 		}
-		if _, err := tw.Write(f.data); err != nil {
-			return fmt.Errorf("tar %s: %w", f.name, err)
+		if _, err := tw.Write(f.Data); err != nil {
+			return fmt.Errorf("tar %s: %w", f.Name, err)
 		}
 	}
 	return tw.Close()
