@@ -3,8 +3,8 @@ package control
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"time"
@@ -21,6 +21,7 @@ import (
 	schedoptions "k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 
 	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/probe"
 )
 
 // parse parses args with a component's own flag sets, as its command would.
@@ -29,16 +30,12 @@ func parse(name string, sets cliflag.NamedFlagSets, args []string) error {
 	for _, s := range sets.FlagSets {
 		fs.AddFlagSet(s)
 	}
-	fs.SetOutput(discard{})
+	fs.SetOutput(io.Discard)
 	if err := fs.Parse(args); err != nil {
 		return fmt.Errorf("%s arguments: %w (check --%s-arg)", name, err, name)
 	}
 	return nil
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // APIServer is kube-apiserver.
 type APIServer struct {
@@ -81,7 +78,7 @@ func (a *APIServer) Ready(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return poll(ctx, client, a.health.Host+"/readyz")
+	return probe.HTTP(ctx, client, a.health.Host+"/readyz")
 }
 
 // anonymousPaths are all an unauthenticated client may reach: health, and the cluster-info
@@ -135,7 +132,7 @@ func (c *ControllerManager) Run(ctx context.Context) error {
 }
 
 func (c *ControllerManager) Ready(ctx context.Context) error {
-	return poll(ctx, localHealthClient(), "https://"+net.JoinHostPort("127.0.0.1", c.port)+"/healthz")
+	return probe.HTTP(ctx, localHealthClient(), "https://"+net.JoinHostPort("127.0.0.1", c.port)+"/healthz")
 }
 
 // Scheduler is kube-scheduler.
@@ -170,7 +167,7 @@ func (s *Scheduler) Run(ctx context.Context) error {
 }
 
 func (s *Scheduler) Ready(ctx context.Context) error {
-	return poll(ctx, localHealthClient(), "https://"+net.JoinHostPort("127.0.0.1", s.port)+"/readyz")
+	return probe.HTTP(ctx, localHealthClient(), "https://"+net.JoinHostPort("127.0.0.1", s.port)+"/readyz")
 }
 
 // localHealthClient probes a component of this process on loopback. The controller-manager and
@@ -180,30 +177,5 @@ func localHealthClient() *http.Client {
 	return &http.Client{
 		Timeout:   2 * time.Second,
 		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, //nolint:gosec // see above
-	}
-}
-
-// poll GETs url until it answers 200 or ctx ends.
-func poll(ctx context.Context, client *http.Client, url string) error {
-	var last error
-	for {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			err = fmt.Errorf("%s answered %s", url, resp.Status)
-		}
-		last = err
-		select {
-		case <-ctx.Done():
-			return errors.Join(ctx.Err(), last)
-		case <-time.After(100 * time.Millisecond):
-		}
 	}
 }
