@@ -58,6 +58,10 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"tls-private-key-file":               p.APIServerServing.Key,
 		"cert-dir":                           f.CertDir,
 		"profiling":                          "false",
+		// Close the HTTP server 2 s after the last ordinary request instead of waiting up to a
+		// minute for the open watches of clients that outlive the apiserver in this process
+		// (kubelet, kube-proxy and CoreDNS cannot be stopped from outside).
+		"shutdown-send-retry-after": "true",
 	}
 	if c.AdvertiseAddress != nil {
 		a["advertise-address"] = c.AdvertiseAddress.String()
