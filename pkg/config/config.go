@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -54,7 +55,30 @@ type Config struct {
 	EtcdArgs              []string
 
 	DisableAgent bool
+
+	Node Node
 }
+
+// Node is the node side's part of the configuration: what kubelet, kube-proxy and the pod
+// network of this machine need. A server and an agent share it.
+type Node struct {
+	Name        string   // default: the host name, lower-cased
+	IP          net.IP   // default: the address of the default route
+	Labels      []string // key=value
+	Taints      []string // key=value:Effect
+	KubeletArgs []string
+	ProxyArgs   []string
+	// Disable names the parts kone would otherwise run that the user replaces with their own.
+	Disable []string
+}
+
+// Disabled reports whether the user turned off a part of kone with --disable.
+func (n *Node) Disabled(part string) bool { return slices.Contains(n.Disable, part) }
+
+// Parts that --disable accepts.
+const DisableCoreDNS = "coredns"
+
+var disableable = []string{DisableCoreDNS}
 
 // BindServerFlags registers every `kone server` setting on fs, with its default, bound into c.
 func BindServerFlags(fs *pflag.FlagSet, c *Config) {
@@ -87,6 +111,18 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.Var(&argsValue{p: &c.SchedulerArgs}, "kube-scheduler-arg", "extra kube-scheduler flag as key=value (repeatable)")
 	fs.Var(&argsValue{p: &c.EtcdArgs}, "etcd-arg", "extra etcd setting as key=value, keys as in etcd's config file (repeatable)")
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
+	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns (repeatable)")
+	bindNodeFlags(fs, &c.Node)
+}
+
+// bindNodeFlags registers the node side's settings.
+func bindNodeFlags(fs *pflag.FlagSet, n *Node) {
+	fs.StringVar(&n.Name, "node-name", "", "name the node registers under (default: the host name)")
+	fs.Var(ipValue{&n.IP}, "node-ip", "IP address the node advertises (default: the address of the default route)")
+	fs.StringSliceVar(&n.Labels, "node-label", nil, "label to register the node with, key=value (repeatable)")
+	fs.StringSliceVar(&n.Taints, "node-taint", nil, "taint to register the node with, key=value:Effect (repeatable)")
+	fs.Var(&argsValue{p: &n.KubeletArgs}, "kubelet-arg", "extra kubelet flag as key=value (repeatable)")
+	fs.Var(&argsValue{p: &n.ProxyArgs}, "kube-proxy-arg", "extra kube-proxy flag as key=value (repeatable)")
 }
 
 // Load applies the config file, its drop-ins and the environment to the flags in fs that were
@@ -279,6 +315,33 @@ func (c *Config) validate() error {
 	if c.WriteKubeconfig != "" && !filepath.IsAbs(c.WriteKubeconfig) {
 		return fmt.Errorf("--write-kubeconfig %q: expected an absolute path such as %s", c.WriteKubeconfig, DefaultKubeconfig)
 	}
+	return c.Node.validate()
+}
+
+var labelKey = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
+
+func (n *Node) validate() error {
+	if n.Name != "" && !dnsName.MatchString(n.Name) {
+		return fmt.Errorf("--node-name %q is not a valid node name; use lower-case letters, digits, '-' and '.'", n.Name)
+	}
+	for _, l := range n.Labels {
+		k, _, ok := strings.Cut(l, "=")
+		if !ok || !labelKey.MatchString(k) {
+			return fmt.Errorf("--node-label %q: expected key=value, such as topology.kubernetes.io/zone=rack3", l)
+		}
+	}
+	for _, t := range n.Taints {
+		kv, effect, ok := strings.Cut(t, ":")
+		k, _, _ := strings.Cut(kv, "=")
+		if !ok || !labelKey.MatchString(k) || (effect != "NoSchedule" && effect != "PreferNoSchedule" && effect != "NoExecute") {
+			return fmt.Errorf("--node-taint %q: expected key=value:Effect with Effect NoSchedule, PreferNoSchedule or NoExecute", t)
+		}
+	}
+	for _, d := range n.Disable {
+		if !slices.Contains(disableable, d) {
+			return fmt.Errorf("--disable %q: kone can leave out only %s", d, strings.Join(disableable, ", "))
+		}
+	}
 	return nil
 }
 
@@ -287,3 +350,10 @@ func (c *Config) ServerDir() string { return filepath.Join(c.DataDir, "server") 
 
 // TLSDir holds the cluster's PKI.
 func (c *Config) TLSDir() string { return filepath.Join(c.ServerDir(), "tls") }
+
+// AgentDir holds the node side's state: containerd's images, kubelet's and kube-proxy's
+// credentials and configuration, the CNI configuration.
+func (c *Config) AgentDir() string { return filepath.Join(c.DataDir, "agent") }
+
+// ImagesDir is where image archives are imported from.
+func (c *Config) ImagesDir() string { return filepath.Join(c.AgentDir(), "images") }

@@ -173,3 +173,40 @@ func TestCommandLineListIsNotMergedWithFile(t *testing.T) {
 		t.Fatalf("got tls-san %v, args %v", c.TLSSANs, c.APIServerArgs)
 	}
 }
+
+func TestNodeSettings(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "config.yaml")
+	write(t, empty, "node-label:\n  - zone=a\n  - tier=edge\nnode-taint: [dedicated=edge:NoSchedule]\nkubelet-arg: [max-pods=50]\ndisable: [coredns]\n")
+	c, err := load(t, []string{"--config", empty, "--node-name", "edge-1", "--node-ip", "192.168.1.10"}, map[string]string{"KONE_KUBE_PROXY_ARG": "proxy-mode=nftables"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.Node
+	if n.Name != "edge-1" || n.IP.String() != "192.168.1.10" || strings.Join(n.Labels, ",") != "zone=a,tier=edge" ||
+		strings.Join(n.Taints, ",") != "dedicated=edge:NoSchedule" || strings.Join(n.KubeletArgs, ",") != "max-pods=50" ||
+		strings.Join(n.ProxyArgs, ",") != "proxy-mode=nftables" || !n.Disabled(DisableCoreDNS) {
+		t.Fatalf("node settings: %+v", n)
+	}
+}
+
+func TestNodeSettingErrors(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "config.yaml")
+	write(t, empty, "")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--node-name", "Edge_1"}, "--node-name"},
+		{[]string{"--node-ip", "300.1.1.1"}, "not an IP address"},
+		{[]string{"--node-label", "novalue"}, "--node-label"},
+		{[]string{"--node-taint", "k=v:Sometimes"}, "--node-taint"},
+		{[]string{"--node-taint", "k=v"}, "--node-taint"},
+		{[]string{"--disable", "traefik"}, "--disable"},
+		{[]string{"--kubelet-arg", "novalue"}, "key=value"},
+	} {
+		_, err := load(t, append([]string{"--config", empty}, c.args...), nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v, want an error naming %q", c.args, err, c.want)
+		}
+	}
+}
