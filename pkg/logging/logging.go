@@ -18,7 +18,8 @@ type Logging struct {
 	// are the retries of a control plane coming up (a namespace not created yet, a lease not
 	// there yet) or the complaints of one being closed, and are debug lines; a start or stop that
 	// really fails is reported by kone itself with the component's error.
-	serving atomic.Bool
+	serving   atomic.Bool
+	verbosity int
 }
 
 // Setup configures the process's one logger. It must run once, before any component starts:
@@ -38,12 +39,19 @@ func Setup(out io.Writer, debug bool) *Logging {
 	fs := flag.NewFlagSet("klog", flag.ContinueOnError)
 	klog.InitFlags(fs)
 	_ = fs.Set("v", strconv.Itoa(verbosity))
-	klog.SetLoggerWithOptions(newKlogLogger(l, verbosity), klog.ContextualLogger(true))
+	l.verbosity = verbosity
+	l.ClaimKlog()
 
 	// Libraries that use Go's standard logger (grpc, some of Kubernetes' dependencies).
 	stdlog.SetFlags(0)
 	stdlog.SetOutput(l.WithField("component", "go").WriterLevel(logrus.DebugLevel))
 	return l
+}
+
+// ClaimKlog routes klog into kone's stream. Setup does it; a library that installs its own klog
+// logger (CoreDNS's kubernetes plugin does, when it starts) must be followed by another call.
+func (l *Logging) ClaimKlog() {
+	klog.SetLoggerWithOptions(newKlogLogger(l, l.verbosity), klog.ContextualLogger(true))
 }
 
 // Serving marks kone as ready: from now on the components' errors are errors.
