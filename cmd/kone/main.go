@@ -4,6 +4,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -18,6 +19,9 @@ func main() {
 	// component-base registers its own --version on pflag's global flag set at init, and cobra
 	// merges that set into every root command; kone's --version is cobra's.
 	pflag.CommandLine = pflag.NewFlagSet(os.Args[0], pflag.ExitOnError)
+	// CoreDNS registers -conf, -version, -p and more on Go's global flag set at init; kone's
+	// own flags are cobra's, and kubectl would otherwise show (and clash with) CoreDNS's.
+	flag.CommandLine = flag.NewFlagSet(os.Args[0], flag.ExitOnError)
 	_ = memory.RandomAccessExecutable()
 	var err error
 	switch filepath.Base(os.Args[0]) {

@@ -7,12 +7,11 @@ import (
 	ctrapp "github.com/containerd/containerd/v2/cmd/ctr/app"
 	"github.com/spf13/cobra"
 
+	"github.com/kone-dev/kone/pkg/node"
+
 	// containerd's plugins, the CRI among them, register themselves.
 	_ "github.com/containerd/containerd/v2/cmd/containerd/builtins"
 )
-
-// DefaultContainerdSocket is where the node's containerd listens.
-const DefaultContainerdSocket = "/run/kone/containerd/containerd.sock"
 
 // Containerd runs containerd's daemon with args (argv without the program name). kone runs
 // itself this way as a child process.
@@ -23,7 +22,7 @@ func Containerd(args []string) error {
 // Ctr runs containerd's ctr with args, talking to kone's containerd unless told otherwise.
 func Ctr(args []string) error {
 	if os.Getenv("CONTAINERD_ADDRESS") == "" {
-		os.Setenv("CONTAINERD_ADDRESS", DefaultContainerdSocket)
+		os.Setenv("CONTAINERD_ADDRESS", node.ContainerdSocket)
 	}
 	return ctrapp.New().Run(append([]string{"ctr"}, args...))
 }

@@ -1,11 +1,16 @@
-// Package host finds out what this machine allows, at run time rather than by assumption:
-// which cgroup driver works and whether processes may lower their oom_score_adj.
+// Package host finds out what this machine is and allows, at run time rather than by
+// assumption: its name and address, which cgroup driver works and whether processes may lower
+// their oom_score_adj.
 package host
 
 import (
+	"errors"
+	"fmt"
+	"net"
 	"os"
 	"strings"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -47,4 +52,40 @@ func OOMScoreAdjRestricted() bool {
 	}
 	_ = os.WriteFile(path, []byte(current), 0o644)
 	return false
+}
+
+// NodeName is the name a node registers under by default: the host name, lower-cased, as
+// Kubernetes requires.
+func NodeName() (string, error) {
+	name, err := os.Hostname()
+	if err != nil {
+		return "", fmt.Errorf("host name: %w; set --node-name", err)
+	}
+	return strings.ToLower(name), nil
+}
+
+// DefaultIPv4 is the IPv4 address of the interface that holds the default route, which is
+// what other machines most likely reach this one on. It only reads the routing table.
+func DefaultIPv4() (net.IP, error) {
+	routes, err := netlink.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return nil, fmt.Errorf("read routes: %w", err)
+	}
+	for _, r := range routes {
+		if r.Dst != nil && !r.Dst.IP.IsUnspecified() {
+			continue
+		}
+		if r.Src != nil {
+			return r.Src, nil
+		}
+		link, err := netlink.LinkByIndex(r.LinkIndex)
+		if err != nil {
+			continue
+		}
+		addrs, err := netlink.AddrList(link, netlink.FAMILY_V4)
+		if err == nil && len(addrs) > 0 {
+			return addrs[0].IP, nil
+		}
+	}
+	return nil, errors.New("this host has no default route with an IPv4 address; set --node-ip")
 }

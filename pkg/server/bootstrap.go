@@ -16,22 +16,24 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/dns"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
 // bootstrap writes what the cluster needs from kone once the apiserver serves: the server's
-// join token as a bootstrap-token Secret, the cluster-info a joining node reads, and the RBAC
-// binding that lets the apiserver reach kubelets.
+// join token as a bootstrap-token Secret, the cluster-info a joining node reads, the RBAC rules
+// of kone's own identities, and the kube-dns Service.
 type bootstrap struct {
 	admin  *rest.Config
 	tok    token.Token
 	caFile string
 	server string
+	dnsIP  net.IP // the kube-dns Service's address; nil when the user runs their own DNS
 	done   chan struct{}
 }
 
-func newBootstrap(admin *rest.Config, tok token.Token, caFile, server string) *bootstrap {
-	return &bootstrap{admin: admin, tok: tok, caFile: caFile, server: server, done: make(chan struct{})}
+func newBootstrap(admin *rest.Config, tok token.Token, caFile, server string, dnsIP net.IP) *bootstrap {
+	return &bootstrap{admin: admin, tok: tok, caFile: caFile, server: server, dnsIP: dnsIP, done: make(chan struct{})}
 }
 
 func (b *bootstrap) Name() string { return "cluster bootstrap" }
@@ -57,13 +59,13 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err := token.PublishClusterInfo(ctx, cs, kubeconfig); err != nil {
 		return err
 	}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "kone:kube-apiserver-kubelet-client"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: "system:kubelet-api-admin"},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: "system:kube-apiserver-kubelet-client"}},
+	if err := ensureRBAC(ctx, cs); err != nil {
+		return err
 	}
-	if _, err := cs.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create %s: %w", binding.Name, err)
+	if b.dnsIP != nil {
+		if err := dns.EnsureService(ctx, cs, b.dnsIP); err != nil {
+			return err
+		}
 	}
 	close(b.done)
 	<-ctx.Done()
@@ -90,3 +92,64 @@ func clusterInfoServer(cfg *config.Config) string {
 	}
 	return "https://" + net.JoinHostPort(host, fmt.Sprint(cfg.HTTPSPort))
 }
+
+// ensureRBAC grants kone's identities their rights: the apiserver reaches kubelets, kubelets
+// renew their own client certificates, and each node's CoreDNS reads what it serves and
+// publishes its node's endpoint of kube-dns. Existing objects are left as they are.
+func ensureRBAC(ctx context.Context, cs kubernetes.Interface) error {
+	user := func(name string) []rbacv1.Subject {
+		return []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: name}}
+	}
+	role := func(name string) rbacv1.RoleRef {
+		return rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name}
+	}
+	read := []string{"get", "list", "watch"}
+	clusterRoles := []*rbacv1.ClusterRole{{
+		ObjectMeta: metav1.ObjectMeta{Name: dnsUser},
+		Rules: []rbacv1.PolicyRule{
+			{APIGroups: []string{""}, Resources: []string{"services", "namespaces"}, Verbs: read},
+			{APIGroups: []string{""}, Resources: []string{"nodes"}, Verbs: []string{"get"}},
+			{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
+		},
+	}}
+	bindings := []*rbacv1.ClusterRoleBinding{
+		{ObjectMeta: metav1.ObjectMeta{Name: "kone:kube-apiserver-kubelet-client"}, RoleRef: role("system:kubelet-api-admin"),
+			Subjects: user("system:kube-apiserver-kubelet-client")},
+		{ObjectMeta: metav1.ObjectMeta{Name: "kone:node-client-renewal"},
+			RoleRef:  role("system:certificates.k8s.io:certificatesigningrequests:selfnodeclient"),
+			Subjects: []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: "system:nodes"}}},
+		{ObjectMeta: metav1.ObjectMeta{Name: dnsUser}, RoleRef: role(dnsUser), Subjects: user(dnsUser)},
+	}
+	dnsWriter := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: dnsUser, Namespace: dns.Namespace},
+		Rules: []rbacv1.PolicyRule{{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"},
+			Verbs: []string{"get", "create", "update"}}},
+	}
+	dnsWriterBinding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: dnsUser, Namespace: dns.Namespace},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: dnsUser}, Subjects: user(dnsUser),
+	}
+	created := func(kind, name string, err error) error {
+		if err != nil && !apierrors.IsAlreadyExists(err) {
+			return fmt.Errorf("create %s %s: %w", kind, name, err)
+		}
+		return nil
+	}
+	rbac := cs.RbacV1()
+	for _, r := range clusterRoles {
+		if err := created("ClusterRole", r.Name, second(rbac.ClusterRoles().Create(ctx, r, metav1.CreateOptions{}))); err != nil {
+			return err
+		}
+	}
+	for _, b := range bindings {
+		if err := created("ClusterRoleBinding", b.Name, second(rbac.ClusterRoleBindings().Create(ctx, b, metav1.CreateOptions{}))); err != nil {
+			return err
+		}
+	}
+	if err := created("Role", dnsWriter.Name, second(rbac.Roles(dns.Namespace).Create(ctx, dnsWriter, metav1.CreateOptions{}))); err != nil {
+		return err
+	}
+	return created("RoleBinding", dnsWriterBinding.Name, second(rbac.RoleBindings(dns.Namespace).Create(ctx, dnsWriterBinding, metav1.CreateOptions{})))
+}
+
+func second[T any](_ T, err error) error { return err }

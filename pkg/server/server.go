@@ -17,8 +17,10 @@ import (
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/control"
 	"github.com/kone-dev/kone/pkg/etcd"
+	"github.com/kone-dev/kone/pkg/host"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/memory"
+	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
@@ -98,8 +100,36 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging) error {
 		return err
 	}
 
+	var dnsIP net.IP
+	if !cfg.Node.Disabled(config.DisableCoreDNS) {
+		dnsIP = cfg.ClusterDNS
+	}
+	chain := []supervisor.Component{store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), dnsIP), cm, sched}
+	if !cfg.DisableAgent {
+		nodeSide, err := nodeComponents(cfg, ca, local, log)
+		if err != nil {
+			return err
+		}
+		chain = append(chain, nodeSide...)
+	}
 	sup := &supervisor.Supervisor{Log: log.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second, OnReady: func() { log.Serving(); memory.Settle() }, OnStopping: log.Stopping}
-	return sup.Run(ctx, store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg)), cm, sched)
+	return sup.Run(ctx, chain...)
+}
+
+// nodeComponents are the server's own node side, with credentials from the cluster's CAs.
+func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logging.Logging) ([]supervisor.Component, error) {
+	if err := host.Missing(host.Check()); err != nil {
+		return nil, err
+	}
+	id, err := node.ResolveIdentity(&cfg.Node)
+	if err != nil {
+		return nil, err
+	}
+	creds, err := nodeCredentials(ca, node.Paths{Agent: cfg.AgentDir()}, id, local, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("node certificates: %w", err)
+	}
+	return node.Components(cfg, id, creds, log)
 }
 
 func writeKubeconfigs(cfg *config.Config, ca *pki.Cluster, files control.Files, local string) error {
