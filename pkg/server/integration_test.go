@@ -60,6 +60,7 @@ type node struct {
 	t                                    *testing.T
 	bin, dir, dataDir, kubeconfig        string
 	https, etcdClient, etcdPeer, cm, sch string
+	nodeSide                             bool // run the node side too (off: --disable-agent)
 	cmd                                  *exec.Cmd
 	log                                  *syncBuffer
 	exited                               chan error
@@ -88,15 +89,26 @@ func newNode(t *testing.T, bin, dir string) *node {
 	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// Registered first, so it runs last: a test's own cleanups still find kone running.
+	t.Cleanup(func() {
+		if n.cmd != nil && n.cmd.ProcessState == nil {
+			n.cmd.Process.Kill()
+			<-n.exited
+		}
+	})
 	return n
 }
 
 func (n *node) args(extra ...string) []string {
-	return append([]string{"server", "--config", filepath.Join(n.dir, "config.yaml"), "--data-dir", n.dataDir,
+	args := []string{"server", "--config", filepath.Join(n.dir, "config.yaml"), "--data-dir", n.dataDir,
 		"--write-kubeconfig", n.kubeconfig, "--https-listen-port", n.https,
 		"--etcd-client-port", n.etcdClient, "--etcd-peer-port", n.etcdPeer,
 		"--kube-controller-manager-arg", "secure-port=" + n.cm, "--kube-scheduler-arg", "secure-port=" + n.sch,
-		"--tls-san", "kone-it.example"}, extra...)
+		"--tls-san", "kone-it.example"}
+	if !n.nodeSide {
+		args = append(args, "--disable-agent")
+	}
+	return append(args, extra...)
 }
 
 func (n *node) start() {
@@ -109,12 +121,6 @@ func (n *node) start() {
 	}
 	n.exited = make(chan error, 1)
 	go func() { n.exited <- n.cmd.Wait() }()
-	n.t.Cleanup(func() {
-		if n.cmd.ProcessState == nil {
-			n.cmd.Process.Kill()
-			<-n.exited
-		}
-	})
 	deadline := time.Now().Add(3 * time.Minute)
 	for !strings.Contains(n.log.String(), "kone is ready") {
 		select {
@@ -157,6 +163,9 @@ func (n *node) runFail(args ...string) string {
 	}
 	return string(out)
 }
+
+// command is kone with args, to run as the test sees fit.
+func (n *node) command(args ...string) *exec.Cmd { return exec.Command(n.bin, args...) }
 
 func (n *node) run(env []string, name string, args ...string) string {
 	n.t.Helper()

@@ -1,0 +1,272 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/kone-dev/kone/pkg/images"
+)
+
+const busyboxImage = "docker.io/library/busybox:kone-test"
+
+// busyboxArchive is an OCI image of Debian's static busybox, built here: no registry is needed.
+func busyboxArchive(t *testing.T) []byte {
+	t.Helper()
+	bb, err := os.ReadFile("/bin/busybox")
+	if err != nil {
+		t.Fatalf("this test needs Debian's busybox-static (apt-get install busybox-static): %v", err)
+	}
+	archive, err := images.OCIArchive(busyboxImage, []string{"/bin/busybox"}, []images.File{{Name: "bin/busybox", Mode: 0o755, Data: bb}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return archive
+}
+
+// TestNodeSide runs real pods on a one-node kone server: an image from the images directory,
+// a Deployment behind a Service reached by DNS name, ClusterIP and NodePort, logs and exec,
+// and a restart of kone that no container notices. Then it removes everything and checks that
+// the host is as it was.
+func TestNodeSide(t *testing.T) {
+	bin := koneBinary(t)
+	before := snapshotHost(t)
+	n := newNode(t, bin, t.TempDir())
+	n.nodeSide = true
+	imagesDir := filepath.Join(n.dataDir, "agent", "images")
+	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(imagesDir, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A broken archive is skipped; the others still import.
+	if err := os.WriteFile(filepath.Join(imagesDir, "broken.tar.gz"), []byte("not a tarball"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { teardownNode(t, n, before) })
+
+	n.start()
+	for _, stage := range []string{"containerd ready in", "kubelet ready in", "kube-proxy ready in", "coredns ready in"} {
+		if !strings.Contains(n.log.String(), stage) {
+			t.Errorf("log lacks %q", stage)
+		}
+	}
+	if !strings.Contains(n.log.String(), "broken.tar.gz") {
+		t.Errorf("the broken archive is not named in the log:\n%s", n.log.String())
+	}
+	cs := n.client()
+	ctx := context.Background()
+	nodeName := waitNodeReady(t, cs)
+
+	ns := "kone-node-it"
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	labels := map[string]string{"app": "web"}
+	serve := `mkdir -p /www && echo "hello from $HOSTNAME" > /www/index.html && echo "serving $HOSTNAME" && exec /bin/busybox httpd -f -p 8080 -h /www`
+	web := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(int32(2)),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{{
+					Name: "web", Image: busyboxImage, ImagePullPolicy: corev1.PullNever,
+					Command: []string{"/bin/busybox", "sh", "-c", serve},
+					Ports:   []corev1.ContainerPort{{ContainerPort: 8080}},
+				}}},
+			},
+		},
+	}
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, web, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: labels,
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: ns},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "client", Image: busyboxImage, ImagePullPolicy: corev1.PullNever,
+			Command: []string{"/bin/busybox", "sleep", "3600"},
+		}}},
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, client, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods := waitPodsRunning(t, cs, ns, 3)
+
+	// From another pod: the Service by DNS name and by ClusterIP.
+	for _, url := range []string{"http://web." + ns + ".svc.cluster.local/", "http://web." + ns + "/", "http://" + svc.Spec.ClusterIP + "/"} {
+		out := kubectlEventually(t, n, "exec", "-n", ns, "client", "--", "/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-q", "-O-", url)
+		if !strings.Contains(out, "hello from web-") {
+			t.Errorf("GET %s from a pod: %q", url, out)
+		}
+	}
+	// From the host: the NodePort on the node's address.
+	nodeIP := nodeInternalIP(t, cs, nodeName)
+	if body := httpGetEventually(t, fmt.Sprintf("http://%s:%d/", nodeIP, svc.Spec.Ports[0].NodePort)); !strings.Contains(body, "hello from web-") {
+		t.Errorf("NodePort: %q", body)
+	}
+	// logs and exec return what the pods printed and wrote.
+	for _, p := range pods {
+		if !strings.HasPrefix(p.Name, "web-") {
+			continue
+		}
+		if out := n.kubectl("logs", "-n", ns, p.Name); !strings.Contains(out, "serving "+p.Name) {
+			t.Errorf("logs %s: %q", p.Name, out)
+		}
+		if out := n.kubectl("exec", "-n", ns, p.Name, "--", "/bin/busybox", "cat", "/www/index.html"); strings.TrimSpace(out) != "hello from "+p.Name {
+			t.Errorf("exec %s: %q", p.Name, out)
+		}
+	}
+
+	// A restart of kone: every container keeps running, none is restarted or replaced.
+	containers := containerIDs(t, cs, ns)
+	n.stop()
+	n.start()
+	waitNodeReady(t, cs)
+	time.Sleep(10 * time.Second) // long enough for kubelet to have noticed a dead container
+	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(containers, ",") {
+		t.Errorf("containers changed across a restart of kone:\nbefore %v\nafter  %v", containers, after)
+	}
+	if out := n.kubectl("exec", "-n", ns, "client", "--", "/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-q", "-O-", "http://web/"); !strings.Contains(out, "hello from web-") {
+		t.Errorf("the Service after a restart: %q", out)
+	}
+}
+
+func (n *node) kubectl(args ...string) string {
+	n.t.Helper()
+	return n.run(nil, n.bin, append([]string{"kubectl", "--kubeconfig", n.kubeconfig}, args...)...)
+}
+
+// kubectlEventually retries a kubectl command for up to a minute: a Service's rules and DNS
+// records follow its creation by a moment.
+func kubectlEventually(t *testing.T, n *node, args ...string) string {
+	t.Helper()
+	var out []byte
+	var err error
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		cmd := n.command(append([]string{"kubectl", "--kubeconfig", n.kubeconfig}, args...)...)
+		if out, err = cmd.CombinedOutput(); err == nil {
+			return string(out)
+		}
+	}
+	t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+	return ""
+}
+
+func httpGetEventually(t *testing.T, url string) string {
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second}
+	var last error
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		resp, err := client.Get(url)
+		if err != nil {
+			last = err
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return string(body)
+		}
+		last = fmt.Errorf("%s", resp.Status)
+	}
+	t.Fatalf("GET %s: %v", url, last)
+	return ""
+}
+
+func waitNodeReady(t *testing.T, cs kubernetes.Interface) string {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		nodes, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+		if err != nil || len(nodes.Items) != 1 {
+			continue
+		}
+		for _, c := range nodes.Items[0].Status.Conditions {
+			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+				return nodes.Items[0].Name
+			}
+		}
+	}
+	t.Fatal("the node did not become Ready within 2 minutes")
+	return ""
+}
+
+func nodeInternalIP(t *testing.T, cs kubernetes.Interface, name string) string {
+	t.Helper()
+	node, err := cs.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range node.Status.Addresses {
+		if a.Type == corev1.NodeInternalIP {
+			return a.Address
+		}
+	}
+	t.Fatalf("node %s has no InternalIP: %v", name, node.Status.Addresses)
+	return ""
+}
+
+func waitPodsRunning(t *testing.T, cs kubernetes.Interface, ns string, want int) []corev1.Pod {
+	t.Helper()
+	var last []string
+	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			continue
+		}
+		running := 0
+		last = last[:0]
+		for _, p := range pods.Items {
+			last = append(last, p.Name+"="+string(p.Status.Phase))
+			if p.Status.Phase == corev1.PodRunning {
+				running++
+			}
+		}
+		if running == want && len(pods.Items) == want {
+			return pods.Items
+		}
+	}
+	t.Fatalf("pods not all Running within 3 minutes: %v", last)
+	return nil
+}
+
+// containerIDs are the namespace's containers with their restart counts.
+func containerIDs(t *testing.T, cs kubernetes.Interface, ns string) []string {
+	t.Helper()
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, p := range pods.Items {
+		for _, c := range p.Status.ContainerStatuses {
+			ids = append(ids, fmt.Sprintf("%s/%s=%s restarts=%d", p.Name, c.Name, c.ContainerID, c.RestartCount))
+		}
+	}
+	sort.Strings(ids)
+	return ids
+}
