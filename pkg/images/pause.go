@@ -27,11 +27,12 @@ func PauseArchive(pause []byte) ([]byte, error) {
 	return OCIArchive(PauseImage, []string{"/pause"}, []File{{Name: "pause", Mode: 0o755, Data: pause}})
 }
 
-// File is a file of a one-layer image.
+// File is a file of a one-layer image: a regular file with Data, or a symbolic link to Link.
 type File struct {
 	Name string
 	Mode int64
 	Data []byte
+	Link string
 }
 
 // OCIArchive returns an OCI image layout, as a tar, holding one image named name, with one
@@ -92,6 +93,9 @@ func writeTar(w *bytes.Buffer, files []File) error {
 	tw := tar.NewWriter(w)
 	for _, f := range files {
 		hdr := &tar.Header{Name: f.Name, Mode: f.Mode, Size: int64(len(f.Data)), ModTime: epoch, Typeflag: tar.TypeReg, Format: tar.FormatPAX}
+		if f.Link != "" {
+			hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeSymlink, f.Link, 0
+		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return fmt.Errorf("tar %s: %w", f.Name, err)
 		}

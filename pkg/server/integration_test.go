@@ -60,7 +60,8 @@ type node struct {
 	t                                    *testing.T
 	bin, dir, dataDir, kubeconfig        string
 	https, etcdClient, etcdPeer, cm, sch string
-	nodeSide                             bool // run the node side too (off: --disable-agent)
+	nodeSide                             bool     // run the node side too (off: --disable-agent)
+	extra                                []string // more arguments for start
 	cmd                                  *exec.Cmd
 	log                                  *syncBuffer
 	exited                               chan error
@@ -114,7 +115,7 @@ func (n *node) args(extra ...string) []string {
 func (n *node) start() {
 	n.t.Helper()
 	n.log = &syncBuffer{}
-	n.cmd = exec.Command(n.bin, n.args()...)
+	n.cmd = exec.Command(n.bin, n.args(n.extra...)...)
 	n.cmd.Stdout, n.cmd.Stderr = n.log, n.log
 	if err := n.cmd.Start(); err != nil {
 		n.t.Fatal(err)

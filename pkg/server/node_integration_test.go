@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -25,13 +26,18 @@ import (
 const busyboxImage = "docker.io/library/busybox:kone-test"
 
 // busyboxArchive is an OCI image of Debian's static busybox, built here: no registry is needed.
+// The applets kubectl's tools call by name (tar for cp) are links to it.
 func busyboxArchive(t *testing.T) []byte {
 	t.Helper()
 	bb, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		t.Fatalf("this test needs Debian's busybox-static (apt-get install busybox-static): %v", err)
 	}
-	archive, err := images.OCIArchive(busyboxImage, []string{"/bin/busybox"}, []images.File{{Name: "bin/busybox", Mode: 0o755, Data: bb}})
+	files := []images.File{{Name: "bin/busybox", Mode: 0o755, Data: bb}}
+	for _, applet := range []string{"sh", "tar", "cat", "ls", "mkdir", "sleep", "wget", "httpd", "echo", "timeout"} {
+		files = append(files, images.File{Name: "bin/" + applet, Mode: 0o777, Link: "busybox"})
+	}
+	archive, err := images.OCIArchive(busyboxImage, []string{"/bin/busybox"}, files)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,9 +45,9 @@ func busyboxArchive(t *testing.T) []byte {
 }
 
 // TestNodeSide runs real pods on a one-node kone server: an image from the images directory,
-// a Deployment behind a Service reached by DNS name, ClusterIP and NodePort, logs and exec,
-// and a restart of kone that no container notices. Then it removes everything and checks that
-// the host is as it was.
+// a Deployment behind a Service reached by DNS name, ClusterIP, NodePort and hairpin, logs,
+// exec, attach, port-forward and cp, and a restart of kone, into kube-proxy's nftables mode,
+// that no container notices. Then it removes everything and checks that the host is as it was.
 func TestNodeSide(t *testing.T) {
 	bin := koneBinary(t)
 	before := snapshotHost(t)
@@ -105,17 +111,35 @@ func TestNodeSide(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The client serves too, behind a Service of its own: it reaching itself through that
+	// Service is the hairpin case.
 	client := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: ns},
+		ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: ns, Labels: map[string]string{"app": "client"}},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{{
 			Name: "client", Image: busyboxImage, ImagePullPolicy: corev1.PullNever,
-			Command: []string{"/bin/busybox", "sleep", "3600"},
+			Command: []string{"sh", "-c", "mkdir -p /www && echo client > /www/index.html && httpd -p 8080 -h /www && exec sleep 3600"},
 		}}},
 	}
-	if _, err := cs.CoreV1().Pods(ns).Create(ctx, client, metav1.CreateOptions{}); err != nil {
+	ticker := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "ticker", Namespace: ns},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "ticker", Image: busyboxImage, ImagePullPolicy: corev1.PullNever,
+			Command: []string{"sh", "-c", "while true; do echo tick; sleep 1; done"},
+		}}},
+	}
+	for _, p := range []*corev1.Pod{client, ticker} {
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "self", Namespace: ns},
+		Spec: corev1.ServiceSpec{Selector: map[string]string{"app": "client"},
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	pods := waitPodsRunning(t, cs, ns, 3)
+	pods := waitPodsRunning(t, cs, ns, 4)
 
 	// From another pod: the Service by DNS name and by ClusterIP.
 	for _, url := range []string{"http://web." + ns + ".svc.cluster.local/", "http://web." + ns + "/", "http://" + svc.Spec.ClusterIP + "/"} {
@@ -123,6 +147,9 @@ func TestNodeSide(t *testing.T) {
 		if !strings.Contains(out, "hello from web-") {
 			t.Errorf("GET %s from a pod: %q", url, out)
 		}
+	}
+	if out := kubectlEventually(t, n, "exec", "-n", ns, "client", "--", "timeout", "5", "wget", "-q", "-O-", "http://self/"); strings.TrimSpace(out) != "client" {
+		t.Errorf("hairpin, a pod through its own Service: %q", out)
 	}
 	// From the host: the NodePort on the node's address.
 	nodeIP := nodeInternalIP(t, cs, nodeName)
@@ -142,17 +169,63 @@ func TestNodeSide(t *testing.T) {
 		}
 	}
 
-	// A restart of kone: every container keeps running, none is restarted or replaced.
+	checkStreaming(t, n, ns, pods)
+
+	// A restart of kone, into kube-proxy's nftables mode: every container keeps running, none
+	// is restarted or replaced, and Services work as before.
 	containers := containerIDs(t, cs, ns)
 	n.stop()
+	n.extra = []string{"--kube-proxy-arg", "proxy-mode=nftables"}
 	n.start()
 	waitNodeReady(t, cs)
 	time.Sleep(10 * time.Second) // long enough for kubelet to have noticed a dead container
 	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(containers, ",") {
 		t.Errorf("containers changed across a restart of kone:\nbefore %v\nafter  %v", containers, after)
 	}
-	if out := n.kubectl("exec", "-n", ns, "client", "--", "/bin/busybox", "timeout", "5", "/bin/busybox", "wget", "-q", "-O-", "http://web/"); !strings.Contains(out, "hello from web-") {
-		t.Errorf("the Service after a restart: %q", out)
+	if out := kubectlEventually(t, n, "exec", "-n", ns, "client", "--", "timeout", "5", "wget", "-q", "-O-", "http://web/"); !strings.Contains(out, "hello from web-") {
+		t.Errorf("the Service after a restart, in nftables mode: %q", out)
+	}
+	if body := httpGetEventually(t, fmt.Sprintf("http://%s:%d/", nodeIP, svc.Spec.Ports[0].NodePort)); !strings.Contains(body, "hello from web-") {
+		t.Errorf("NodePort in nftables mode: %q", body)
+	}
+}
+
+// checkStreaming: attach, port-forward and cp, which go through kubelet's streaming server.
+func checkStreaming(t *testing.T, n *node, ns string, pods []corev1.Pod) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
+	defer cancel()
+	attach := exec.CommandContext(ctx, n.bin, "kubectl", "--kubeconfig", n.kubeconfig, "attach", "-n", ns, "ticker")
+	out, _ := attach.CombinedOutput() // ended by the timeout
+	if !strings.Contains(string(out), "tick") {
+		t.Errorf("attach: %q", out)
+	}
+
+	var web string
+	for _, p := range pods {
+		if strings.HasPrefix(p.Name, "web-") {
+			web = p.Name
+		}
+	}
+	port := freePort(t)
+	forward := n.command("kubectl", "--kubeconfig", n.kubeconfig, "port-forward", "-n", ns, "pod/"+web, port+":8080")
+	forward.Stdout, forward.Stderr = io.Discard, io.Discard
+	if err := forward.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if body := httpGetEventually(t, "http://127.0.0.1:"+port+"/"); strings.TrimSpace(body) != "hello from "+web {
+		t.Errorf("port-forward: %q", body)
+	}
+	forward.Process.Kill()
+	forward.Wait()
+
+	local := filepath.Join(t.TempDir(), "note.txt")
+	if err := os.WriteFile(local, []byte("copied by kubectl cp\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n.kubectl("cp", local, ns+"/client:/www/note.txt")
+	if out := n.kubectl("exec", "-n", ns, "client", "--", "cat", "/www/note.txt"); out != "copied by kubectl cp\n" {
+		t.Errorf("cp: %q", out)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,13 +19,14 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// hostState is what the node side may add to a host: links, iptables chains, mounts, cgroups.
+// hostState is what the node side may add to a host: links, iptables chains, nftables tables,
+// mounts, cgroups.
 type hostState struct {
-	links, chains, mounts, cgroups []string
-	dirs                           map[string]bool // directories the node side creates, present before?
+	links, chains, tables, mounts, cgroups []string
+	dirs                                   map[string]bool // directories the node side creates, present before?
 }
 
-var nodeDirs = []string{"/var/lib/kubelet", "/run/kone"}
+var nodeDirs = []string{"/var/lib/kubelet", "/run/kone", "/var/log/pods", "/var/log/containers"}
 
 func snapshotHost(t *testing.T) hostState {
 	t.Helper()
@@ -51,6 +53,16 @@ func snapshotHost(t *testing.T) hostState {
 			}
 		}
 	}
+	// kube-proxy's nftables mode keeps its rules in tables of its own.
+	out, err := exec.Command("nft", "list", "tables").Output()
+	if err != nil {
+		t.Fatalf("nft list tables: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if name, ok := strings.CutPrefix(line, "table "); ok {
+			s.tables = append(s.tables, name)
+		}
+	}
 	info, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
@@ -75,7 +87,7 @@ func snapshotHost(t *testing.T) hostState {
 		_, err := os.Stat(d)
 		s.dirs[d] = err == nil
 	}
-	for _, l := range [][]string{s.links, s.chains, s.mounts, s.cgroups} {
+	for _, l := range [][]string{s.links, s.chains, s.tables, s.mounts, s.cgroups} {
 		sort.Strings(l)
 	}
 	return s
@@ -112,7 +124,7 @@ func teardownNode(t *testing.T, n *node, before hostState) {
 	killUnder(n.dataDir)
 	now := snapshotHost(t)
 	left := map[string][]string{
-		"links": added(before.links, now.links), "chains": added(before.chains, now.chains),
+		"links": added(before.links, now.links), "chains": added(before.chains, now.chains), "tables": added(before.tables, now.tables),
 		"mounts": added(before.mounts, now.mounts), "cgroups": added(before.cgroups, now.cgroups),
 	}
 	t.Logf("kept by the node side after its pods were deleted and kone stopped: %v", left)
@@ -123,6 +135,9 @@ func teardownNode(t *testing.T, n *node, before hostState) {
 		}
 	}
 	removeChains(left["chains"])
+	for _, table := range left["tables"] {
+		_ = exec.Command("sh", "-c", "nft delete table "+table).Run()
+	}
 	mounts := left["mounts"]
 	for i := len(mounts) - 1; i >= 0; i-- {
 		_ = unix.Unmount(mounts[i], unix.MNT_DETACH)
@@ -144,7 +159,7 @@ func teardownNode(t *testing.T, n *node, before hostState) {
 
 	after := snapshotHost(t)
 	for kind, pair := range map[string][2][]string{
-		"links": {before.links, after.links}, "iptables chains": {before.chains, after.chains},
+		"links": {before.links, after.links}, "iptables chains": {before.chains, after.chains}, "nftables tables": {before.tables, after.tables},
 		"mounts": {before.mounts, after.mounts}, "cgroups": {before.cgroups, after.cgroups},
 	} {
 		if extra := added(pair[0], pair[1]); len(extra) > 0 {
@@ -204,7 +219,7 @@ func killUnder(dir string) {
 		cmdline, _ := os.ReadFile(p + "/cmdline")
 		exe, _ := os.Readlink(p + "/exe")
 		if strings.Contains(string(cmdline), dir) || strings.HasPrefix(exe, dir) {
-			_ = exec.Command("kill", "-9", filepath.Base(p)).Run()
+			kill(filepath.Base(p))
 		}
 	}
 }
@@ -213,7 +228,13 @@ func killUnder(dir string) {
 func killCgroup(dir string) {
 	procs, _ := os.ReadFile(filepath.Join(dir, "cgroup.procs"))
 	for _, pid := range strings.Fields(string(procs)) {
-		_ = exec.Command("kill", "-9", pid).Run()
+		kill(pid)
+	}
+}
+
+func kill(pid string) {
+	if n, err := strconv.Atoi(pid); err == nil {
+		_ = unix.Kill(n, unix.SIGKILL)
 	}
 }
 

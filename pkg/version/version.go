@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 
+	containerdversion "github.com/containerd/containerd/v2/version"
 	etcdversion "go.etcd.io/etcd/api/v3/version"
 	k8sversion "k8s.io/component-base/version"
 )
@@ -17,6 +18,6 @@ var (
 
 // String is what `kone --version` prints.
 func String() string {
-	return fmt.Sprintf("kone version %s (%s)\nkubernetes %s\netcd v%s\ngo %s\n",
-		Version, Commit, k8sversion.Get().GitVersion, etcdversion.Version, runtime.Version())
+	return fmt.Sprintf("kone version %s (%s)\nkubernetes %s\netcd v%s\ncontainerd v%s\ngo %s\n",
+		Version, Commit, k8sversion.Get().GitVersion, etcdversion.Version, containerdversion.Version, runtime.Version())
 }

@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -17,8 +18,9 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kone-dev/kone/pkg/images"
@@ -81,13 +83,37 @@ func run(kubeconfig, image string, count int, timeout time.Duration) error {
 			time.Sleep(time.Second)
 		}
 	}()
-	w, err := cs.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{})
-	if err != nil {
+	// An informer, not a bare watch: it lists and watches again when the apiserver ends a watch.
+	var mu sync.Mutex
+	running := map[string]time.Time{}
+	allRunning := make(chan struct{})
+	record := func(obj any) {
+		pod, ok := obj.(*corev1.Pod)
+		if !ok || pod.Status.Phase != corev1.PodRunning {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if _, seen := running[pod.Name]; !seen {
+			running[pod.Name] = time.Now()
+			if len(running) == count {
+				close(allRunning)
+			}
+		}
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(cs, 0, informers.WithNamespace(ns))
+	informer := factory.Core().V1().Pods().Informer()
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: record, UpdateFunc: func(_, obj any) { record(obj) },
+	}); err != nil {
 		return err
 	}
-	defer w.Stop()
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
+		return errors.New("pod informer did not sync")
+	}
 
-	var mu sync.Mutex
 	created := map[string]time.Time{}
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -121,24 +147,15 @@ func run(kubeconfig, image string, count int, timeout time.Duration) error {
 		return fmt.Errorf("create: %w", err)
 	}
 
-	running := map[string]time.Time{}
-	for len(running) < count {
-		select {
-		case ev, ok := <-w.ResultChan():
-			if !ok {
-				return fmt.Errorf("watch ended with %d of %d Running", len(running), count)
-			}
-			pod, isPod := ev.Object.(*corev1.Pod)
-			if !isPod || ev.Type == watch.Deleted {
-				continue
-			}
-			if _, seen := running[pod.Name]; !seen && pod.Status.Phase == corev1.PodRunning {
-				running[pod.Name] = time.Now()
-			}
-		case <-ctx.Done():
-			return fmt.Errorf("%d of %d pods Running after %s", len(running), count, timeout)
-		}
+	select {
+	case <-allRunning:
+	case <-ctx.Done():
+		mu.Lock()
+		defer mu.Unlock()
+		return fmt.Errorf("%d of %d pods Running after %s", len(running), count, timeout)
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	all := time.Since(start)
 	var per []time.Duration
 	for name, t := range running {
