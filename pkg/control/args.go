@@ -2,9 +2,8 @@ package control
 
 import (
 	"fmt"
-	"sort"
-	"strings"
 
+	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/pki"
 )
@@ -66,7 +65,7 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 	if c.AdvertiseAddress != nil {
 		a["advertise-address"] = c.AdvertiseAddress.String()
 	}
-	return merge(a, c.APIServerArgs)
+	return args.Merge(a, c.APIServerArgs)
 }
 
 // ControllerManagerArgs are kube-controller-manager's flags for the configuration c.
@@ -99,7 +98,7 @@ func ControllerManagerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"configure-cloud-routes": "false",
 		"profiling":              "false",
 	}
-	return merge(a, c.ControllerManagerArgs)
+	return args.Merge(a, c.ControllerManagerArgs)
 }
 
 // SchedulerArgs are kube-scheduler's flags for the configuration c.
@@ -113,29 +112,5 @@ func SchedulerArgs(c *config.Config, f Files) []string {
 		"leader-elect":              "false",
 		"profiling":                 "false",
 	}
-	return merge(a, c.SchedulerArgs)
-}
-
-// merge applies key=value overrides to defaults and returns sorted --key=value flags.
-func merge(defaults map[string]string, overrides []string) []string {
-	for _, o := range overrides {
-		k, v, _ := strings.Cut(o, "=")
-		defaults[strings.TrimLeft(k, "-")] = v
-	}
-	out := make([]string, 0, len(defaults))
-	for k, v := range defaults {
-		out = append(out, "--"+k+"="+v)
-	}
-	sort.Strings(out)
-	return out
-}
-
-// ArgValue returns the value of --key in args built by merge.
-func ArgValue(args []string, key string) string {
-	for _, a := range args {
-		if v, ok := strings.CutPrefix(a, "--"+key+"="); ok {
-			return v
-		}
-	}
-	return ""
+	return args.Merge(a, c.SchedulerArgs)
 }

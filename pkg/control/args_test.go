@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/pki"
 )
@@ -61,8 +62,8 @@ func TestControllerManagerAndSchedulerArgs(t *testing.T) {
 		"--service-account-private-key-file=/d/tls/service.key", "--leader-elect=false")
 	has(t, SchedulerArgs(testConfig(), files), "--kubeconfig=/d/s.kubeconfig", "--secure-port=10259", "--bind-address=127.0.0.1")
 	has(t, SchedulerArgs(testConfig("secure-port=20259"), files), "--secure-port=20259")
-	if got := ArgValue(SchedulerArgs(testConfig("secure-port=20259"), files), "secure-port"); got != "20259" {
-		t.Errorf("ArgValue = %q", got)
+	if got := args.Value(SchedulerArgs(testConfig("secure-port=20259"), files), "secure-port"); got != "20259" {
+		t.Errorf("args.Value = %q", got)
 	}
 }
 

@@ -20,18 +20,19 @@ import (
 	schedapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	schedoptions "k8s.io/kubernetes/cmd/kube-scheduler/app/options"
 
+	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/probe"
 )
 
-// parse parses args with a component's own flag sets, as its command would.
-func parse(name string, sets cliflag.NamedFlagSets, args []string) error {
+// parse parses flags with a component's own flag sets, as its command would.
+func parse(name string, sets cliflag.NamedFlagSets, flags []string) error {
 	fs := pflag.NewFlagSet(name, pflag.ContinueOnError)
 	for _, s := range sets.FlagSets {
 		fs.AddFlagSet(s)
 	}
 	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
+	if err := fs.Parse(flags); err != nil {
 		return fmt.Errorf("%s arguments: %w (check --%s-arg)", name, err, name)
 	}
 	return nil
@@ -44,13 +45,13 @@ type APIServer struct {
 	health   *rest.Config
 }
 
-// NewAPIServer parses args; health is an admin client for the readiness check.
-func NewAPIServer(args []string, health *rest.Config) (*APIServer, error) {
+// NewAPIServer parses flags; health is an admin client for the readiness check.
+func NewAPIServer(flags []string, health *rest.Config) (*APIServer, error) {
 	s := apiserveroptions.NewServerRunOptions()
-	if err := parse("kube-apiserver", s.Flags(), args); err != nil {
+	if err := parse("kube-apiserver", s.Flags(), flags); err != nil {
 		return nil, err
 	}
-	return &APIServer{opts: s, authFile: ArgValue(args, "authentication-config"), health: health}, nil
+	return &APIServer{opts: s, authFile: args.Value(flags, "authentication-config"), health: health}, nil
 }
 
 func (a *APIServer) Name() string { return "kube-apiserver" }
@@ -105,17 +106,17 @@ type ControllerManager struct {
 	port string
 }
 
-func NewControllerManager(args []string) (*ControllerManager, error) {
+func NewControllerManager(flags []string) (*ControllerManager, error) {
 	s, err := cmoptions.NewKubeControllerManagerOptions()
 	if err != nil {
 		return nil, err
 	}
 	sets := s.Flags(cmapp.KnownControllers(), cmapp.ControllersDisabledByDefault(), cmapp.ControllerAliases())
 	s.ParsedFlags = &sets
-	if err := parse("kube-controller-manager", sets, args); err != nil {
+	if err := parse("kube-controller-manager", sets, flags); err != nil {
 		return nil, err
 	}
-	return &ControllerManager{opts: s, port: ArgValue(args, "secure-port")}, nil
+	return &ControllerManager{opts: s, port: args.Value(flags, "secure-port")}, nil
 }
 
 func (c *ControllerManager) Name() string { return "kube-controller-manager" }
@@ -141,12 +142,12 @@ type Scheduler struct {
 	port string
 }
 
-func NewScheduler(args []string) (*Scheduler, error) {
+func NewScheduler(flags []string) (*Scheduler, error) {
 	opts := schedoptions.NewOptions()
-	if err := parse("kube-scheduler", *opts.Flags, args); err != nil {
+	if err := parse("kube-scheduler", *opts.Flags, flags); err != nil {
 		return nil, err
 	}
-	return &Scheduler{opts: opts, port: ArgValue(args, "secure-port")}, nil
+	return &Scheduler{opts: opts, port: args.Value(flags, "secure-port")}, nil
 }
 
 func (s *Scheduler) Name() string { return "kube-scheduler" }

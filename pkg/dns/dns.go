@@ -24,6 +24,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/kone-dev/kone/pkg/supervisor"
+
 	// The server type and the plugins the Corefile uses register themselves with caddy.
 	"github.com/coredns/coredns/core/dnsserver"
 	_ "github.com/coredns/coredns/plugin/bind"
@@ -61,11 +63,11 @@ type Config struct {
 type DNS struct {
 	cfg   Config
 	addr  net.IP
-	ready chan struct{}
+	ready *supervisor.Latch
 }
 
 // New returns the component.
-func New(cfg Config) *DNS { return &DNS{cfg: cfg, ready: make(chan struct{})} }
+func New(cfg Config) *DNS { return &DNS{cfg: cfg, ready: supervisor.NewLatch()} }
 
 func (d *DNS) Name() string { return "coredns" }
 
@@ -117,7 +119,7 @@ func (d *DNS) Run(ctx context.Context) error {
 	if err := publish(ctx, d.cfg.Client, d.cfg.NodeName, d.addr); err != nil {
 		return fmt.Errorf("publish the node's DNS endpoint: %w", err)
 	}
-	close(d.ready)
+	d.ready.Open()
 	<-ctx.Done()
 	return nil
 }
@@ -149,12 +151,7 @@ func (d *DNS) answers(ctx context.Context) error {
 }
 
 func (d *DNS) Ready(ctx context.Context) error {
-	select {
-	case <-d.ready:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return d.ready.Wait(ctx)
 }
 
 // Service is the kube-dns Service: no selector, since kone publishes each node's endpoint

@@ -16,6 +16,8 @@ import (
 	"github.com/containerd/containerd/v2/pkg/archive/compression"
 	"github.com/fsnotify/fsnotify"
 	"github.com/sirupsen/logrus"
+
+	"github.com/kone-dev/kone/pkg/supervisor"
 )
 
 // Namespace is containerd's namespace for Kubernetes' images and containers.
@@ -38,7 +40,7 @@ type Importer struct {
 	PauseArchive []byte
 	Log          *logrus.Logger
 
-	ready chan struct{}
+	ready *supervisor.Latch
 	seen  map[string]stamp
 }
 
@@ -51,19 +53,14 @@ type stamp struct {
 // NewImporter returns the component.
 func NewImporter(dir, socket string, pauseArchive []byte, log *logrus.Logger) *Importer {
 	return &Importer{Dir: dir, Socket: socket, Snapshotter: "overlayfs", PauseArchive: pauseArchive, Log: log,
-		ready: make(chan struct{}), seen: map[string]stamp{}}
+		ready: supervisor.NewLatch(), seen: map[string]stamp{}}
 }
 
 func (im *Importer) Name() string { return "images" }
 
 // Ready returns once the pause image and the archives present at start are imported.
 func (im *Importer) Ready(ctx context.Context) error {
-	select {
-	case <-im.ready:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return im.ready.Wait(ctx)
 }
 
 // Run imports, then watches Dir until ctx ends.
@@ -88,7 +85,7 @@ func (im *Importer) Run(ctx context.Context) error {
 		return fmt.Errorf("watch %s: %w", im.Dir, err)
 	}
 	im.scan(ctx, cl)
-	close(im.ready)
+	im.ready.Open()
 
 	// A file being copied in fires many events; import once it has been quiet for a moment.
 	const settle = time.Second

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/supervisor"
 )
 
 // Bridge is the pod bridge on every node.
@@ -43,11 +44,11 @@ type Config struct {
 type Network struct {
 	cfg     Config
 	podCIDR *net.IPNet
-	ready   chan struct{}
+	ready   *supervisor.Latch
 }
 
 // New returns the component.
-func New(cfg Config) *Network { return &Network{cfg: cfg, ready: make(chan struct{})} }
+func New(cfg Config) *Network { return &Network{cfg: cfg, ready: supervisor.NewLatch()} }
 
 func (n *Network) Name() string { return "pod network" }
 
@@ -84,18 +85,13 @@ func (n *Network) Run(ctx context.Context) error {
 		return err
 	}
 	n.cfg.Log.WithField("podCIDR", podCIDR.String()).Debug("pod network configured")
-	close(n.ready)
+	n.ready.Open()
 	<-ctx.Done()
 	return nil
 }
 
 func (n *Network) Ready(ctx context.Context) error {
-	select {
-	case <-n.ready:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return n.ready.Wait(ctx)
 }
 
 // waitForPodCIDR polls the node until the controller-manager has given it a pod CIDR.

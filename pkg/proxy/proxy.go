@@ -11,13 +11,12 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sort"
-	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 	proxyapp "k8s.io/kubernetes/cmd/kube-proxy/app"
 
+	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/probe"
 )
 
@@ -50,16 +49,7 @@ func Args(c Config) []string {
 	if c.NodeIP != nil {
 		a["bind-address"] = c.NodeIP.String()
 	}
-	for _, o := range c.Args {
-		k, v, _ := strings.Cut(o, "=")
-		a[strings.TrimLeft(k, "-")] = v
-	}
-	out := make([]string, 0, len(a))
-	for k, v := range a {
-		out = append(out, "--"+k+"="+v)
-	}
-	sort.Strings(out)
-	return out
+	return args.Merge(a, c.Args)
 }
 
 // Proxy is the kube-proxy component.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/dns"
+	"github.com/kone-dev/kone/pkg/supervisor"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -29,11 +30,11 @@ type bootstrap struct {
 	caFile string
 	server string
 	dnsIP  net.IP // the kube-dns Service's address; nil when the user runs their own DNS
-	done   chan struct{}
+	ready  *supervisor.Latch
 }
 
 func newBootstrap(admin *rest.Config, tok token.Token, caFile, server string, dnsIP net.IP) *bootstrap {
-	return &bootstrap{admin: admin, tok: tok, caFile: caFile, server: server, dnsIP: dnsIP, done: make(chan struct{})}
+	return &bootstrap{admin: admin, tok: tok, caFile: caFile, server: server, dnsIP: dnsIP, ready: supervisor.NewLatch()}
 }
 
 func (b *bootstrap) Name() string { return "cluster bootstrap" }
@@ -67,18 +68,13 @@ func (b *bootstrap) Run(ctx context.Context) error {
 			return err
 		}
 	}
-	close(b.done)
+	b.ready.Open()
 	<-ctx.Done()
 	return nil
 }
 
 func (b *bootstrap) Ready(ctx context.Context) error {
-	select {
-	case <-b.done:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+	return b.ready.Wait(ctx)
 }
 
 // clusterInfoServer is the apiserver URL published to joining nodes: the advertise address, or

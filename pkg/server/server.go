@@ -14,6 +14,7 @@ import (
 
 	"k8s.io/client-go/rest"
 
+	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/control"
 	"github.com/kone-dev/kone/pkg/etcd"
@@ -205,8 +206,8 @@ func checkPorts(cfg *config.Config, cmArgs, schedArgs []string) error {
 		{cfg.BindAddress.String(), fmt.Sprint(cfg.HTTPSPort), "--https-listen-port"},
 		{"127.0.0.1", fmt.Sprint(cfg.EtcdClientPort), "--etcd-client-port"},
 		{"127.0.0.1", fmt.Sprint(cfg.EtcdPeerPort), "--etcd-peer-port"},
-		{"127.0.0.1", control.ArgValue(cmArgs, "secure-port"), "--kube-controller-manager-arg=secure-port=PORT"},
-		{"127.0.0.1", control.ArgValue(schedArgs, "secure-port"), "--kube-scheduler-arg=secure-port=PORT"},
+		{"127.0.0.1", args.Value(cmArgs, "secure-port"), "--kube-controller-manager-arg=secure-port=PORT"},
+		{"127.0.0.1", args.Value(schedArgs, "secure-port"), "--kube-scheduler-arg=secure-port=PORT"},
 	}
 	for _, p := range ports {
 		l, err := net.Listen("tcp", net.JoinHostPort(p.host, p.port))

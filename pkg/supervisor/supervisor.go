@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -129,4 +130,27 @@ func exitError(r *running) error {
 		return fmt.Errorf("%s: %w", r.c.Name(), r.err)
 	}
 	return fmt.Errorf("%s exited unexpectedly", r.c.Name())
+}
+
+// Latch is the readiness signal of a component that becomes ready partway through its Run: Run
+// opens it, Ready waits on it.
+type Latch struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+// NewLatch returns a latch that is not open yet.
+func NewLatch() *Latch { return &Latch{ch: make(chan struct{})} }
+
+// Open marks the component ready; opening twice is harmless.
+func (l *Latch) Open() { l.once.Do(func() { close(l.ch) }) }
+
+// Wait returns nil once the latch is open, or ctx's error if ctx ends first.
+func (l *Latch) Wait(ctx context.Context) error {
+	select {
+	case <-l.ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }

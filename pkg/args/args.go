@@ -1,0 +1,33 @@
+// Package args builds the command-line flags kone passes to the upstream components: kone's
+// own settings first, then the user's key=value overrides (--kube-apiserver-arg and the like).
+package args
+
+import (
+	"sort"
+	"strings"
+)
+
+// Merge applies key=value overrides to defaults and returns --key=value flags in a stable order.
+// An override's key may carry leading dashes.
+func Merge(defaults map[string]string, overrides []string) []string {
+	for _, o := range overrides {
+		k, v, _ := strings.Cut(o, "=")
+		defaults[strings.TrimLeft(k, "-")] = v
+	}
+	out := make([]string, 0, len(defaults))
+	for k, v := range defaults {
+		out = append(out, "--"+k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Value returns the value of --key in flags built by Merge.
+func Value(flags []string, key string) string {
+	for _, a := range flags {
+		if v, ok := strings.CutPrefix(a, "--"+key+"="); ok {
+			return v
+		}
+	}
+	return ""
+}
