@@ -56,7 +56,9 @@ func checkCgroups() Finding {
 	f := Finding{Name: "cgroup controllers", Essential: true,
 		Fix: "enable the missing controllers in the kernel (CONFIG_CGROUPS, CONFIG_MEMCG, CONFIG_CGROUP_PIDS …) and on the kernel command line (cgroup_enable=memory on Raspberry Pi OS)"}
 	have := map[string]bool{}
+	mode := "v1"
 	if CgroupV2() {
+		mode = "v2"
 		data, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
 		if err != nil {
 			f.Detail = err.Error()
@@ -92,10 +94,6 @@ func checkCgroups() Finding {
 		if !have[c] {
 			missing = append(missing, c)
 		}
-	}
-	mode := "v1"
-	if CgroupV2() {
-		mode = "v2"
 	}
 	if len(missing) > 0 {
 		f.Detail = fmt.Sprintf("cgroup %s without %s", mode, strings.Join(missing, ", "))
