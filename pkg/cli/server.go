@@ -10,6 +10,7 @@ import (
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/logging"
+	"github.com/kone-dev/kone/pkg/sdnotify"
 	"github.com/kone-dev/kone/pkg/server"
 )
 
@@ -20,13 +21,14 @@ func newServerCommand() *cobra.Command {
 		Short: "Run a control-plane node: etcd, kube-apiserver, kube-controller-manager, kube-scheduler",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			notify := sdnotify.Take()
 			if err := config.Load(cmd.Flags(), cfg, os.LookupEnv); err != nil {
 				return err
 			}
 			log := logging.Setup(os.Stderr, cfg.Debug)
 			ctx, stop := signalContext()
 			defer stop()
-			return server.Run(ctx, cfg, log)
+			return server.Run(ctx, cfg, log, notify)
 		},
 	}
 	config.BindServerFlags(cmd.Flags(), cfg)

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -56,8 +57,25 @@ type Config struct {
 
 	DisableAgent bool
 
+	// FlannelBackend is the cross-node overlay a server chooses for the whole cluster.
+	FlannelBackend string
+
+	// Agent is set for `kone agent`: a node that joins Server with Token and runs no control plane.
+	Agent     bool
+	Server    string
+	TokenFile string
+
 	Node Node
 }
+
+// Backends of the cross-node pod network that --flannel-backend accepts; none leaves it to the user.
+const (
+	FlannelVXLAN  = "vxlan"
+	FlannelHostGW = "host-gw"
+	FlannelNone   = "none"
+)
+
+var flannelBackends = []string{FlannelVXLAN, FlannelHostGW, FlannelNone}
 
 // Node is the node side's part of the configuration: what kubelet, kube-proxy and the pod
 // network of this machine need. A server and an agent share it.
@@ -112,6 +130,20 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.Var(&argsValue{p: &c.EtcdArgs}, "etcd-arg", "extra etcd setting as key=value, keys as in etcd's config file (repeatable)")
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
 	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns (repeatable)")
+	fs.StringVar(&c.FlannelBackend, "flannel-backend", FlannelVXLAN, "how pod traffic crosses nodes: vxlan, host-gw (nodes share a layer-2 network) or none (bring your own)")
+	bindNodeFlags(fs, &c.Node)
+}
+
+// BindAgentFlags registers every `kone agent` setting on fs, bound into c. The cluster's settings
+// (CIDRs, DNS, the flannel backend) are not among them: an agent learns them from the server.
+func BindAgentFlags(fs *pflag.FlagSet, c *Config) {
+	c.Agent = true
+	fs.StringVarP(&c.ConfigFile, "config", "c", DefaultConfigFile, "config file; keys are flag names, lists for repeatable flags; drop-ins in <config>.d/*.yaml")
+	fs.StringVarP(&c.DataDir, "data-dir", "d", DefaultDataDir, "directory that holds kone's state")
+	fs.BoolVar(&c.Debug, "debug", false, "log at debug level, including the components' own output")
+	fs.StringVarP(&c.Server, "server", "s", "", "URL of the server to join, such as https://10.0.0.1:6443 (also KONE_URL)")
+	fs.StringVarP(&c.Token, "token", "t", "", "join token, as in the server's data dir (server/token) or from kone token create (also KONE_TOKEN)")
+	fs.StringVar(&c.TokenFile, "token-file", "", "file that holds the join token (also KONE_TOKEN_FILE)")
 	bindNodeFlags(fs, &c.Node)
 }
 
@@ -190,7 +222,7 @@ func applyFile(fs *pflag.FlagSet, file string, onCommandLine map[string]bool) er
 		where := fmt.Sprintf("config file %s: line %d: key %q", file, key.Line, key.Value)
 		f := fs.Lookup(key.Value)
 		if f == nil || key.Value == "config" {
-			return fmt.Errorf("%s: unknown key; keys are the flag names of `kone server --help` without the leading --", where)
+			return fmt.Errorf("%s: unknown key; keys are the flag names of this command (`kone server --help` or `kone agent --help`) without the leading --", where)
 		}
 		values, err := scalars(val, isList(f))
 		if err != nil {
@@ -255,6 +287,9 @@ func applyEnv(fs *pflag.FlagSet, lookupEnv func(string) (string, bool), onComman
 }
 
 func envName(flag string) string {
+	if flag == "server" {
+		return envPrefix + "URL" // the name k3s users know from its installer
+	}
 	return envPrefix + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
@@ -281,6 +316,9 @@ var dnsName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 
 // validate checks what no single flag can: relations between settings.
 func (c *Config) validate() error {
+	if c.Agent {
+		return c.validateAgent()
+	}
 	if !filepath.IsAbs(c.DataDir) {
 		return fmt.Errorf("--data-dir %q: expected an absolute path such as %s", c.DataDir, DefaultDataDir)
 	}
@@ -312,8 +350,44 @@ func (c *Config) validate() error {
 			return fmt.Errorf("--token: %w", err)
 		}
 	}
+	if !slices.Contains(flannelBackends, c.FlannelBackend) {
+		return fmt.Errorf("--flannel-backend %q: expected one of %s", c.FlannelBackend, strings.Join(flannelBackends, ", "))
+	}
 	if c.WriteKubeconfig != "" && !filepath.IsAbs(c.WriteKubeconfig) {
 		return fmt.Errorf("--write-kubeconfig %q: expected an absolute path such as %s", c.WriteKubeconfig, DefaultKubeconfig)
+	}
+	return c.Node.validate()
+}
+
+func (c *Config) validateAgent() error {
+	if !filepath.IsAbs(c.DataDir) {
+		return fmt.Errorf("--data-dir %q: expected an absolute path such as %s", c.DataDir, DefaultDataDir)
+	}
+	if c.Server == "" {
+		return errors.New("no server to join: give --server https://HOST:6443 (or KONE_URL, or server: in the config file)")
+	}
+	u, err := url.Parse(c.Server)
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return fmt.Errorf("--server %q: expected the server's URL, such as https://10.0.0.1:6443", c.Server)
+	}
+	if c.Token != "" && c.TokenFile != "" {
+		return errors.New("both --token and --token-file are set; give only one")
+	}
+	if c.TokenFile != "" {
+		data, err := os.ReadFile(c.TokenFile)
+		if err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+		c.Token = strings.TrimSpace(string(data))
+		if c.Token == "" {
+			return fmt.Errorf("--token-file %s is empty; copy the token from the server's data dir (server/token)", c.TokenFile)
+		}
+	}
+	if c.Token == "" {
+		return errors.New("no join token: give --token (or KONE_TOKEN, or --token-file) with the token from the server's data dir (server/token) or from `kone token create`")
+	}
+	if _, err := token.Parse(c.Token); err != nil {
+		return fmt.Errorf("--token: %w", err)
 	}
 	return c.Node.validate()
 }

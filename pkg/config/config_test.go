@@ -210,3 +210,81 @@ func TestNodeSettingErrors(t *testing.T) {
 		}
 	}
 }
+
+// loadAgent runs Load the way `kone agent` does.
+func loadAgent(t *testing.T, args []string, env map[string]string) (*Config, error) {
+	t.Helper()
+	c := &Config{}
+	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	BindAgentFlags(fs, c)
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	return c, Load(fs, c, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
+}
+
+const testToken = "K10" + "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" + "::abcdef.0123456789abcdef"
+
+func TestAgentSettings(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "config.yaml")
+	write(t, file, "node-label: [zone=a]\n")
+	c, err := loadAgent(t, []string{"--config", file}, map[string]string{"KONE_URL": "https://10.0.0.1:6443", "KONE_TOKEN": testToken})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !c.Agent || c.Server != "https://10.0.0.1:6443" || c.Token != testToken || strings.Join(c.Node.Labels, ",") != "zone=a" {
+		t.Fatalf("agent settings: %+v", c)
+	}
+	tokenFile := filepath.Join(dir, "token")
+	write(t, tokenFile, testToken+"\n")
+	write(t, file, "server: https://server.example:6443\n")
+	c, err = loadAgent(t, []string{"--config", file}, map[string]string{"KONE_TOKEN_FILE": tokenFile})
+	if err != nil || c.Token != testToken || c.Server != "https://server.example:6443" {
+		t.Fatalf("token file and server from the config file: %+v %v", c, err)
+	}
+}
+
+func TestAgentSettingErrors(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "config.yaml")
+	write(t, empty, "")
+	emptyToken := filepath.Join(dir, "empty-token")
+	write(t, emptyToken, "\n")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token", testToken}, "no server to join"},
+		{[]string{"--server", "https://10.0.0.1:6443"}, "no join token"},
+		{[]string{"--server", "http://10.0.0.1:6443", "--token", testToken}, "--server"},
+		{[]string{"--server", "10.0.0.1", "--token", testToken}, "--server"},
+		{[]string{"--server", "https://10.0.0.1:6443", "--token", "short"}, "--token"},
+		{[]string{"--server", "https://10.0.0.1:6443", "--token", testToken, "--token-file", emptyToken}, "only one"},
+		{[]string{"--server", "https://10.0.0.1:6443", "--token-file", emptyToken}, "is empty"},
+		{[]string{"--server", "https://10.0.0.1:6443", "--token-file", filepath.Join(dir, "absent")}, "--token-file"},
+		{[]string{"--server", "https://10.0.0.1:6443", "--token", testToken, "--node-name", "Bad_Name"}, "--node-name"},
+	} {
+		_, err := loadAgent(t, append([]string{"--config", empty}, c.args...), nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v: got %v, want an error naming %q", c.args, err, c.want)
+		}
+	}
+	// Server-only settings are unknown to an agent's config file.
+	write(t, empty, "cluster-cidr: 10.42.0.0/16\n")
+	if _, err := loadAgent(t, []string{"--config", empty, "--server", "https://10.0.0.1:6443", "--token", testToken}, nil); err == nil || !strings.Contains(err.Error(), "unknown key") {
+		t.Errorf("a server setting in an agent's config: %v", err)
+	}
+}
+
+func TestFlannelBackend(t *testing.T) {
+	empty := filepath.Join(t.TempDir(), "config.yaml")
+	write(t, empty, "")
+	c, err := load(t, []string{"--config", empty}, nil)
+	if err != nil || c.FlannelBackend != FlannelVXLAN {
+		t.Fatalf("default backend: %q %v", c.FlannelBackend, err)
+	}
+	if _, err := load(t, []string{"--config", empty, "--flannel-backend", "wireguard"}, nil); err == nil || !strings.Contains(err.Error(), "--flannel-backend") {
+		t.Errorf("an unknown backend: %v", err)
+	}
+}

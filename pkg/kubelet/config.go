@@ -20,11 +20,16 @@ type Config struct {
 	Labels   []string // key=value
 	Taints   []string // key=value:Effect
 
-	Kubeconfig   string // the node's client credentials
-	ClientCAFile string // CA of the clients kubelet accepts (the apiserver)
-	ServingCert  string // kubelet's serving certificate and key
-	ServingKey   string
-	CertDir      string // where kubelet keeps the client certificates it rotates
+	Kubeconfig string // the node's client credentials
+	// BootstrapKubeconfig, when set, holds a join token: kubelet obtains its client
+	// certificate with it through the CSR API and writes Kubeconfig itself.
+	BootstrapKubeconfig string
+	ClientCAFile        string // CA of the clients kubelet accepts (the apiserver)
+	// ServingCert and ServingKey are kubelet's serving certificate; when empty, kubelet asks the
+	// cluster for one through the CSR API.
+	ServingCert string
+	ServingKey  string
+	CertDir     string // where kubelet keeps the client certificates it rotates
 
 	RuntimeSocket string // containerd's CRI socket
 	CgroupDriver  string // cgroupfs or systemd
@@ -58,6 +63,7 @@ func Configuration(c Config) ([]byte, error) {
 		TLSCertFile:              c.ServingCert,
 		TLSPrivateKeyFile:        c.ServingKey,
 		RotateCertificates:       true,
+		ServerTLSBootstrap:       c.ServingCert == "",
 		ReadOnlyPort:             0,
 		HealthzBindAddress:       "127.0.0.1",
 		HealthzPort:              ptr.To(int32(HealthzPort)),
@@ -86,6 +92,9 @@ func Flags(c Config) []string {
 		"--kubeconfig=" + c.Kubeconfig,
 		"--cert-dir=" + c.CertDir,
 		"--hostname-override=" + c.NodeName,
+	}
+	if c.BootstrapKubeconfig != "" {
+		args = append(args, "--bootstrap-kubeconfig="+c.BootstrapKubeconfig)
 	}
 	if c.NodeIP != nil {
 		args = append(args, "--node-ip="+c.NodeIP.String())

@@ -62,6 +62,29 @@ func TestConfiguration(t *testing.T) {
 	if err := yaml.Unmarshal(data, &kc2); err != nil || kc2.FailCgroupV1 != nil {
 		t.Errorf("cgroup v2 host: failCgroupV1 must be left to upstream, got %v", kc2.FailCgroupV1)
 	}
+	if kc.ServerTLSBootstrap {
+		t.Error("kubelet asks for a serving certificate although it was given one")
+	}
+}
+
+// An agent's kubelet gets both of its certificates from the cluster.
+func TestJoiningKubelet(t *testing.T) {
+	c := testConfig()
+	c.ServingCert, c.ServingKey, c.BootstrapKubeconfig = "", "", "/k/bootstrap.kubeconfig"
+	data, err := Configuration(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kc kubeletv1beta1.KubeletConfiguration
+	if err := yaml.UnmarshalStrict(data, &kc); err != nil {
+		t.Fatal(err)
+	}
+	if !kc.ServerTLSBootstrap || kc.TLSCertFile != "" {
+		t.Errorf("serving certificate: bootstrap %v, file %q", kc.ServerTLSBootstrap, kc.TLSCertFile)
+	}
+	if !slices.Contains(Flags(c), "--bootstrap-kubeconfig=/k/bootstrap.kubeconfig") {
+		t.Errorf("flags lack the bootstrap kubeconfig: %v", Flags(c))
+	}
 }
 
 func TestFlags(t *testing.T) {

@@ -1,6 +1,7 @@
 // Package network gives the node its pod network: it waits for the pod CIDR that the
-// controller-manager allocates to the node, writes the CNI configuration (a bridge with
-// host-local addresses from that CIDR, portmap and bandwidth), creates the bridge with its
+// controller-manager allocates to the node, starts the flannel overlay that carries pod traffic
+// to the other nodes, writes the CNI configuration (a bridge with host-local addresses from that
+// CIDR and the overlay's MTU, portmap and bandwidth), creates the bridge with its
 // gateway address so that node-local services such as DNS can bind to it before the first pod
 // starts, masquerades pod traffic that leaves the cluster network, and sets the sysctls that
 // forwarding needs.
@@ -22,7 +23,9 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kone-dev/kone/pkg/flannel"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
@@ -33,11 +36,19 @@ const Bridge = "cni0"
 // Config is what the pod network needs.
 type Config struct {
 	NodeName    string
+	NodeIP      net.IP
 	ClusterCIDR *net.IPNet
 	CNIConfDir  string
 	IPAMDir     string // host-local's record of the addresses it handed out
-	Client      kubernetes.Interface
-	Log         *logrus.Logger
+	// Kubeconfig holds the node's credentials, which kubelet may only just have obtained.
+	Kubeconfig string
+	// Overlay is flannel's backend (vxlan, host-gw), or none when the user brings their own.
+	Overlay        string
+	OverlayConfDir string
+	// OverlayKubeconfig is flannel's identity: it watches every node, which a node's own
+	// credentials may not.
+	OverlayKubeconfig string
+	Log               *logrus.Logger
 }
 
 // Network is the pod network component.
@@ -66,15 +77,35 @@ func (n *Network) Run(ctx context.Context) error {
 	if err := setSysctls(); err != nil {
 		return err
 	}
-	podCIDR, err := n.waitForPodCIDR(ctx)
+	rc, err := clientcmd.BuildConfigFromFlags("", n.cfg.Kubeconfig)
+	if err != nil {
+		return fmt.Errorf("node credentials %s: %w", n.cfg.Kubeconfig, err)
+	}
+	cs, err := kubernetes.NewForConfig(rc)
+	if err != nil {
+		return err
+	}
+	podCIDR, err := n.waitForPodCIDR(ctx, cs)
 	if err != nil {
 		return err
 	}
 	n.podCIDR = podCIDR
+	mtu := 0 // the bridge plugin's default, the host's
+	if n.cfg.Overlay != "" && n.cfg.Overlay != "none" {
+		overlay, err := flannel.Start(ctx, flannel.Config{
+			NodeName: n.cfg.NodeName, NodeIP: n.cfg.NodeIP, ClusterCIDR: n.cfg.ClusterCIDR, Backend: n.cfg.Overlay,
+			Kubeconfig: n.cfg.OverlayKubeconfig, ConfDir: n.cfg.OverlayConfDir,
+		})
+		if err != nil {
+			return err
+		}
+		defer overlay.Wait()
+		mtu = overlay.MTU()
+	}
 	if err := ensureBridge(Gateway(podCIDR), podCIDR); err != nil {
 		return err
 	}
-	conf, err := ConfList(podCIDR, n.cfg.IPAMDir)
+	conf, err := ConfList(podCIDR, n.cfg.IPAMDir, mtu)
 	if err != nil {
 		return err
 	}
@@ -84,7 +115,7 @@ func (n *Network) Run(ctx context.Context) error {
 	if err := ensureMasquerade(n.cfg.ClusterCIDR); err != nil {
 		return err
 	}
-	n.cfg.Log.WithField("podCIDR", podCIDR.String()).Debug("pod network configured")
+	n.cfg.Log.WithFields(logrus.Fields{"podCIDR": podCIDR.String(), "overlay": n.cfg.Overlay, "mtu": mtu}).Debug("pod network configured")
 	n.ready.Open()
 	<-ctx.Done()
 	return nil
@@ -95,10 +126,10 @@ func (n *Network) Ready(ctx context.Context) error {
 }
 
 // waitForPodCIDR polls the node until the controller-manager has given it a pod CIDR.
-func (n *Network) waitForPodCIDR(ctx context.Context) (*net.IPNet, error) {
+func (n *Network) waitForPodCIDR(ctx context.Context, cs kubernetes.Interface) (*net.IPNet, error) {
 	var last error
 	for {
-		node, err := n.cfg.Client.CoreV1().Nodes().Get(ctx, n.cfg.NodeName, metav1.GetOptions{})
+		node, err := cs.CoreV1().Nodes().Get(ctx, n.cfg.NodeName, metav1.GetOptions{})
 		switch {
 		case err == nil && node.Spec.PodCIDR != "":
 			_, cidr, err := net.ParseCIDR(node.Spec.PodCIDR)
@@ -123,26 +154,31 @@ func (n *Network) waitForPodCIDR(ctx context.Context) (*net.IPNet, error) {
 
 // ConfList is the CNI configuration for a node's pod CIDR. Hairpin mode lets a pod reach itself
 // through a Service; masquerading is kone's own rule for the whole cluster network, not the
-// bridge plugin's, so that pods on different nodes see each other's real addresses.
-func ConfList(podCIDR *net.IPNet, ipamDir string) ([]byte, error) {
+// bridge plugin's, so that pods on different nodes see each other's real addresses. mtu, when
+// not 0, leaves room for the overlay's encapsulation.
+func ConfList(podCIDR *net.IPNet, ipamDir string, mtu int) ([]byte, error) {
 	type obj = map[string]any
+	bridge := obj{
+		"type":        "bridge",
+		"bridge":      Bridge,
+		"isGateway":   true,
+		"ipMasq":      false,
+		"hairpinMode": true,
+		"ipam": obj{
+			"type":    "host-local",
+			"ranges":  [][]obj{{{"subnet": podCIDR.String()}}},
+			"routes":  []obj{{"dst": "0.0.0.0/0"}},
+			"dataDir": ipamDir,
+		},
+	}
+	if mtu > 0 {
+		bridge["mtu"] = mtu
+	}
 	return json.MarshalIndent(obj{
 		"cniVersion": "1.0.0",
 		"name":       "kone",
 		"plugins": []obj{
-			{
-				"type":        "bridge",
-				"bridge":      Bridge,
-				"isGateway":   true,
-				"ipMasq":      false,
-				"hairpinMode": true,
-				"ipam": obj{
-					"type":    "host-local",
-					"ranges":  [][]obj{{{"subnet": podCIDR.String()}}},
-					"routes":  []obj{{"dst": "0.0.0.0/0"}},
-					"dataDir": ipamDir,
-				},
-			},
+			bridge,
 			{"type": "portmap", "capabilities": obj{"portMappings": true}, "snat": true},
 			{"type": "bandwidth", "capabilities": obj{"bandwidth": true}},
 		},

@@ -15,7 +15,7 @@ func TestGateway(t *testing.T) {
 
 func TestConfList(t *testing.T) {
 	_, cidr, _ := net.ParseCIDR("10.42.3.0/24")
-	data, err := ConfList(cidr, "/var/lib/kone/agent/cni/networks")
+	data, err := ConfList(cidr, "/var/lib/kone/agent/cni/networks", 1450)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,6 +27,7 @@ func TestConfList(t *testing.T) {
 			IsGateway   bool   `json:"isGateway"`
 			IPMasq      bool   `json:"ipMasq"`
 			HairpinMode bool   `json:"hairpinMode"`
+			MTU         int    `json:"mtu"`
 			IPAM        struct {
 				Type    string                      `json:"type"`
 				Ranges  [][]struct{ Subnet string } `json:"ranges"`
@@ -42,7 +43,7 @@ func TestConfList(t *testing.T) {
 		t.Fatalf("conflist: %s", data)
 	}
 	br := conf.Plugins[0]
-	if br.Type != "bridge" || br.Bridge != Bridge || !br.IsGateway || br.IPMasq || !br.HairpinMode {
+	if br.Type != "bridge" || br.Bridge != Bridge || !br.IsGateway || br.IPMasq || !br.HairpinMode || br.MTU != 1450 {
 		t.Errorf("bridge plugin: %+v", br)
 	}
 	if br.IPAM.Type != "host-local" || br.IPAM.Ranges[0][0].Subnet != "10.42.3.0/24" || br.IPAM.DataDir != "/var/lib/kone/agent/cni/networks" {
@@ -53,5 +54,20 @@ func TestConfList(t *testing.T) {
 	}
 	if conf.Plugins[2].Type != "bandwidth" || !conf.Plugins[2].Capabilities["bandwidth"] {
 		t.Errorf("bandwidth: %+v", conf.Plugins[2])
+	}
+}
+
+func TestConfListWithoutOverlayKeepsTheHostMTU(t *testing.T) {
+	_, cidr, _ := net.ParseCIDR("10.42.3.0/24")
+	data, err := ConfList(cidr, "/ipam", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conf struct{ Plugins []map[string]any }
+	if err := json.Unmarshal(data, &conf); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := conf.Plugins[0]["mtu"]; ok {
+		t.Errorf("mtu set without an overlay: %s", data)
 	}
 }

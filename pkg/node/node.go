@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
@@ -22,8 +23,10 @@ import (
 	"github.com/kone-dev/kone/pkg/images"
 	"github.com/kone-dev/kone/pkg/kubelet"
 	"github.com/kone-dev/kone/pkg/logging"
+	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/network"
 	"github.com/kone-dev/kone/pkg/proxy"
+	"github.com/kone-dev/kone/pkg/sdnotify"
 	"github.com/kone-dev/kone/pkg/supervisor"
 	"github.com/kone-dev/kone/pkg/version"
 )
@@ -60,9 +63,22 @@ func ResolveIdentity(n *config.Node) (Identity, error) {
 // Credentials are the node's identities with the apiserver, as kubeconfig files, and what
 // kubelet serves and trusts.
 type Credentials struct {
-	Kubelet, Proxy, DNS     string // kubeconfigs
-	ClientCA                string // the CA of the apiserver's client certificate for kubelets
-	ServingCert, ServingKey string // kubelet's serving certificate
+	Kubelet, Proxy, DNS, Flannel string // kubeconfigs
+	// BootstrapKubelet holds a join token for kubelet's TLS bootstrap, which then writes Kubelet.
+	BootstrapKubelet string
+	ClientCA         string // the CA of the apiserver's client certificate for kubelets
+	// ServingCert and ServingKey are kubelet's serving certificate; empty, kubelet asks for one.
+	ServingCert, ServingKey string
+}
+
+// Cluster are the settings every node of a cluster shares: a server's own, or what an agent
+// learned from its server.
+type Cluster struct {
+	ClusterCIDR   *net.IPNet
+	ClusterDNS    net.IP
+	ClusterDomain string
+	Overlay       string // flannel's backend, or none
+	CoreDNS       bool   // false when the user runs their own cluster DNS
 }
 
 // Paths are where the node side keeps its files, all derived from the data dir.
@@ -77,9 +93,10 @@ func (p Paths) IPAMDir() string        { return filepath.Join(p.Agent, "cni", "n
 func (p Paths) KubeletConfig() string  { return filepath.Join(p.Agent, "etc", "kubelet.yaml") }
 func (p Paths) KubeletCertDir() string { return filepath.Join(p.Agent, "kubelet", "pki") }
 func (p Paths) TLSDir() string         { return filepath.Join(p.Agent, "tls") }
+func (p Paths) FlannelDir() string     { return filepath.Join(p.Agent, "etc", "flannel") }
 
 // Components returns the node side's chain for the supervisor, in start order.
-func Components(cfg *config.Config, id Identity, creds Credentials, logs *logging.Logging) ([]supervisor.Component, error) {
+func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credentials, logs *logging.Logging) ([]supervisor.Component, error) {
 	log := logs.Logger
 	paths := Paths{Agent: cfg.AgentDir()}
 	helpers, err := data.Unpack(cfg.DataDir, version.Version)
@@ -108,35 +125,32 @@ func Components(cfg *config.Config, id Identity, creds Credentials, logs *loggin
 	}, paths.ContainerdConfig(), "", log)
 
 	kl := kubelet.New(kubelet.Config{
-		NodeName:      id.Name,
-		NodeIP:        id.IP,
-		Labels:        cfg.Node.Labels,
-		Taints:        cfg.Node.Taints,
-		Kubeconfig:    creds.Kubelet,
-		ClientCAFile:  creds.ClientCA,
-		ServingCert:   creds.ServingCert,
-		ServingKey:    creds.ServingKey,
-		CertDir:       paths.KubeletCertDir(),
-		RuntimeSocket: ContainerdSocket,
-		CgroupDriver:  cgroupDriver,
-		CgroupV1:      !host.CgroupV2(),
-		ClusterDNS:    cfg.ClusterDNS,
-		ClusterDomain: cfg.ClusterDomain,
-		ResolvConf:    resolvConf,
-		ConfigFile:    paths.KubeletConfig(),
-		Args:          cfg.Node.KubeletArgs,
+		NodeName:            id.Name,
+		NodeIP:              id.IP,
+		Labels:              cfg.Node.Labels,
+		Taints:              cfg.Node.Taints,
+		Kubeconfig:          creds.Kubelet,
+		BootstrapKubeconfig: creds.BootstrapKubelet,
+		ClientCAFile:        creds.ClientCA,
+		ServingCert:         creds.ServingCert,
+		ServingKey:          creds.ServingKey,
+		CertDir:             paths.KubeletCertDir(),
+		RuntimeSocket:       ContainerdSocket,
+		CgroupDriver:        cgroupDriver,
+		CgroupV1:            !host.CgroupV2(),
+		ClusterDNS:          cluster.ClusterDNS,
+		ClusterDomain:       cluster.ClusterDomain,
+		ResolvConf:          resolvConf,
+		ConfigFile:          paths.KubeletConfig(),
+		Args:                cfg.Node.KubeletArgs,
 	})
 
-	nodeClient, err := client(creds.Kubelet)
-	if err != nil {
-		return nil, err
-	}
 	podNetwork := network.New(network.Config{
-		NodeName: id.Name, ClusterCIDR: cfg.ClusterCIDR, CNIConfDir: paths.CNIConfDir(), IPAMDir: paths.IPAMDir(),
-		Client: nodeClient, Log: log,
+		NodeName: id.Name, NodeIP: id.IP, ClusterCIDR: cluster.ClusterCIDR, CNIConfDir: paths.CNIConfDir(), IPAMDir: paths.IPAMDir(),
+		Kubeconfig: creds.Kubelet, Overlay: cluster.Overlay, OverlayKubeconfig: creds.Flannel, OverlayConfDir: paths.FlannelDir(), Log: log,
 	})
 	kubeProxy, err := proxy.New(proxy.Config{
-		NodeName: id.Name, NodeIP: id.IP, ClusterCIDR: cfg.ClusterCIDR, Kubeconfig: creds.Proxy, Args: cfg.Node.ProxyArgs,
+		NodeName: id.Name, NodeIP: id.IP, ClusterCIDR: cluster.ClusterCIDR, Kubeconfig: creds.Proxy, Args: cfg.Node.ProxyArgs,
 	})
 	if err != nil {
 		return nil, err
@@ -146,17 +160,36 @@ func Components(cfg *config.Config, id Identity, creds Credentials, logs *loggin
 		images.NewImporter(cfg.ImagesDir(), ContainerdSocket, pauseArchive, log),
 		kl, podNetwork, kubeProxy,
 	}
-	if !cfg.Node.Disabled(config.DisableCoreDNS) {
+	if cluster.CoreDNS {
 		dnsClient, err := client(creds.DNS)
 		if err != nil {
 			return nil, err
 		}
 		chain = append(chain, dns.New(dns.Config{
-			NodeName: id.Name, ClusterDomain: cfg.ClusterDomain, Address: podNetwork.Gateway,
+			NodeName: id.Name, ClusterDomain: cluster.ClusterDomain, Address: podNetwork.Gateway,
 			Kubeconfig: creds.DNS, Upstream: resolvConf, Client: dnsClient, Log: log, ClaimKlog: logs.ClaimKlog,
 		}))
 	}
 	return chain, nil
+}
+
+// Supervisor runs a kone process's components, server or agent: once all are ready it says so
+// in the log and to systemd, and lets go of start-up memory.
+func Supervisor(logs *logging.Logging, notify *sdnotify.Notifier) *supervisor.Supervisor {
+	return &supervisor.Supervisor{
+		Log: logs.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second,
+		OnReady: func() {
+			logs.Serving()
+			memory.Settle()
+			if err := notify.Ready(); err != nil {
+				logs.WithError(err).Warn("cannot tell systemd that kone is ready")
+			}
+		},
+		OnStopping: func() {
+			logs.Stopping()
+			_ = notify.Stopping()
+		},
+	}
 }
 
 func client(kubeconfig string) (kubernetes.Interface, error) {

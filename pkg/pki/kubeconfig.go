@@ -8,11 +8,12 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
-// Kubeconfig describes a kubeconfig for one client certificate.
+// Kubeconfig describes a kubeconfig for one client certificate, or for a bearer token.
 type Kubeconfig struct {
 	Server string
 	CAFile string
 	Client File
+	Token  string // instead of Client
 	// Embed copies the certificates into the file, for a kubeconfig that leaves the machine;
 	// otherwise it refers to the files, so that renewed certificates take effect without a rewrite.
 	Embed bool
@@ -22,6 +23,9 @@ type Kubeconfig struct {
 func (k Kubeconfig) Write(path string, mode os.FileMode) error {
 	cluster := &clientcmdapi.Cluster{Server: k.Server, CertificateAuthority: k.CAFile}
 	user := &clientcmdapi.AuthInfo{ClientCertificate: k.Client.Cert, ClientKey: k.Client.Key}
+	if k.Token != "" {
+		user = &clientcmdapi.AuthInfo{Token: k.Token}
+	}
 	if k.Embed {
 		var err error
 		if cluster.CertificateAuthorityData, err = os.ReadFile(k.CAFile); err != nil {

@@ -8,15 +8,9 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
-)
-
-// Identities of the node side's components besides kubelet's, bound to their rights in the
-// cluster bootstrap. kube-proxy's is the one upstream's default RBAC already binds.
-const (
-	proxyUser = "system:kube-proxy"
-	dnsUser   = "system:kone:coredns"
 )
 
 // nodeCredentials issues the server's own node its certificates from the cluster's CAs, which a
@@ -44,9 +38,11 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 		{leaf("client-kubelet"), filepath.Join(paths.Agent, "kubelet.kubeconfig"),
 			pki.LeafSpec{CommonName: "system:node:" + id.Name, Organization: []string{"system:nodes"}, Usages: client}},
 		{leaf("client-kube-proxy"), filepath.Join(paths.Agent, "kube-proxy.kubeconfig"),
-			pki.LeafSpec{CommonName: proxyUser, Usages: client}},
+			pki.LeafSpec{CommonName: join.ProxyUser, Usages: client}},
 		{leaf("client-coredns"), filepath.Join(paths.Agent, "coredns.kubeconfig"),
-			pki.LeafSpec{CommonName: dnsUser, Usages: client}},
+			pki.LeafSpec{CommonName: join.DNSUser, Usages: client}},
+		{leaf("client-flannel"), filepath.Join(paths.Agent, "flannel.kubeconfig"),
+			pki.LeafSpec{CommonName: join.FlannelUser, Usages: client}},
 	}
 	for _, c := range clients {
 		if _, err := clientCA.EnsureLeaf(c.file, c.spec, now); err != nil {
@@ -67,7 +63,7 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 		return node.Credentials{}, fmt.Errorf("kubelet serving certificate: %w", err)
 	}
 	return node.Credentials{
-		Kubelet: clients[0].kubeconfig, Proxy: clients[1].kubeconfig, DNS: clients[2].kubeconfig,
+		Kubelet: clients[0].kubeconfig, Proxy: clients[1].kubeconfig, DNS: clients[2].kubeconfig, Flannel: clients[3].kubeconfig,
 		ClientCA: ca.ClientCA, ServingCert: serving.Cert, ServingKey: serving.Key,
 	}, nil
 }

@@ -1,6 +1,7 @@
 // Package server assembles a kone server from its components: it prepares the data dir (lock,
 // free ports, PKI, join token, kubeconfigs) and then hands etcd, kube-apiserver, the cluster
-// bootstrap, kube-controller-manager and kube-scheduler to the supervisor, in that order.
+// bootstrap, kube-controller-manager, kube-scheduler, the join approver and (unless
+// --disable-agent) its own node side to the supervisor, in that order.
 package server
 
 import (
@@ -12,31 +13,35 @@ import (
 	"path/filepath"
 	"time"
 
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/control"
+	"github.com/kone-dev/kone/pkg/datadir"
 	"github.com/kone-dev/kone/pkg/etcd"
 	"github.com/kone-dev/kone/pkg/host"
+	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/logging"
-	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/sdnotify"
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
 
 // Run runs a server until ctx is done or a component fails.
-func Run(ctx context.Context, cfg *config.Config, log *logging.Logging) error {
-	dir := cfg.ServerDir()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return fmt.Errorf("data dir: %w; check --data-dir and that it is writable by this user", err)
-	}
-	lock, err := acquireLock(filepath.Join(dir, ".lock"))
+// notify learns when kone is ready and when it stops.
+func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *sdnotify.Notifier) error {
+	lock, err := datadir.Acquire(cfg.DataDir)
 	if err != nil {
 		return err
 	}
 	defer lock.Release()
+	dir := cfg.ServerDir()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w; check --data-dir and that it is writable by this user", err)
+	}
 
 	files := control.Files{
 		EtcdURL:                     fmt.Sprintf("https://127.0.0.1:%d", cfg.EtcdClientPort),
@@ -101,11 +106,22 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging) error {
 		return err
 	}
 
+	settings, err := clusterSettings(cfg, ca.ClientCA)
+	if err != nil {
+		return err
+	}
 	var dnsIP net.IP
-	if !cfg.Node.Disabled(config.DisableCoreDNS) {
+	if settings.CoreDNS {
 		dnsIP = cfg.ClusterDNS
 	}
-	chain := []supervisor.Component{store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), dnsIP), cm, sched}
+	adminClient, err := kubernetes.NewForConfig(admin)
+	if err != nil {
+		return err
+	}
+	chain := []supervisor.Component{
+		store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
+		join.NewApprover(adminClient, log.Logger),
+	}
 	if !cfg.DisableAgent {
 		nodeSide, err := nodeComponents(cfg, ca, local, log)
 		if err != nil {
@@ -113,8 +129,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging) error {
 		}
 		chain = append(chain, nodeSide...)
 	}
-	sup := &supervisor.Supervisor{Log: log.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second, OnReady: func() { log.Serving(); memory.Settle() }, OnStopping: log.Stopping}
-	return sup.Run(ctx, chain...)
+	return node.Supervisor(log, notify).Run(ctx, chain...)
 }
 
 // nodeComponents are the server's own node side, with credentials from the cluster's CAs.
@@ -130,7 +145,24 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 	if err != nil {
 		return nil, fmt.Errorf("node certificates: %w", err)
 	}
-	return node.Components(cfg, id, creds, log)
+	cluster := node.Cluster{
+		ClusterCIDR: cfg.ClusterCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
+		Overlay: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
+	}
+	return node.Components(cfg, cluster, id, creds, log)
+}
+
+// clusterSettings are what this server tells joining agents.
+func clusterSettings(cfg *config.Config, clientCAFile string) (join.Settings, error) {
+	clientCA, err := os.ReadFile(clientCAFile)
+	if err != nil {
+		return join.Settings{}, fmt.Errorf("client CA: %w", err)
+	}
+	return join.Settings{
+		ClusterCIDR: cfg.ClusterCIDR.String(), ServiceCIDR: cfg.ServiceCIDR.String(), ClusterDNS: cfg.ClusterDNS.String(),
+		ClusterDomain: cfg.ClusterDomain, FlannelBackend: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
+		ClientCA: string(clientCA),
+	}, nil
 }
 
 func writeKubeconfigs(cfg *config.Config, ca *pki.Cluster, files control.Files, local string) error {

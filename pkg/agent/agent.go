@@ -1,0 +1,200 @@
+// Package agent assembles a kone agent: a worker that joins a server with a token and runs the
+// node side (pkg/node) and nothing of the control plane. Joining happens before any component
+// starts; a restart reuses what the first join obtained, so the token and even the server may be
+// gone by then.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/datadir"
+	"github.com/kone-dev/kone/pkg/host"
+	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/logging"
+	"github.com/kone-dev/kone/pkg/node"
+	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/sdnotify"
+	"github.com/kone-dev/kone/pkg/token"
+)
+
+// Run joins the cluster (or reuses an earlier join) and runs the node side until ctx is done or
+// a component fails.
+// notify learns when the node is ready and when it stops.
+func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify *sdnotify.Notifier) error {
+	lock, err := datadir.Acquire(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Release()
+	if err := host.Missing(host.Check()); err != nil {
+		return err
+	}
+	id, err := node.ResolveIdentity(&cfg.Node)
+	if err != nil {
+		return err
+	}
+	tok, err := token.Parse(cfg.Token)
+	if err != nil {
+		return fmt.Errorf("--token: %w", err)
+	}
+	t0 := time.Now()
+	j := joiner{server: cfg.Server, tok: tok, id: id, paths: node.Paths{Agent: cfg.AgentDir()}, log: logs.Logger}
+	creds, settings, err := j.join(ctx, t0)
+	if err != nil {
+		return fmt.Errorf("join %s as node %s: %w", cfg.Server, id.Name, err)
+	}
+	parsed, err := settings.Parse()
+	if err != nil {
+		return err
+	}
+	logs.Infof("joined in %s", time.Since(t0).Round(10*time.Millisecond))
+	cluster := node.Cluster{
+		ClusterCIDR: parsed.ClusterCIDR, ClusterDNS: parsed.ClusterDNS, ClusterDomain: settings.ClusterDomain,
+		Overlay: settings.FlannelBackend, CoreDNS: settings.CoreDNS,
+	}
+	chain, err := node.Components(cfg, cluster, id, creds, logs)
+	if err != nil {
+		return err
+	}
+	return node.Supervisor(logs, notify).Run(ctx, chain...)
+}
+
+// joiner obtains the node's credentials and the cluster's settings.
+type joiner struct {
+	server string
+	tok    token.Token
+	id     node.Identity
+	paths  node.Paths
+	log    *logrus.Logger
+}
+
+func (j joiner) file(name string) string { return filepath.Join(j.paths.Agent, name) }
+func (j joiner) tls(name string) pki.File {
+	dir := j.paths.TLSDir()
+	return pki.File{Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
+}
+
+func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials, settings join.Settings, err error) {
+	creds = node.Credentials{
+		Kubelet:          j.file("kubelet.kubeconfig"),
+		BootstrapKubelet: j.file("kubelet-bootstrap.kubeconfig"),
+		Proxy:            j.file("kube-proxy.kubeconfig"),
+		DNS:              j.file("coredns.kubeconfig"),
+		Flannel:          j.file("flannel.kubeconfig"),
+		ClientCA:         filepath.Join(j.paths.TLSDir(), "client-ca.crt"),
+	}
+	serverCA := filepath.Join(j.paths.TLSDir(), "server-ca.crt")
+	settingsFile := filepath.Join(j.paths.Agent, "etc", "cluster.json")
+	joined := exists(serverCA) && exists(creds.Kubelet) && exists(settingsFile)
+
+	if !joined {
+		// A first join that fails leaves nothing behind, so that the next try starts afresh.
+		defer func() {
+			if err != nil {
+				for _, f := range []string{creds.BootstrapKubelet, creds.Proxy, creds.DNS, creds.Flannel, settingsFile} {
+					_ = os.Remove(f)
+				}
+				_ = os.RemoveAll(j.paths.TLSDir())
+			}
+		}()
+		ca, err := join.Discover(ctx, j.server, j.tok, func(w error) { j.log.Warn(w.Error()) })
+		if err != nil {
+			return creds, settings, err
+		}
+		if err := pki.WriteFile(serverCA, ca, 0o644); err != nil {
+			return creds, settings, err
+		}
+	}
+	bootstrap := pki.Kubeconfig{Server: j.server, CAFile: serverCA, Token: j.tok.Bootstrap()}
+	if err := bootstrap.Write(creds.BootstrapKubelet, 0o600); err != nil {
+		return creds, settings, err
+	}
+	// A joined node asks with its own identity, which outlives the token it joined with.
+	cs, err := client(creds.Kubelet, nil)
+	if !joined || err != nil {
+		cs, err = client("", &rest.Config{Host: j.server, BearerToken: j.tok.Bootstrap(),
+			TLSClientConfig: rest.TLSClientConfig{CAFile: serverCA}, Timeout: 15 * time.Second})
+	}
+	if err != nil {
+		return creds, settings, err
+	}
+
+	settings, err = join.ReadSettings(ctx, cs)
+	switch {
+	case err == nil:
+		data, _ := json.Marshal(settings)
+		if err := pki.WriteFile(settingsFile, data, 0o644); err != nil {
+			return creds, settings, err
+		}
+	case joined:
+		// The server may be away; the node keeps running its pods with what it knew.
+		j.log.WithError(err).Warn("cannot read the cluster settings from the server; using the ones from the last start")
+		data, rerr := os.ReadFile(settingsFile)
+		if rerr != nil {
+			return creds, settings, errors.Join(err, rerr)
+		}
+		if err := json.Unmarshal(data, &settings); err != nil {
+			return creds, settings, fmt.Errorf("%s: %w", settingsFile, err)
+		}
+	default:
+		return creds, settings, err
+	}
+	if err := pki.WriteFile(creds.ClientCA, []byte(settings.ClientCA), 0o644); err != nil {
+		return creds, settings, err
+	}
+
+	machine, err := join.MachineHash(j.file("machine-id"))
+	if err != nil {
+		return creds, settings, err
+	}
+	for _, c := range []struct {
+		user, name, kubeconfig string
+	}{
+		{join.ProxyUser, "client-kube-proxy", creds.Proxy},
+		{join.DNSUser, "client-coredns", creds.DNS},
+		{join.FlannelUser, "client-flannel", creds.Flannel},
+	} {
+		f := j.tls(c.name)
+		if !join.Valid(f.Cert, now, pki.RenewBefore) {
+			err := join.ClientCertificate(ctx, cs, f, c.user, j.id.Name, machine)
+			if err != nil && !join.Valid(f.Cert, now, 0) {
+				return creds, settings, err
+			}
+			if err != nil {
+				j.log.WithError(err).Warn("cannot renew a certificate yet; the current one stays in use")
+			}
+		}
+		if err := (pki.Kubeconfig{Server: j.server, CAFile: serverCA, Client: f}).Write(c.kubeconfig, 0o600); err != nil {
+			return creds, settings, err
+		}
+	}
+	return creds, settings, nil
+}
+
+func client(kubeconfig string, rc *rest.Config) (kubernetes.Interface, error) {
+	if rc == nil {
+		var err error
+		if rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
+			return nil, err
+		}
+		rc.Timeout = 15 * time.Second
+	}
+	return kubernetes.NewForConfig(rc)
+}
+
+func exists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
+}

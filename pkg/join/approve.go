@@ -1,0 +1,257 @@
+package join
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	certificatesv1 "k8s.io/api/certificates/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kone-dev/kone/pkg/supervisor"
+	"github.com/kone-dev/kone/pkg/token"
+)
+
+const (
+	nodeUserPrefix = "system:node:"
+	nodesGroup     = "system:nodes"
+	claimPrefix    = "kone-node-"
+	claimType      = "kone.dev/node-claim"
+	claimKey       = "machine"
+)
+
+// Approver approves the certificate requests of joining and joined nodes that kone's join
+// rules allow, and denies the ones they forbid with the reason. Requests it has no rule for
+// (a kubelet renewing its client certificate, anything a user makes) are left to upstream's
+// approver and to administrators.
+type Approver struct {
+	cs    kubernetes.Interface
+	log   *logrus.Logger
+	ready *supervisor.Latch
+}
+
+// NewApprover returns the approver component; cs must be allowed to approve and to manage
+// kube-system secrets.
+func NewApprover(cs kubernetes.Interface, log *logrus.Logger) *Approver {
+	return &Approver{cs: cs, log: log, ready: supervisor.NewLatch()}
+}
+
+func (a *Approver) Name() string { return "join approver" }
+
+func (a *Approver) Run(ctx context.Context) error {
+	// The resync retries requests that came before what they depend on (a serving certificate
+	// asked for before the node's addresses were known).
+	factory := informers.NewSharedInformerFactory(a.cs, 10*time.Second)
+	inf := factory.Certificates().V1().CertificateSigningRequests().Informer()
+	handle := func(obj any) {
+		if req, ok := obj.(*certificatesv1.CertificateSigningRequest); ok && pending(req) {
+			a.handle(ctx, req)
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    handle,
+		UpdateFunc: func(_, obj any) { handle(obj) },
+	}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return ctx.Err()
+	}
+	a.ready.Open()
+	<-ctx.Done()
+	return nil
+}
+
+func (a *Approver) Ready(ctx context.Context) error { return a.ready.Wait(ctx) }
+
+func pending(req *certificatesv1.CertificateSigningRequest) bool {
+	for _, c := range req.Status.Conditions {
+		if c.Type == certificatesv1.CertificateApproved || c.Type == certificatesv1.CertificateDenied || c.Type == certificatesv1.CertificateFailed {
+			return false
+		}
+	}
+	return true
+}
+
+// verdict is a decision on one request; undecided leaves it for later or for someone else.
+type verdict struct {
+	approve bool
+	deny    string
+}
+
+var undecided = verdict{}
+
+func (a *Approver) handle(ctx context.Context, req *certificatesv1.CertificateSigningRequest) {
+	log := a.log.WithFields(logrus.Fields{"csr": req.Name, "signer": req.Spec.SignerName, "requester": req.Spec.Username})
+	v, err := a.decide(ctx, req)
+	if err != nil {
+		log.WithError(err).Warn("cannot decide on a certificate request yet")
+		return
+	}
+	cond := certificatesv1.CertificateSigningRequestCondition{Status: corev1.ConditionTrue, LastUpdateTime: metav1.Now()}
+	switch {
+	case v.approve:
+		cond.Type, cond.Reason, cond.Message = certificatesv1.CertificateApproved, "KoneJoin", "approved by kone's join rules"
+	case v.deny != "":
+		cond.Type, cond.Reason, cond.Message = certificatesv1.CertificateDenied, "KoneJoin", v.deny
+	default:
+		return
+	}
+	req = req.DeepCopy()
+	req.Status.Conditions = append(req.Status.Conditions, cond)
+	if _, err := a.cs.CertificatesV1().CertificateSigningRequests().UpdateApproval(ctx, req.Name, req, metav1.UpdateOptions{}); err != nil {
+		log.WithError(err).Warn("cannot record the decision on a certificate request")
+		return
+	}
+	if v.approve {
+		log.Debug("approved certificate request")
+	} else {
+		log.WithField("reason", v.deny).Warn("denied certificate request")
+	}
+}
+
+func (a *Approver) decide(ctx context.Context, req *certificatesv1.CertificateSigningRequest) (verdict, error) {
+	block, _ := pem.Decode(req.Spec.Request)
+	if block == nil {
+		return verdict{deny: "the request holds no PEM certificate request"}, nil
+	}
+	x, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return verdict{deny: "the certificate request does not parse: " + err.Error()}, nil
+	}
+	joining := slices.Contains(req.Spec.Groups, token.NodeGroup)
+	switch req.Spec.SignerName {
+	case certificatesv1.KubeAPIServerClientKubeletSignerName:
+		// kubelet's TLS bootstrap; renewals with a node's own certificate are upstream's to approve.
+		name, ok := strings.CutPrefix(x.Subject.CommonName, nodeUserPrefix)
+		if !joining || !ok || !slices.Equal(x.Subject.Organization, []string{nodesGroup}) || hasSANs(x) ||
+			!usagesWithin(req.Spec.Usages, certificatesv1.UsageClientAuth) {
+			return undecided, nil
+		}
+		// The node's other certificates, asked for first, staked the claim on the name.
+		_, err := a.cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, claimPrefix+name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return undecided, nil
+		}
+		return verdict{approve: err == nil}, err
+	case certificatesv1.KubeletServingSignerName:
+		return a.decideServing(ctx, req, x)
+	case certificatesv1.KubeAPIServerClientSignerName:
+		nodeName, ok := req.Annotations[NodeNameAnnotation]
+		if !ok {
+			return undecided, nil
+		}
+		if !slices.Contains(componentUsers, x.Subject.CommonName) || len(x.Subject.Organization) > 0 || hasSANs(x) ||
+			!usagesWithin(req.Spec.Usages, certificatesv1.UsageClientAuth) {
+			return verdict{deny: fmt.Sprintf("a node may ask only for a client certificate of %s, with no groups and no names", strings.Join(componentUsers, ", "))}, nil
+		}
+		if !joining && req.Spec.Username != nodeUserPrefix+nodeName {
+			return verdict{deny: "only a joining node, or the node " + nodeName + " itself, may ask for this node's certificates"}, nil
+		}
+		return a.claim(ctx, nodeName, req.Annotations[MachineAnnotation])
+	}
+	return undecided, nil
+}
+
+// claim gives nodeName to the machine, unless another machine holds it while the node exists.
+func (a *Approver) claim(ctx context.Context, nodeName, machine string) (verdict, error) {
+	if machine == "" {
+		return verdict{deny: "the request does not say which machine it comes from"}, nil
+	}
+	secrets := a.cs.CoreV1().Secrets(metav1.NamespaceSystem)
+	held, err := secrets.Get(ctx, claimPrefix+nodeName, metav1.GetOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return undecided, err
+	}
+	found := err == nil
+	if found && string(held.Data[claimKey]) == machine {
+		return verdict{approve: true}, nil
+	}
+	// Another machine's claim, or a node that joined without one (a server's own): the name is
+	// taken for as long as the node exists.
+	if _, err := a.cs.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{}); err == nil {
+		return verdict{deny: fmt.Sprintf("node name %q is held by another machine; give this one another name with --node-name, or delete the node (kubectl delete node %s) if that machine is gone", nodeName, nodeName)}, nil
+	} else if !apierrors.IsNotFound(err) {
+		return undecided, err
+	}
+	if found {
+		held.Data = map[string][]byte{claimKey: []byte(machine)}
+		_, err = secrets.Update(ctx, held, metav1.UpdateOptions{})
+	} else {
+		_, err = secrets.Create(ctx, &corev1.Secret{
+			ObjectMeta: metav1.ObjectMeta{Name: claimPrefix + nodeName, Namespace: metav1.NamespaceSystem},
+			Type:       claimType,
+			Data:       map[string][]byte{claimKey: []byte(machine)},
+		}, metav1.CreateOptions{})
+	}
+	return verdict{approve: err == nil}, err
+}
+
+// decideServing approves a kubelet's serving certificate for exactly the names and addresses
+// its node reports.
+func (a *Approver) decideServing(ctx context.Context, req *certificatesv1.CertificateSigningRequest, x *x509.CertificateRequest) (verdict, error) {
+	name, ok := strings.CutPrefix(x.Subject.CommonName, nodeUserPrefix)
+	if !ok || req.Spec.Username != x.Subject.CommonName || !slices.Equal(x.Subject.Organization, []string{nodesGroup}) ||
+		len(x.EmailAddresses) > 0 || len(x.URIs) > 0 || !usagesWithin(req.Spec.Usages, certificatesv1.UsageServerAuth) {
+		return verdict{deny: "a kubelet serving certificate must be asked for by its own node, for system:node:<name> in system:nodes"}, nil
+	}
+	node, err := a.cs.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return undecided, errors.New("node " + name + " is not registered yet")
+	} else if err != nil {
+		return undecided, err
+	}
+	names, ips := map[string]bool{}, map[string]bool{}
+	for _, addr := range node.Status.Addresses {
+		switch addr.Type {
+		case corev1.NodeHostName, corev1.NodeInternalDNS, corev1.NodeExternalDNS:
+			names[addr.Address] = true
+		case corev1.NodeInternalIP, corev1.NodeExternalIP:
+			if ip := net.ParseIP(addr.Address); ip != nil {
+				ips[ip.String()] = true
+			}
+		}
+	}
+	if len(names)+len(ips) == 0 {
+		return undecided, errors.New("node " + name + " reports no addresses yet")
+	}
+	for _, n := range x.DNSNames {
+		if !names[n] {
+			return verdict{deny: fmt.Sprintf("name %q is not an address of node %s", n, name)}, nil
+		}
+	}
+	for _, ip := range x.IPAddresses {
+		if !ips[ip.String()] {
+			return verdict{deny: fmt.Sprintf("IP %s is not an address of node %s", ip, name)}, nil
+		}
+	}
+	return verdict{approve: true}, nil
+}
+
+func hasSANs(x *x509.CertificateRequest) bool {
+	return len(x.DNSNames)+len(x.IPAddresses)+len(x.EmailAddresses)+len(x.URIs) > 0
+}
+
+// usagesWithin reports whether the requested usages are a key's plus the one role given.
+func usagesWithin(usages []certificatesv1.KeyUsage, role certificatesv1.KeyUsage) bool {
+	for _, u := range usages {
+		if u != role && u != certificatesv1.UsageDigitalSignature && u != certificatesv1.UsageKeyEncipherment {
+			return false
+		}
+	}
+	return slices.Contains(usages, role)
+}

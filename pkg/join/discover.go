@@ -1,0 +1,74 @@
+package join
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	"k8s.io/cluster-bootstrap/token/jws"
+
+	"github.com/kone-dev/kone/pkg/token"
+)
+
+// ErrNotPinned is the warning Discover gives for a token that does not name the CA.
+var ErrNotPinned = errors.New("the token does not pin the server's CA (it lacks the K10<hash>:: prefix), so the CA the server presents is trusted as it is; use the full token from the server's data dir (server/token) to be safe")
+
+// Discover fetches kube-public/cluster-info from server without credentials and returns the
+// cluster's CA certificate, once it matches the token's CA hash and the server has proven, by
+// signing cluster-info with the token's secret, that it knows the token. Nothing secret is sent.
+// warn is called when the token pins no CA.
+func Discover(ctx context.Context, server string, tok token.Token, warn func(error)) ([]byte, error) {
+	insecure := &rest.Config{Host: server, Timeout: 10 * time.Second, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
+	cs, err := kubernetes.NewForConfig(insecure)
+	if err != nil {
+		return nil, fmt.Errorf("server %s: %w", server, err)
+	}
+	cm, err := cs.CoreV1().ConfigMaps(metav1.NamespacePublic).Get(ctx, bootstrapapi.ConfigMapClusterInfo, metav1.GetOptions{})
+	if err != nil {
+		return nil, unreachable(server, err)
+	}
+	kubeconfig := cm.Data[bootstrapapi.KubeConfigKey]
+	cfg, err := clientcmd.Load([]byte(kubeconfig))
+	if err != nil || len(cfg.Clusters) == 0 {
+		return nil, fmt.Errorf("server %s publishes no usable cluster-info; is it a kone server?", server)
+	}
+	var ca []byte
+	for _, c := range cfg.Clusters {
+		ca = c.CertificateAuthorityData
+	}
+	if tok.CAHash == "" {
+		warn(ErrNotPinned)
+	} else if err := tok.CheckCA(ca); err != nil {
+		return nil, fmt.Errorf("refusing to join %s: %w", server, err)
+	}
+	signature, ok := cm.Data[bootstrapapi.JWSSignatureKeyPrefix+tok.ID]
+	if !ok {
+		return nil, fmt.Errorf("the server knows no valid token with id %s: it has expired or was deleted; make a new one on the server with `kone token create`", tok.ID)
+	}
+	if !jws.DetachedTokenIsValid(signature, kubeconfig, tok.ID, tok.Secret) {
+		return nil, fmt.Errorf("the token's secret is wrong: the server's token %s is signed with another secret; copy the token again from the server", tok.ID)
+	}
+	return ca, nil
+}
+
+// unreachable explains a failed first contact with the server.
+func unreachable(server string, err error) error {
+	var netErr net.Error
+	switch {
+	case apierrors.IsNotFound(err):
+		return fmt.Errorf("server %s has no cluster-info: it is not a kone server, or it is still starting", server)
+	case apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err):
+		return fmt.Errorf("server %s does not let joining nodes read cluster-info: is it a kone server? (%w)", server, err)
+	case errors.As(err, &netErr):
+		return fmt.Errorf("cannot reach the server at %s: %w; check --server, that the server runs and that its port is open from here", server, err)
+	}
+	return fmt.Errorf("cannot reach the server at %s: %w; check --server", server, err)
+}

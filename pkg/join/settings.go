@@ -1,0 +1,125 @@
+package join
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kone-dev/kone/pkg/token"
+)
+
+// SettingsName is the kube-system ConfigMap with the cluster's settings for agents.
+const SettingsName = "kone-cluster"
+
+const settingsKey = "settings.json"
+
+// Settings are what every node of the cluster must agree on, chosen by the server.
+type Settings struct {
+	ClusterCIDR    string `json:"clusterCIDR"`
+	ServiceCIDR    string `json:"serviceCIDR"`
+	ClusterDNS     string `json:"clusterDNS"`
+	ClusterDomain  string `json:"clusterDomain"`
+	FlannelBackend string `json:"flannelBackend"`
+	// CoreDNS is false when the user runs their own cluster DNS.
+	CoreDNS bool `json:"coreDNS"`
+	// ClientCA signs the apiserver's client certificate for kubelets; kubelet trusts it.
+	ClientCA string `json:"clientCA"`
+}
+
+// Parsed are the settings in the types the node side uses.
+type Parsed struct {
+	ClusterCIDR, ServiceCIDR *net.IPNet
+	ClusterDNS               net.IP
+}
+
+// Parse checks the settings a server sent.
+func (s Settings) Parse() (Parsed, error) {
+	var p Parsed
+	var err error
+	if _, p.ClusterCIDR, err = net.ParseCIDR(s.ClusterCIDR); err != nil {
+		return p, fmt.Errorf("cluster settings: cluster CIDR: %w", err)
+	}
+	if _, p.ServiceCIDR, err = net.ParseCIDR(s.ServiceCIDR); err != nil {
+		return p, fmt.Errorf("cluster settings: service CIDR: %w", err)
+	}
+	if p.ClusterDNS = net.ParseIP(s.ClusterDNS); p.ClusterDNS == nil {
+		return p, fmt.Errorf("cluster settings: cluster DNS %q is not an IP address", s.ClusterDNS)
+	}
+	if s.ClusterDomain == "" || s.ClientCA == "" {
+		return p, fmt.Errorf("cluster settings are incomplete; is the server running an older kone?")
+	}
+	return p, nil
+}
+
+// PublishSettings writes the settings and lets joining and joined nodes read them, and nothing else.
+func PublishSettings(ctx context.Context, cs kubernetes.Interface, s Settings) error {
+	data, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	cm := &corev1.ConfigMap{
+		ObjectMeta: metav1.ObjectMeta{Name: SettingsName, Namespace: metav1.NamespaceSystem},
+		Data:       map[string]string{settingsKey: string(data)},
+	}
+	cms := cs.CoreV1().ConfigMaps(metav1.NamespaceSystem)
+	if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
+		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+		if err != nil {
+			return fmt.Errorf("update cluster settings: %w", err)
+		}
+	} else if err != nil {
+		return fmt.Errorf("publish cluster settings: %w", err)
+	}
+	role := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: "kone:cluster-settings", Namespace: metav1.NamespaceSystem},
+		Rules: []rbacv1.PolicyRule{{Verbs: []string{"get"}, APIGroups: []string{""}, Resources: []string{"configmaps"},
+			ResourceNames: []string{SettingsName}}},
+	}
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Name: role.Name, Namespace: metav1.NamespaceSystem},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects: []rbacv1.Subject{
+			{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: token.NodeGroup},
+			{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: "system:nodes"},
+		},
+	}
+	rbac := cs.RbacV1()
+	if _, err := rbac.Roles(metav1.NamespaceSystem).Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create role %s: %w", role.Name, err)
+	}
+	if _, err := rbac.RoleBindings(metav1.NamespaceSystem).Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create role binding %s: %w", binding.Name, err)
+	}
+	return nil
+}
+
+// ReadSettings reads the cluster's settings with a joining or joined node's credentials.
+func ReadSettings(ctx context.Context, cs kubernetes.Interface) (Settings, error) {
+	var s Settings
+	cm, err := cs.CoreV1().ConfigMaps(metav1.NamespaceSystem).Get(ctx, SettingsName, metav1.GetOptions{})
+	if err != nil {
+		return s, fmt.Errorf("read cluster settings: %w", describe(err))
+	}
+	if err := json.Unmarshal([]byte(cm.Data[settingsKey]), &s); err != nil {
+		return s, fmt.Errorf("cluster settings from the server are not valid: %w", err)
+	}
+	return s, nil
+}
+
+// describe turns the apiserver's answers to a joining node into advice.
+func describe(err error) error {
+	switch {
+	case apierrors.IsUnauthorized(err):
+		return fmt.Errorf("the server does not accept the token (it has expired or was deleted; `kone token create` on the server makes a new one): %w", err)
+	case apierrors.IsForbidden(err):
+		return fmt.Errorf("the server refused this node's credentials: %w", err)
+	}
+	return err
+}
