@@ -92,7 +92,7 @@ func newNode(t *testing.T, bin, dir string) *node {
 	}
 	// Registered first, so it runs last: a test's own cleanups still find kone running.
 	t.Cleanup(func() {
-		if n.cmd != nil && n.cmd.ProcessState == nil {
+		if n.cmd != nil && n.cmd.Process != nil && n.cmd.ProcessState == nil {
 			n.cmd.Process.Kill()
 			<-n.exited
 		}

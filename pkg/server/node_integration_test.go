@@ -77,7 +77,7 @@ func TestNodeSide(t *testing.T) {
 	}
 	cs := n.client()
 	ctx := context.Background()
-	nodeName := waitNodeReady(t, cs)
+	nodeName := waitNodesReady(t, cs, 1)[0]
 
 	ns := "kone-node-it"
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -177,7 +177,7 @@ func TestNodeSide(t *testing.T) {
 	n.stop()
 	n.extra = []string{"--kube-proxy-arg", "proxy-mode=nftables"}
 	n.start()
-	waitNodeReady(t, cs)
+	waitNodesReady(t, cs, 1)
 	time.Sleep(10 * time.Second) // long enough for kubelet to have noticed a dead container
 	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(containers, ",") {
 		t.Errorf("containers changed across a restart of kone:\nbefore %v\nafter  %v", containers, after)
@@ -268,23 +268,6 @@ func httpGetEventually(t *testing.T, url string) string {
 		last = fmt.Errorf("%s", resp.Status)
 	}
 	t.Fatalf("GET %s: %v", url, last)
-	return ""
-}
-
-func waitNodeReady(t *testing.T, cs kubernetes.Interface) string {
-	t.Helper()
-	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
-		nodes, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
-		if err != nil || len(nodes.Items) != 1 {
-			continue
-		}
-		for _, c := range nodes.Items[0].Status.Conditions {
-			if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
-				return nodes.Items[0].Name
-			}
-		}
-	}
-	t.Fatal("the node did not become Ready within 2 minutes")
 	return ""
 }
 

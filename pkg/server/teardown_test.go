@@ -109,7 +109,7 @@ func added(before, now []string) []string {
 // restarts (the pod bridge, kone's and kube-proxy's rules, kubelet's cgroups and directories),
 // as `kone-killall.sh` does, and checks that the host is left as it was.
 func teardownNode(t *testing.T, n *node, before hostState) {
-	if n.cmd != nil && n.cmd.ProcessState == nil {
+	if n.cmd != nil && n.cmd.Process != nil && n.cmd.ProcessState == nil {
 		cs := n.client()
 		ctx := context.Background()
 		_ = cs.CoreV1().Namespaces().Delete(ctx, "kone-node-it", metav1.DeleteOptions{})

@@ -1,0 +1,343 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+)
+
+// The extra nodes' network: the host is .1 on the bridge that scripts/node makes.
+const (
+	bridgeHost = "172.31.254.1"
+	nodeNet    = "172.31.254."
+)
+
+// agentNode is a `kone agent` in namespaces of its own, run by scripts/node.
+type agentNode struct {
+	t          *testing.T
+	script     string
+	name, ip   string
+	args       []string
+	machineLog string
+}
+
+func newAgent(t *testing.T, bin, name, ip, server, tok string) *agentNode {
+	t.Helper()
+	script, err := filepath.Abs("../../scripts/node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &agentNode{t: t, script: script, name: name, ip: ip,
+		args:       []string{bin, "agent", "--server", server, "--token", tok, "--node-ip", ip},
+		machineLog: filepath.Join("/var/lib/kone-nodes", name, "kone.log")}
+	// The node's images directory, ready before it starts.
+	images := filepath.Join("/var/lib/kone-nodes", name, "lib", "kone", "agent", "images")
+	if err := os.MkdirAll(images, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(images, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.run("down", name) })
+	return a
+}
+
+func (a *agentNode) run(args ...string) {
+	a.t.Helper()
+	if out, err := exec.Command(a.script, args...).CombinedOutput(); err != nil {
+		a.t.Errorf("scripts/node %v: %v\n%s", args, err, out)
+	}
+}
+
+func (a *agentNode) up()    { a.run(append([]string{"up", a.name, a.ip, "--"}, a.args...)...) }
+func (a *agentNode) stop()  { a.run("stop", a.name) }
+func (a *agentNode) start() { a.run(append([]string{"start", a.name, "--"}, a.args...)...) }
+
+// waitReady waits for the agent's ready line, which may follow its node's Ready condition.
+func (a *agentNode) waitReady() {
+	a.t.Helper()
+	for deadline := time.Now().Add(time.Minute); !strings.Contains(a.log(), "kone is ready"); time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			a.t.Fatalf("%s is not ready within a minute:\n%s", a.name, a.log())
+		}
+	}
+}
+
+func (a *agentNode) log() string {
+	data, _ := os.ReadFile(a.machineLog)
+	return string(data)
+}
+
+// TestAgents runs a cluster of one server and two agents on this machine: joins that must be
+// refused are, a Deployment spread over the three nodes reaches every pod by IP and the
+// Service by name from every node, NodePorts answer on every node, and an agent restart leaves
+// its pods untouched.
+func TestAgents(t *testing.T) {
+	bin := koneBinary(t)
+	before := snapshotHost(t)
+	script, _ := filepath.Abs("../../scripts/node")
+	if out, err := exec.Command(script, "bridge-up").CombinedOutput(); err != nil {
+		t.Fatalf("bridge: %v\n%s", err, out)
+	}
+	n := newNode(t, bin, t.TempDir())
+	n.nodeSide = true
+	n.extra = []string{"--node-ip", bridgeHost}
+	imagesDir := filepath.Join(n.dataDir, "agent", "images")
+	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(imagesDir, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { teardownNode(t, n, before) })
+	// Runs before the teardown: the agents are gone by then.
+	t.Cleanup(func() { _ = exec.Command(script, "bridge-down").Run() })
+	n.start()
+	cs := n.client()
+	waitNodesReady(t, cs, 1)
+
+	tokData, err := os.ReadFile(filepath.Join(n.dataDir, "server", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := strings.TrimSpace(string(tokData))
+	server := "https://" + bridgeHost + ":" + n.https
+	checkRefusedJoins(t, n, cs, tok)
+
+	agents := []*agentNode{newAgent(t, bin, "agent-1", nodeNet+"2", server, tok), newAgent(t, bin, "agent-2", nodeNet+"3", server, tok)}
+	for _, a := range agents {
+		a.up()
+	}
+	waitNodesReady(t, cs, 3)
+	for _, a := range agents {
+		a.waitReady()
+		// An agent runs no control plane.
+		for _, component := range []string{"etcd ready", "kube-apiserver ready"} {
+			if strings.Contains(a.log(), component) {
+				t.Errorf("agent %s runs %s", a.name, component)
+			}
+		}
+	}
+
+	ns := "kone-node-it"
+	if _, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc := spreadWeb(t, cs, ns, 3)
+	pods := waitPodsRunning(t, cs, ns, 3)
+	onNode := map[string]corev1.Pod{}
+	for _, p := range pods {
+		onNode[p.Spec.NodeName] = p
+	}
+	if len(onNode) != 3 {
+		t.Fatalf("the Deployment's pods are not spread over the three nodes: %v", onNode)
+	}
+	// Every pod reaches every other pod by IP, and the Service by name through its own node's DNS.
+	for _, from := range pods {
+		for _, to := range pods {
+			url := "http://" + to.Status.PodIP + ":8080/"
+			if out := kubectlEventually(t, n, "exec", "-n", ns, from.Name, "--", "timeout", "5", "wget", "-q", "-O-", url); strings.TrimSpace(out) != "hello from "+to.Name {
+				t.Errorf("%s (on %s) GET %s: %q", from.Name, from.Spec.NodeName, url, out)
+			}
+		}
+		if out := kubectlEventually(t, n, "exec", "-n", ns, from.Name, "--", "timeout", "5", "wget", "-q", "-O-", "http://web."+ns+"/"); !strings.HasPrefix(out, "hello from web-") {
+			t.Errorf("%s (on %s): the Service by name: %q", from.Name, from.Spec.NodeName, out)
+		}
+	}
+	for _, ip := range []string{bridgeHost, nodeNet + "2", nodeNet + "3"} {
+		if body := httpGetEventually(t, fmt.Sprintf("http://%s:%d/", ip, svc.Spec.Ports[0].NodePort)); !strings.HasPrefix(body, "hello from web-") {
+			t.Errorf("NodePort on %s: %q", ip, body)
+		}
+	}
+
+	// An agent restart, after the token it joined with was deleted: its pods keep running,
+	// untouched, and it is Ready again with the credentials it got when it joined.
+	containers := containerIDs(t, cs, ns)
+	_, cred, _ := strings.Cut(tok, "::")
+	id, _, _ := strings.Cut(cred, ".")
+	if err := cs.CoreV1().Secrets("kube-system").Delete(context.Background(), "bootstrap-token-"+id, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	agents[0].stop()
+	agents[0].start()
+	waitNodesReady(t, cs, 3)
+	time.Sleep(10 * time.Second) // long enough for kubelet to have noticed a dead container
+	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(containers, ",") {
+		t.Errorf("containers changed across a restart of an agent:\nbefore %v\nafter  %v", containers, after)
+	}
+	from := onNode["agent-1"]
+	if out := kubectlEventually(t, n, "exec", "-n", ns, from.Name, "--", "timeout", "5", "wget", "-q", "-O-", "http://web/"); !strings.HasPrefix(out, "hello from web-") {
+		t.Errorf("the Service from the restarted agent: %q", out)
+	}
+
+	// A server restart: the agents' pods keep running and their nodes are Ready again soon after.
+	n.stop()
+	time.Sleep(5 * time.Second)
+	n.start()
+	back := time.Now()
+	// Ready again: every kubelet has renewed its node's lease with the returned server.
+	waitNodesReady(t, cs, 3)
+	for _, name := range []string{agents[0].name, agents[1].name} {
+		for {
+			lease, err := cs.CoordinationV1().Leases("kube-node-lease").Get(context.Background(), name, metav1.GetOptions{})
+			if err == nil && lease.Spec.RenewTime != nil && lease.Spec.RenewTime.After(back) {
+				break
+			}
+			if time.Since(back) > 30*time.Second {
+				t.Fatalf("node %s has not renewed its lease within 30 s of the server's return", name)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	t.Logf("every agent renewed its node lease %s after the server returned", time.Since(back).Round(100*time.Millisecond))
+	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(containers, ",") {
+		t.Errorf("containers changed across a restart of the server:\nbefore %v\nafter  %v", containers, after)
+	}
+
+	_ = cs.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
+	waitPodsGone(t, cs, ns)
+}
+
+// checkRefusedJoins: joins that must fail do, say why, send no secret where the CA is not the
+// pinned one, and register nothing.
+func checkRefusedJoins(t *testing.T, n *node, cs kubernetes.Interface, tok string) {
+	t.Helper()
+	pinned, cred, _ := strings.Cut(strings.TrimPrefix(tok, "K10"), "::")
+	id, _, _ := strings.Cut(cred, ".")
+	server := "https://127.0.0.1:" + n.https
+	cases := []struct{ name, server, token, want string }{
+		{"forged CA hash", server, "K10" + strings.Repeat("0", 64) + "::" + cred, "does not match the hash in the token"},
+		{"wrong secret", server, "K10" + pinned + "::" + id + ".0123456789abcdef", "secret is wrong"},
+		{"unknown token", server, "K10" + pinned + "::zzzzzz.0123456789abcdef", "knows no valid token with id zzzzzz"},
+		{"unreachable server", "https://127.0.0.1:" + freePort(t), tok, "cannot reach the server"},
+		// The server's own node holds its name: a machine asking for it is refused.
+		{"taken node name", server, tok, "--node-name"},
+	}
+	nodes, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+	if err != nil || len(nodes.Items) != 1 {
+		t.Fatalf("nodes: %v %v", nodes, err)
+	}
+	taken := nodes.Items[0].Name
+	for _, c := range cases {
+		dataDir := t.TempDir()
+		args := []string{"agent", "--data-dir", dataDir, "--server", c.server, "--token", c.token, "--node-name", "refused"}
+		if c.name == "taken node name" {
+			args[len(args)-1] = taken
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		out, err := exec.CommandContext(ctx, n.bin, args...).CombinedOutput()
+		cancel()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("%s: want a refusal saying %q, got %v:\n%s", c.name, c.want, err, out)
+		}
+		if strings.Contains(string(out), cred) {
+			t.Errorf("%s: the token's secret is in the output", c.name)
+		}
+		// A refused first join leaves no credentials behind.
+		if left, _ := filepath.Glob(filepath.Join(dataDir, "agent", "*.kubeconfig")); len(left) > 0 {
+			t.Errorf("%s: a refused join left %v", c.name, left)
+		}
+	}
+	// The forged hash was refused before anything was sent: no request for a certificate came.
+	csrs, err := cs.CertificatesV1().CertificateSigningRequests().List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range csrs.Items {
+		if r.Annotations["kone.dev/node-name"] == "refused" {
+			t.Errorf("a refused join asked for a certificate: %s", r.Name)
+		}
+	}
+	if nodes, _ := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{}); len(nodes.Items) != 1 {
+		t.Errorf("a refused join registered a node: %d nodes", len(nodes.Items))
+	}
+}
+
+// spreadWeb creates a Deployment with one pod per node behind a NodePort Service.
+func spreadWeb(t *testing.T, cs kubernetes.Interface, ns string, replicas int32) *corev1.Service {
+	t.Helper()
+	labels := map[string]string{"app": "web"}
+	serve := `mkdir -p /www && echo "hello from $HOSTNAME" > /www/index.html && exec httpd -f -p 8080 -h /www`
+	web := &appsv1.Deployment{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{
+			Replicas: ptr.To(replicas),
+			Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					Affinity: &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+						RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+							LabelSelector: &metav1.LabelSelector{MatchLabels: labels}, TopologyKey: "kubernetes.io/hostname",
+						}},
+					}},
+					Containers: []corev1.Container{{
+						Name: "web", Image: busyboxImage, ImagePullPolicy: corev1.PullNever,
+						Command: []string{"sh", "-c", serve},
+						Ports:   []corev1.ContainerPort{{ContainerPort: 8080}},
+					}},
+				},
+			},
+		},
+	}
+	ctx := context.Background()
+	if _, err := cs.AppsV1().Deployments(ns).Create(ctx, web, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	svc, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, Selector: labels,
+			Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svc
+}
+
+func waitNodesReady(t *testing.T, cs kubernetes.Interface, want int) []string {
+	t.Helper()
+	var names []string
+	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		nodes, err := cs.CoreV1().Nodes().List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			continue
+		}
+		names = names[:0]
+		for _, n := range nodes.Items {
+			for _, c := range n.Status.Conditions {
+				if c.Type == corev1.NodeReady && c.Status == corev1.ConditionTrue {
+					names = append(names, n.Name)
+				}
+			}
+		}
+		if len(names) == want && len(nodes.Items) == want {
+			return names
+		}
+	}
+	t.Fatalf("want %d Ready nodes within 3 minutes, have %v", want, names)
+	return nil
+}
+
+func waitPodsGone(t *testing.T, cs kubernetes.Interface, ns string) {
+	t.Helper()
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+		if err == nil && len(pods.Items) == 0 {
+			return
+		}
+	}
+	t.Errorf("pods of %s still there after 2 minutes", ns)
+}
