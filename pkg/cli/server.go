@@ -7,7 +7,9 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"github.com/kone-dev/kone/pkg/agent"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/sdnotify"
@@ -15,10 +17,25 @@ import (
 )
 
 func newServerCommand() *cobra.Command {
+	return nodeCommand("server",
+		"Run a control-plane node: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, and the node side",
+		config.BindServerFlags, server.Run)
+}
+
+func newAgentCommand() *cobra.Command {
+	return nodeCommand("agent --server https://HOST:6443 --token TOKEN",
+		"Run a worker node that joins a kone server: containerd, kubelet, kube-proxy, pod network, DNS",
+		config.BindAgentFlags, agent.Run)
+}
+
+// nodeCommand is a command that runs kone until SIGTERM: it loads the configuration once and
+// hands it to run.
+func nodeCommand(use, short string, bind func(*pflag.FlagSet, *config.Config),
+	run func(context.Context, *config.Config, *logging.Logging, *sdnotify.Notifier) error) *cobra.Command {
 	cfg := &config.Config{}
 	cmd := &cobra.Command{
-		Use:   "server",
-		Short: "Run a control-plane node: etcd, kube-apiserver, kube-controller-manager, kube-scheduler",
+		Use:   use,
+		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			notify := sdnotify.Take()
@@ -28,10 +45,10 @@ func newServerCommand() *cobra.Command {
 			log := logging.Setup(os.Stderr, cfg.Debug)
 			ctx, stop := signalContext()
 			defer stop()
-			return server.Run(ctx, cfg, log, notify)
+			return run(ctx, cfg, log, notify)
 		},
 	}
-	config.BindServerFlags(cmd.Flags(), cfg)
+	bind(cmd.Flags(), cfg)
 	return cmd
 }
 

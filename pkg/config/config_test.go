@@ -12,9 +12,19 @@ import (
 // load runs Load the way `kone server` does: command line first, then the layers.
 func load(t *testing.T, args []string, env map[string]string) (*Config, error) {
 	t.Helper()
+	return loadWith(BindServerFlags, args, env)
+}
+
+// loadAgent runs Load the way `kone agent` does.
+func loadAgent(t *testing.T, args []string, env map[string]string) (*Config, error) {
+	t.Helper()
+	return loadWith(BindAgentFlags, args, env)
+}
+
+func loadWith(bind func(*pflag.FlagSet, *Config), args []string, env map[string]string) (*Config, error) {
 	c := &Config{}
-	fs := pflag.NewFlagSet("server", pflag.ContinueOnError)
-	BindServerFlags(fs, c)
+	fs := pflag.NewFlagSet("kone", pflag.ContinueOnError)
+	bind(fs, c)
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -209,18 +219,6 @@ func TestNodeSettingErrors(t *testing.T) {
 			t.Errorf("%v: got %v, want an error naming %q", c.args, err, c.want)
 		}
 	}
-}
-
-// loadAgent runs Load the way `kone agent` does.
-func loadAgent(t *testing.T, args []string, env map[string]string) (*Config, error) {
-	t.Helper()
-	c := &Config{}
-	fs := pflag.NewFlagSet("agent", pflag.ContinueOnError)
-	BindAgentFlags(fs, c)
-	if err := fs.Parse(args); err != nil {
-		return nil, err
-	}
-	return c, Load(fs, c, func(k string) (string, bool) { v, ok := env[k]; return v, ok })
 }
 
 const testToken = "K10" + "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" + "::abcdef.0123456789abcdef"
