@@ -26,37 +26,64 @@ var ErrNotPinned = errors.New("the token does not pin the server's CA (it lacks 
 // signing cluster-info with the token's secret, that it knows the token. Nothing secret is sent.
 // warn is called when the token pins no CA.
 func Discover(ctx context.Context, server string, tok token.Token, warn func(error)) ([]byte, error) {
+	return discover(ctx, server, tok, warn, signatureWait)
+}
+
+// signatureWait is how long a joining node waits for the server to sign cluster-info for its
+// token: the signer adds a new token's signature a moment after the token exists.
+const signatureWait = 20 * time.Second
+
+func discover(ctx context.Context, server string, tok token.Token, warn func(error), wait time.Duration) ([]byte, error) {
 	insecure := &rest.Config{Host: server, Timeout: 10 * time.Second, TLSClientConfig: rest.TLSClientConfig{Insecure: true}}
 	cs, err := kubernetes.NewForConfig(insecure)
 	if err != nil {
 		return nil, fmt.Errorf("server %s: %w", server, err)
 	}
+	if tok.CAHash == "" {
+		warn(ErrNotPinned)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		ca, signed, err := checkClusterInfo(ctx, cs, server, tok)
+		if err != nil || signed {
+			return ca, err
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the server knows no valid token with id %s: it has expired or was deleted; make a new one on the server with `kone token create`", tok.ID)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// checkClusterInfo reads cluster-info once; signed is false while it bears no signature for the token.
+func checkClusterInfo(ctx context.Context, cs kubernetes.Interface, server string, tok token.Token) (ca []byte, signed bool, err error) {
 	cm, err := cs.CoreV1().ConfigMaps(metav1.NamespacePublic).Get(ctx, bootstrapapi.ConfigMapClusterInfo, metav1.GetOptions{})
 	if err != nil {
-		return nil, unreachable(server, err)
+		return nil, false, unreachable(server, err)
 	}
 	kubeconfig := cm.Data[bootstrapapi.KubeConfigKey]
 	cfg, err := clientcmd.Load([]byte(kubeconfig))
 	if err != nil || len(cfg.Clusters) == 0 {
-		return nil, fmt.Errorf("server %s publishes no usable cluster-info; is it a kone server?", server)
+		return nil, false, fmt.Errorf("server %s publishes no usable cluster-info; is it a kone server?", server)
 	}
-	var ca []byte
 	for _, c := range cfg.Clusters {
 		ca = c.CertificateAuthorityData
 	}
-	if tok.CAHash == "" {
-		warn(ErrNotPinned)
-	} else if err := tok.CheckCA(ca); err != nil {
-		return nil, fmt.Errorf("refusing to join %s: %w", server, err)
+	if err := tok.CheckCA(ca); err != nil {
+		return nil, false, fmt.Errorf("refusing to join %s: %w", server, err)
 	}
 	signature, ok := cm.Data[bootstrapapi.JWSSignatureKeyPrefix+tok.ID]
 	if !ok {
-		return nil, fmt.Errorf("the server knows no valid token with id %s: it has expired or was deleted; make a new one on the server with `kone token create`", tok.ID)
+		return nil, false, nil
 	}
 	if !jws.DetachedTokenIsValid(signature, kubeconfig, tok.ID, tok.Secret) {
-		return nil, fmt.Errorf("the token's secret is wrong: the server's token %s is signed with another secret; copy the token again from the server", tok.ID)
+		return nil, false, fmt.Errorf("the token's secret is wrong: the server's token %s is signed with another secret; copy the token again from the server", tok.ID)
 	}
-	return ca, nil
+	return ca, true, nil
 }
 
 // unreachable explains a failed first contact with the server.

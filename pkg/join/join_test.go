@@ -101,7 +101,7 @@ func TestDiscover(t *testing.T) {
 		"wrong secret":   {wrongSecret, "secret is wrong"},
 		"unknown token":  {unknown, "knows no valid token with id zzzzzz"},
 	} {
-		if _, err := Discover(context.Background(), srv.URL, c.tok, noWarning); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := discover(context.Background(), srv.URL, c.tok, noWarning, 0); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
 	}
@@ -137,7 +137,7 @@ func csrFor(t *testing.T, name, signer, user string, groups []string, subject pk
 func TestApprover(t *testing.T) {
 	ctx := context.Background()
 	cs := fake.NewClientset()
-	a := NewApprover(cs, logrus.New())
+	a := NewApprover(cs, logrus.New(), "abcdef")
 	joining := []string{"system:bootstrappers", token.NodeGroup, "system:authenticated"}
 	component := func(name, user, node, machine string) *certificatesv1.CertificateSigningRequest {
 		r := csrFor(t, name, certificatesv1.KubeAPIServerClientSignerName, "system:bootstrap:abcdef", joining,

@@ -120,7 +120,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	chain := []supervisor.Component{
 		store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
-		join.NewApprover(adminClient, log.Logger),
+		join.NewApprover(adminClient, log.Logger, tok.ID),
 	}
 	if !cfg.DisableAgent {
 		nodeSide, err := nodeComponents(cfg, ca, local, log)
