@@ -36,11 +36,16 @@ func Settle() {
 // read-ahead, neighbouring pages that never run are mapped in and counted in the RSS.
 func RandomAccessExecutable() error { return adviseExecutable(unix.MADV_RANDOM) }
 
-// TrimExecutable releases the pages of kone's code that start-up touched and steady state does
-// not use (package initialisation of all of Kubernetes, flag parsing, certificate creation).
-// They are clean file pages: whatever is still needed is read back from the page cache.
-func TrimExecutable() error { return adviseExecutable(unix.MADV_PAGEOUT) }
+// TrimExecutable unmaps the pages of kone's code and read-only data from this process, so that
+// only what steady state runs comes back: start-up touched much that it never needs again
+// (package initialisation of all of Kubernetes, flag parsing, certificate creation). The pages
+// stay in the page cache, clean, and what is still used is mapped again by a minor fault.
+// Unmapping, not paging out: kone and its containerd run the same executable, and the kernel
+// pages out no page that two processes map.
+func TrimExecutable() error { return adviseExecutable(unix.MADV_DONTNEED) }
 
+// adviseExecutable gives advice on the executable's read-only mappings. Never its writable
+// ones: those hold the program's variables, which MADV_DONTNEED would reset to the file's contents.
 func adviseExecutable(advice int) error {
 	exe, err := os.Executable()
 	if err != nil {
@@ -54,7 +59,7 @@ func adviseExecutable(advice int) error {
 	s := bufio.NewScanner(f)
 	for s.Scan() {
 		fields := strings.Fields(s.Text())
-		if len(fields) < 6 || fields[5] != exe {
+		if len(fields) < 6 || fields[5] != exe || strings.Contains(fields[1], "w") {
 			continue
 		}
 		lo, hi, _ := strings.Cut(fields[0], "-")

@@ -39,4 +39,18 @@ func TestTrimExecutableReleasesCodePages(t *testing.T) {
 	if after >= before {
 		t.Fatalf("trimming released nothing: %d KiB -> %d KiB", before, after)
 	}
+	// The program's variables survive: only read-only mappings are touched.
+	if trimCanary != "still here" || len(trimTable) != 3 || trimTable[2] != 30 {
+		t.Fatalf("trimming changed the program's variables: %q %v", trimCanary, trimTable)
+	}
+}
+
+var (
+	trimCanary = "initial"
+	trimTable  = []int{1, 2, 3}
+)
+
+func init() {
+	trimCanary = "still here"
+	trimTable[2] = 30
 }
