@@ -82,6 +82,7 @@ var flannelBackends = []string{FlannelVXLAN, FlannelHostGW, FlannelNone}
 type Node struct {
 	Name        string   // default: the host name, lower-cased
 	IP          net.IP   // default: the address of the default route
+	ExternalIPs []net.IP // addresses the node is reached at from outside, if not IP
 	Labels      []string // key=value
 	Taints      []string // key=value:Effect
 	KubeletArgs []string
@@ -151,6 +152,7 @@ func BindAgentFlags(fs *pflag.FlagSet, c *Config) {
 func bindNodeFlags(fs *pflag.FlagSet, n *Node) {
 	fs.StringVar(&n.Name, "node-name", "", "name the node registers under (default: the host name)")
 	fs.Var(ipValue{&n.IP}, "node-ip", "IP address the node advertises (default: the address of the default route)")
+	fs.IPSliceVar(&n.ExternalIPs, "node-external-ip", nil, "IP address the node is reached at from outside, published as its ExternalIP (repeatable)")
 	fs.StringSliceVar(&n.Labels, "node-label", nil, "label to register the node with, key=value (repeatable)")
 	fs.StringSliceVar(&n.Taints, "node-taint", nil, "taint to register the node with, key=value:Effect (repeatable)")
 	fs.Var(&argsValue{p: &n.KubeletArgs}, "kubelet-arg", "extra kubelet flag as key=value (repeatable)")

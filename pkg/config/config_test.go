@@ -186,7 +186,7 @@ func TestCommandLineListIsNotMergedWithFile(t *testing.T) {
 
 func TestNodeSettings(t *testing.T) {
 	empty := filepath.Join(t.TempDir(), "config.yaml")
-	write(t, empty, "node-label:\n  - zone=a\n  - tier=edge\nnode-taint: [dedicated=edge:NoSchedule]\nkubelet-arg: [max-pods=50]\ndisable: [coredns]\n")
+	write(t, empty, "node-label:\n  - zone=a\n  - tier=edge\nnode-taint: [dedicated=edge:NoSchedule]\nkubelet-arg: [max-pods=50]\ndisable: [coredns]\nnode-external-ip: [203.0.113.7, \"2001:db8::7\"]\n")
 	c, err := load(t, []string{"--config", empty, "--node-name", "edge-1", "--node-ip", "192.168.1.10"}, map[string]string{"KONE_KUBE_PROXY_ARG": "proxy-mode=nftables"})
 	if err != nil {
 		t.Fatal(err)
@@ -194,7 +194,8 @@ func TestNodeSettings(t *testing.T) {
 	n := c.Node
 	if n.Name != "edge-1" || n.IP.String() != "192.168.1.10" || strings.Join(n.Labels, ",") != "zone=a,tier=edge" ||
 		strings.Join(n.Taints, ",") != "dedicated=edge:NoSchedule" || strings.Join(n.KubeletArgs, ",") != "max-pods=50" ||
-		strings.Join(n.ProxyArgs, ",") != "proxy-mode=nftables" || !n.Disabled(DisableCoreDNS) {
+		strings.Join(n.ProxyArgs, ",") != "proxy-mode=nftables" || !n.Disabled(DisableCoreDNS) ||
+		len(n.ExternalIPs) != 2 || n.ExternalIPs[0].String() != "203.0.113.7" || n.ExternalIPs[1].String() != "2001:db8::7" {
 		t.Fatalf("node settings: %+v", n)
 	}
 }
@@ -208,6 +209,7 @@ func TestNodeSettingErrors(t *testing.T) {
 	}{
 		{[]string{"--node-name", "Edge_1"}, "--node-name"},
 		{[]string{"--node-ip", "300.1.1.1"}, "not an IP address"},
+		{[]string{"--node-external-ip", "example.com"}, "--node-external-ip"},
 		{[]string{"--node-label", "novalue"}, "--node-label"},
 		{[]string{"--node-taint", "k=v:Sometimes"}, "--node-taint"},
 		{[]string{"--node-taint", "k=v"}, "--node-taint"},

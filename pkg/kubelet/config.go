@@ -92,6 +92,9 @@ func Flags(c Config) []string {
 		"--kubeconfig=" + c.Kubeconfig,
 		"--cert-dir=" + c.CertDir,
 		"--hostname-override=" + c.NodeName,
+		// kone's cloud node controller (pkg/cloud) owns the node's addresses, so that it can
+		// publish --node-external-ip; kubelet then registers the node tainted until it has.
+		"--cloud-provider=external",
 	}
 	if c.BootstrapKubeconfig != "" {
 		args = append(args, "--bootstrap-kubeconfig="+c.BootstrapKubeconfig)

@@ -90,7 +90,7 @@ func TestJoiningKubelet(t *testing.T) {
 func TestFlags(t *testing.T) {
 	got := Flags(testConfig())
 	want := []string{"--config=/k/kubelet.yaml", "--kubeconfig=/k/kubelet.kubeconfig", "--cert-dir=/k/pki",
-		"--hostname-override=edge-1", "--node-ip=192.168.1.10", "--node-labels=zone=a,tier=edge", "--max-pods=50", "--v=2"}
+		"--hostname-override=edge-1", "--cloud-provider=external", "--node-ip=192.168.1.10", "--node-labels=zone=a,tier=edge", "--max-pods=50", "--v=2"}
 	if !slices.Equal(got, want) {
 		t.Errorf("flags\n got %v\nwant %v", got, want)
 	}

@@ -1,8 +1,8 @@
 // Package node assembles the node side of kone, the same for a server and an agent:
-// containerd (a child process), the image importer, kubelet, the pod network, kube-proxy and
-// the node's CoreDNS, in that order. It only wires components; each lives in its own package.
-// The caller provides the node's credentials: a server issues them from its own CAs, an agent
-// gets them by joining.
+// containerd (a child process), the image importer, kubelet, the node's addresses, the pod
+// network, kube-proxy and the node's CoreDNS, in that order. It only wires components; each
+// lives in its own package. The caller provides the node's credentials: a server issues them
+// from its own CAs, an agent gets them by joining.
 package node
 
 import (
@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/kone-dev/kone/pkg/cloud"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/containerd"
 	"github.com/kone-dev/kone/pkg/data"
@@ -158,7 +159,7 @@ func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credenti
 	chain := []supervisor.Component{
 		runtime,
 		images.NewImporter(cfg.ImagesDir(), ContainerdSocket, pauseArchive, log),
-		kl, podNetwork, kubeProxy,
+		kl, cloud.NewAnnotator(creds.Kubelet, id.Name, cfg.Node.ExternalIPs), podNetwork, kubeProxy,
 	}
 	if cluster.CoreDNS {
 		dnsClient, err := client(creds.DNS)

@@ -15,6 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
+	cloudproviderapi "k8s.io/cloud-provider/api"
 	"k8s.io/utils/ptr"
 )
 
@@ -117,10 +118,14 @@ func TestAgents(t *testing.T) {
 	checkRefusedJoins(t, n, cs, tok)
 
 	agents := []*agentNode{newAgent(t, bin, "agent-1", nodeNet+"2", server, tok), newAgent(t, bin, "agent-2", nodeNet+"3", server, tok)}
+	// An address from a documentation range: published, never sent to.
+	agents[1].args = append(agents[1].args, "--node-external-ip", "203.0.113.20")
 	for _, a := range agents {
 		a.up()
 	}
 	waitNodesReady(t, cs, 3)
+	checkNodeAddresses(t, cs, "agent-1", "InternalIP="+nodeNet+"2 Hostname=agent-1")
+	checkNodeAddresses(t, cs, "agent-2", "InternalIP="+nodeNet+"3 ExternalIP=203.0.113.20 Hostname=agent-2")
 	for _, a := range agents {
 		a.waitReady()
 		// An agent runs no control plane.
@@ -208,6 +213,37 @@ func TestAgents(t *testing.T) {
 
 	_ = cs.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
 	waitPodsGone(t, cs, ns)
+}
+
+// checkNodeAddresses waits until kone's cloud node controller has initialised node name: its
+// addresses are want, its provider ID kone's, and the taint that kept pods off it is gone.
+func checkNodeAddresses(t *testing.T, cs kubernetes.Interface, name, want string) {
+	t.Helper()
+	var got []string
+	var node *corev1.Node
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		var err error
+		if node, err = cs.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		got = got[:0]
+		for _, a := range node.Status.Addresses {
+			got = append(got, string(a.Type)+"="+a.Address)
+		}
+		initialised := node.Spec.ProviderID == "kone://"+name
+		for _, taint := range node.Spec.Taints {
+			if taint.Key == cloudproviderapi.TaintExternalCloudProvider {
+				initialised = false
+			}
+		}
+		if initialised && strings.Join(got, " ") == want {
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+	t.Errorf("node %s: addresses %v, provider ID %q, taints %v; want addresses %s, provider ID kone://%s, no %s taint",
+		name, got, node.Spec.ProviderID, node.Spec.Taints, want, name, cloudproviderapi.TaintExternalCloudProvider)
 }
 
 // checkRefusedJoins: joins that must fail do, say why, send no secret where the CA is not the

@@ -78,6 +78,7 @@ func TestNodeSide(t *testing.T) {
 	cs := n.client()
 	ctx := context.Background()
 	nodeName := waitNodesReady(t, cs, 1)[0]
+	checkNodeAddresses(t, cs, nodeName, "InternalIP="+nodeInternalIP(t, cs, nodeName)+" Hostname="+nodeName)
 
 	ns := "kone-node-it"
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {

@@ -1,7 +1,7 @@
 // Package server assembles a kone server from its components: it prepares the data dir (lock,
 // free ports, PKI, join token, kubeconfigs) and then hands etcd, kube-apiserver, the cluster
-// bootstrap, kube-controller-manager, kube-scheduler, the join approver and (unless
-// --disable-agent) its own node side to the supervisor, in that order.
+// bootstrap, kube-controller-manager, kube-scheduler, the join approver, the cloud node
+// controller and (unless --disable-agent) its own node side to the supervisor, in that order.
 package server
 
 import (
@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/kone-dev/kone/pkg/args"
+	"github.com/kone-dev/kone/pkg/cloud"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/control"
 	"github.com/kone-dev/kone/pkg/datadir"
@@ -120,7 +121,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	chain := []supervisor.Component{
 		store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
-		join.NewApprover(adminClient, log.Logger, tok.ID),
+		join.NewApprover(adminClient, log.Logger, tok.ID), cloud.NewController(adminClient),
 	}
 	if !cfg.DisableAgent {
 		nodeSide, err := nodeComponents(cfg, ca, local, log)
