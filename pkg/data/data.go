@@ -1,6 +1,7 @@
 // Package data carries the programs kone cannot link into itself (runc, the containerd shim, the
-// CNI plugins, the pause program) and puts them on disk. scripts/build-helpers builds them into
-// assets/helpers.tar.zst, which is embedded here; Unpack writes them once into
+// CNI plugins, the pause program) and puts them on disk. scripts/build-helpers builds them, for
+// each architecture, into assets/<arch>/helpers.tar.zst; a binary embeds its own architecture's
+// archive (assets_<arch>.go), and Unpack writes it once into
 // <data-dir>/data/<version>-<hash>/ and checks every file's SHA-256 at every start, so a
 // damaged or tampered file is replaced rather than run.
 package data
@@ -10,7 +11,6 @@ import (
 	"bufio"
 	"bytes"
 	"crypto/sha256"
-	"embed"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -23,10 +23,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 )
 
-//go:embed all:assets
-var assets embed.FS
-
-const archiveName = "assets/helpers.tar.zst"
+// assets is set by assets_<arch>.go; archiveName is within it.
+const archiveName = "helpers.tar.zst"
 
 // Dir is an unpacked set of helpers.
 type Dir struct{ Root string }
@@ -39,7 +37,7 @@ func (d Dir) Pause() string { return filepath.Join(d.Root, "pause") }
 
 // Unpack makes sure the helpers this binary carries are on disk under dataDir, and returns where.
 func Unpack(dataDir, version string) (Dir, error) {
-	archive, err := assets.ReadFile(archiveName)
+	archive, err := fs.ReadFile(assets, archiveName)
 	if errors.Is(err, fs.ErrNotExist) {
 		return Dir{}, errors.New("this kone binary was built without its node programs (runc, CNI plugins, pause); build it with scripts/build")
 	}
