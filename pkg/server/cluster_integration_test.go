@@ -140,7 +140,7 @@ func TestAgents(t *testing.T) {
 	if _, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	svc := spreadWeb(t, cs, ns, 3)
+	svc := serveWeb(t, cs, ns, 3, true)
 	pods := waitPodsRunning(t, cs, ns, 3)
 	onNode := map[string]corev1.Pod{}
 	for _, p := range pods {
@@ -301,31 +301,30 @@ func checkRefusedJoins(t *testing.T, n *node, cs kubernetes.Interface, tok strin
 	}
 }
 
-// spreadWeb creates a Deployment with one pod per node behind a NodePort Service.
-func spreadWeb(t *testing.T, cs kubernetes.Interface, ns string, replicas int32) *corev1.Service {
+// serveWeb creates a Deployment of busybox web servers that answer "hello from <pod>" (and
+// print "serving <pod>") behind a NodePort Service; spread puts at most one pod on a node.
+func serveWeb(t *testing.T, cs kubernetes.Interface, ns string, replicas int32, spread bool) *corev1.Service {
 	t.Helper()
 	labels := map[string]string{"app": "web"}
-	serve := `mkdir -p /www && echo "hello from $HOSTNAME" > /www/index.html && exec httpd -f -p 8080 -h /www`
+	serve := `mkdir -p /www && echo "hello from $HOSTNAME" > /www/index.html && echo "serving $HOSTNAME" && exec /bin/busybox httpd -f -p 8080 -h /www`
+	pod := corev1.PodSpec{Containers: []corev1.Container{{
+		Name: "web", Image: busyboxImage, ImagePullPolicy: corev1.PullNever,
+		Command: []string{"/bin/busybox", "sh", "-c", serve},
+		Ports:   []corev1.ContainerPort{{ContainerPort: 8080}},
+	}}}
+	if spread {
+		pod.Affinity = &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
+			RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
+				LabelSelector: &metav1.LabelSelector{MatchLabels: labels}, TopologyKey: "kubernetes.io/hostname",
+			}},
+		}}
+	}
 	web := &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr.To(replicas),
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec: corev1.PodSpec{
-					Affinity: &corev1.Affinity{PodAntiAffinity: &corev1.PodAntiAffinity{
-						RequiredDuringSchedulingIgnoredDuringExecution: []corev1.PodAffinityTerm{{
-							LabelSelector: &metav1.LabelSelector{MatchLabels: labels}, TopologyKey: "kubernetes.io/hostname",
-						}},
-					}},
-					Containers: []corev1.Container{{
-						Name: "web", Image: busyboxImage, ImagePullPolicy: corev1.PullNever,
-						Command: []string{"sh", "-c", serve},
-						Ports:   []corev1.ContainerPort{{ContainerPort: 8080}},
-					}},
-				},
-			},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels}, Spec: pod},
 		},
 	}
 	ctx := context.Background()
