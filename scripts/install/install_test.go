@@ -335,20 +335,31 @@ func bigFileSHA256(path string, info fs.FileInfo) (string, error) {
 	return bigSums[key], nil
 }
 
+// mountsBelow lists the mount points below dirs that were mounted over the test's tmpfs on each
+// of them. Mounts that were there before (a kubelet's, from a test running beside this one) lie
+// under the tmpfs, hidden, and are listed before it in /proc/self/mounts, which is in mount order.
 func mountsBelow(dirs []string) ([]string, error) {
 	data, err := os.ReadFile("/proc/self/mounts")
 	if err != nil {
 		return nil, err
 	}
-	var below []string
+	var points []string
 	for _, line := range strings.Split(string(data), "\n") {
-		fields := strings.Fields(line)
-		if len(fields) < 2 {
-			continue
+		if fields := strings.Fields(line); len(fields) >= 2 {
+			points = append(points, fields[1])
 		}
-		for _, dir := range dirs {
-			if strings.HasPrefix(fields[1], dir+"/") {
-				below = append(below, fields[1])
+	}
+	var below []string
+	for _, dir := range dirs {
+		top := -1
+		for i, p := range points {
+			if p == dir {
+				top = i
+			}
+		}
+		for _, p := range points[top+1:] {
+			if strings.HasPrefix(p, dir+"/") {
+				below = append(below, p)
 			}
 		}
 	}
