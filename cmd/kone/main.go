@@ -13,6 +13,8 @@ import (
 
 	"github.com/kone-dev/kone/pkg/cli"
 	"github.com/kone-dev/kone/pkg/memory"
+	// Before kubectl's packages, so that only kubectl loads its translations.
+	_ "github.com/kone-dev/kone/pkg/translations"
 )
 
 func main() {
