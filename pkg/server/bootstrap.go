@@ -59,7 +59,7 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := token.PublishClusterInfo(ctx, cs, kubeconfig); err != nil {
+	if err := token.PublishClusterInfo(ctx, cs, kubeconfig, b.tok); err != nil {
 		return err
 	}
 	if err := join.PublishSettings(ctx, cs, b.settings); err != nil {

@@ -13,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	"k8s.io/cluster-bootstrap/token/jws"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
 )
 
@@ -127,22 +128,33 @@ func Delete(ctx context.Context, cs kubernetes.Interface, id string) error {
 	return nil
 }
 
-// PublishClusterInfo writes kube-public/cluster-info, which the controller-manager's
-// bootstrapsigner signs for every signing token, and lets anonymous clients read only it: a
-// joining node reads it before it has any credential.
-func PublishClusterInfo(ctx context.Context, cs kubernetes.Interface, kubeconfig []byte) error {
+// PublishClusterInfo writes kube-public/cluster-info, signed for tok, and lets anonymous clients
+// read only it: a joining node reads it before it has any credential. The controller-manager's
+// bootstrapsigner signs it for every other signing token, and would sign it for tok too, but
+// only some seconds after it starts; signing here means a node can join as soon as the server
+// is ready.
+func PublishClusterInfo(ctx context.Context, cs kubernetes.Interface, kubeconfig []byte, tok Token) error {
+	sigKey := bootstrapapi.JWSSignatureKeyPrefix + tok.ID
+	sig, err := jws.ComputeDetachedSignature(string(kubeconfig), tok.ID, tok.Secret)
+	if err != nil {
+		return fmt.Errorf("sign cluster-info: %w", err)
+	}
 	cm := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: bootstrapapi.ConfigMapClusterInfo, Namespace: metav1.NamespacePublic},
-		Data:       map[string]string{bootstrapapi.KubeConfigKey: string(kubeconfig)},
+		Data:       map[string]string{bootstrapapi.KubeConfigKey: string(kubeconfig), sigKey: sig},
 	}
 	cms := cs.CoreV1().ConfigMaps(metav1.NamespacePublic)
 	existing, err := cms.Get(ctx, cm.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
-	case err == nil && existing.Data[bootstrapapi.KubeConfigKey] != cm.Data[bootstrapapi.KubeConfigKey]:
-		// keep the signatures the signer added; it re-signs the new content itself
+	case err == nil && (existing.Data[bootstrapapi.KubeConfigKey] != cm.Data[bootstrapapi.KubeConfigKey] || existing.Data[sigKey] != sig):
+		// Other tokens' signatures stay; the signer re-signs changed content for them.
+		if existing.Data == nil {
+			existing.Data = map[string]string{}
+		}
 		existing.Data[bootstrapapi.KubeConfigKey] = cm.Data[bootstrapapi.KubeConfigKey]
+		existing.Data[sigKey] = sig
 		_, err = cms.Update(ctx, existing, metav1.UpdateOptions{})
 	}
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	"k8s.io/cluster-bootstrap/token/jws"
 )
 
 func testCA(t *testing.T) ([]byte, string) {
@@ -170,13 +171,22 @@ func TestSecrets(t *testing.T) {
 func TestPublishClusterInfo(t *testing.T) {
 	ctx := context.Background()
 	cs := fake.NewClientset()
+	tok := Token{ID: "abcdef", Secret: "0123456789abcdef"}
 	for _, content := range []string{"first", "second"} {
-		if err := PublishClusterInfo(ctx, cs, []byte(content)); err != nil {
+		if err := PublishClusterInfo(ctx, cs, []byte(content), tok); err != nil {
 			t.Fatal(err)
 		}
 		cm, err := cs.CoreV1().ConfigMaps("kube-public").Get(ctx, "cluster-info", metav1.GetOptions{})
 		if err != nil || cm.Data["kubeconfig"] != content {
 			t.Fatalf("cluster-info %+v, %v", cm, err)
+		}
+		// Signed for the token, as a joining node checks it.
+		want, err := jws.ComputeDetachedSignature(content, tok.ID, tok.Secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := cm.Data["jws-kubeconfig-abcdef"]; got != want {
+			t.Fatalf("signature of %q: %q, want %q", content, got, want)
 		}
 	}
 	rb, err := cs.RbacV1().RoleBindings("kube-public").Get(ctx, "kone:bootstrap-signer-clusterinfo", metav1.GetOptions{})
