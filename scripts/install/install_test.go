@@ -322,17 +322,12 @@ func bigFileSHA256(path string, info fs.FileInfo) (string, error) {
 	if sum, ok := bigSums[key]; ok {
 		return sum, nil
 	}
-	f, err := os.Open(path)
+	sum, err := sha256File(path)
 	if err != nil {
 		return "", err
 	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	bigSums[key] = hex.EncodeToString(h.Sum(nil))
-	return bigSums[key], nil
+	bigSums[key] = sum
+	return sum, nil
 }
 
 // mountsBelow lists the mount points below dirs that were mounted over the test's tmpfs on each
@@ -403,16 +398,24 @@ func makeRelease(t *testing.T, bin string) release {
 
 func fileSHA256(t *testing.T, path string) string {
 	t.Helper()
-	f, err := os.Open(path)
+	sum, err := sha256File(path)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return sum
+}
+
+func sha256File(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
 	}
 	defer f.Close()
 	h := sha256.New()
 	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // env holds one case's namespace settings and its fake init tools' log.
