@@ -19,7 +19,6 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 
 	"github.com/kone-dev/kone/pkg/supervisor"
 	"github.com/kone-dev/kone/pkg/token"
@@ -38,17 +37,15 @@ const (
 // (a kubelet renewing its client certificate, anything a user makes) are left to upstream's
 // approver and to administrators.
 type Approver struct {
-	cs      kubernetes.Interface
-	log     *logrus.Logger
-	tokenID string
-	ready   *supervisor.Latch
+	cs    kubernetes.Interface
+	log   *logrus.Logger
+	ready *supervisor.Latch
 }
 
 // NewApprover returns the approver component; cs must be allowed to approve and to manage
-// kube-system secrets. It is ready once nodes can join with the token tokenID: the approver
-// runs and cluster-info is signed for the token.
-func NewApprover(cs kubernetes.Interface, log *logrus.Logger, tokenID string) *Approver {
-	return &Approver{cs: cs, log: log, tokenID: tokenID, ready: supervisor.NewLatch()}
+// kube-system secrets.
+func NewApprover(cs kubernetes.Interface, log *logrus.Logger) *Approver {
+	return &Approver{cs: cs, log: log, ready: supervisor.NewLatch()}
 }
 
 func (a *Approver) Name() string { return "join approver" }
@@ -74,30 +71,12 @@ func (a *Approver) Run(ctx context.Context) error {
 	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
 		return ctx.Err()
 	}
-	if err := a.waitSigned(ctx); err != nil {
-		return err
-	}
 	a.ready.Open()
 	<-ctx.Done()
 	return nil
 }
 
 func (a *Approver) Ready(ctx context.Context) error { return a.ready.Wait(ctx) }
-
-// waitSigned waits for the controller-manager's signer to sign cluster-info for the token.
-func (a *Approver) waitSigned(ctx context.Context) error {
-	for {
-		cm, err := a.cs.CoreV1().ConfigMaps(metav1.NamespacePublic).Get(ctx, bootstrapapi.ConfigMapClusterInfo, metav1.GetOptions{})
-		if err == nil && cm.Data[bootstrapapi.JWSSignatureKeyPrefix+a.tokenID] != "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-}
 
 func pending(req *certificatesv1.CertificateSigningRequest) bool {
 	for _, c := range req.Status.Conditions {

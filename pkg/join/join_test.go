@@ -137,7 +137,7 @@ func csrFor(t *testing.T, name, signer, user string, groups []string, subject pk
 func TestApprover(t *testing.T) {
 	ctx := context.Background()
 	cs := fake.NewClientset()
-	a := NewApprover(cs, logrus.New(), "abcdef")
+	a := NewApprover(cs, logrus.New())
 	joining := []string{"system:bootstrappers", token.NodeGroup, "system:authenticated"}
 	component := func(name, user, node, machine string) *certificatesv1.CertificateSigningRequest {
 		r := csrFor(t, name, certificatesv1.KubeAPIServerClientSignerName, "system:bootstrap:abcdef", joining,

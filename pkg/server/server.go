@@ -121,7 +121,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	chain := []supervisor.Component{
 		store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
-		join.NewApprover(adminClient, log.Logger, tok.ID), cloud.NewController(adminClient),
+		join.NewApprover(adminClient, log.Logger), cloud.NewController(adminClient),
 	}
 	if !cfg.DisableAgent {
 		nodeSide, err := nodeComponents(cfg, ca, local, log)
