@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/containerd/containerd/api/types/runc/options"
 	"github.com/containerd/containerd/v2/client"
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
@@ -49,7 +50,9 @@ func TestContainersOutliveContainerd(t *testing.T) {
 	if err := img.Unpack(ctx, "overlayfs"); err != nil {
 		t.Fatal(err)
 	}
-	ctr, err := cl.NewContainer(ctx, "pause", client.WithNewSnapshot("pause-snap", img), client.WithNewSpec(oci.WithImageConfig(img)))
+	ctr, err := cl.NewContainer(ctx, "pause", client.WithNewSnapshot("pause-snap", img), client.WithNewSpec(oci.WithImageConfig(img)),
+		// runc keeps its state under the test's own directory, never in the machine-wide default.
+		client.WithRuntime("io.containerd.runc.v2", &options.Options{BinaryName: filepath.Join(cfg.BinDir, "runc"), Root: cfg.RuncRoot}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +64,8 @@ func TestContainersOutliveContainerd(t *testing.T) {
 		t.Fatal(err)
 	}
 	pid := int(task.Pid())
-	if comm, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "comm")); strings.TrimSpace(string(comm)) != "pause" {
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if comm := commOf(pid, "pause", 5*time.Second); comm != "pause" {
 		t.Fatalf("process %d is %q, not pause", pid, comm)
 	}
 	cl.Close()
@@ -113,5 +117,20 @@ func TestContainersOutliveContainerd(t *testing.T) {
 	}
 	if err := ctr.Delete(ctx, client.WithSnapshotCleanup); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// commOf returns the command name of process pid once it is want, or what it is when wait has
+// passed: runc's start returns when the container's init has been told to exec, not when it
+// has, so for a moment the process may still be runc's own init.
+func commOf(pid int, want string, wait time.Duration) string {
+	deadline := time.Now().Add(wait)
+	for {
+		comm, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "comm"))
+		name := strings.TrimSpace(string(comm))
+		if name == want || time.Now().After(deadline) {
+			return name
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
