@@ -12,6 +12,7 @@ import (
 	"github.com/kone-dev/kone/pkg/agent"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/logging"
+	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/sdnotify"
 	"github.com/kone-dev/kone/pkg/server"
 )
@@ -38,6 +39,7 @@ func nodeCommand(use, short string, bind func(*pflag.FlagSet, *config.Config),
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			memory.Start()
 			notify := sdnotify.Take()
 			if err := config.Load(cmd.Flags(), cfg, os.LookupEnv); err != nil {
 				return err

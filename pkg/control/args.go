@@ -84,6 +84,11 @@ func ControllerManagerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"root-ca-file":                     p.ServerCA,
 		"service-account-private-key-file": p.ServiceAccountKey,
 		"use-service-account-credentials":  "true",
+		// With its own service account per controller, the controller-manager makes three to four
+		// requests per controller (the account, its namespace, a token) through one client before
+		// any controller runs; at the default burst of 30 and 20 per second, node-ipam waited ~5 s
+		// to hand the first node its pod CIDR. The steady rate stays at the default.
+		"kube-api-burst": "300",
 		// bootstrapsigner signs kube-public/cluster-info for joining nodes; tokencleaner
 		// removes expired join tokens. Both are off upstream by default.
 		"controllers": "*,bootstrapsigner,tokencleaner",
