@@ -20,6 +20,7 @@ import (
 func Containerd(args []string) error {
 	// containerd has no hook for the end of its start-up, which takes a few seconds; by this
 	// time it is long over, and what it allocated and ran only then can go.
+	memory.Start()
 	time.AfterFunc(containerdSettleAfter, memory.Settle)
 	return command.App().Run(append([]string{"containerd"}, args...))
 }

@@ -8,6 +8,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -41,6 +42,18 @@ func Settle() {
 	}
 	debug.FreeOSMemory()
 	_ = TrimFileMappings()
+}
+
+// SettleAgainAfter is how long after Settle a process that keeps starting things once it is
+// ready settles once more: a node registers, imports images and starts its first pods after
+// kone is ready, and the memory that work freed stays with the process otherwise (Go's
+// scavenger keeps up to a tenth over the heap goal).
+const SettleAgainAfter = 30 * time.Second
+
+// SettleTwice settles now and once more after SettleAgainAfter.
+func SettleTwice() {
+	Settle()
+	time.AfterFunc(SettleAgainAfter, Settle)
 }
 
 // RandomAccessExecutable tells the kernel that kone's own code and read-only data are read at

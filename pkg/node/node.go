@@ -181,7 +181,7 @@ func Supervisor(logs *logging.Logging, notify *sdnotify.Notifier) *supervisor.Su
 		Log: logs.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second,
 		OnReady: func() {
 			logs.Serving()
-			memory.Settle()
+			memory.SettleTwice()
 			if err := notify.Ready(); err != nil {
 				logs.WithError(err).Warn("cannot tell systemd that kone is ready")
 			}
