@@ -50,6 +50,9 @@ state = {{q .State}}
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = [{{q .BinDir}}]
     conf_dir = {{q .CNIConfDir}}
+    # containerd brings up each sandbox's lo itself instead of running the loopback plugin:
+    # one process less per pod.
+    use_internal_loopback = true
 `))
 
 // TOML renders c as containerd's config.toml.

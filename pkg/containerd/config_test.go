@@ -31,7 +31,7 @@ func TestTOMLLoadsWithContainerdsOwnLoader(t *testing.T) {
 		t.Errorf("loaded %+v", loaded)
 	}
 	runtime := fmt.Sprint(loaded.Plugins["io.containerd.cri.v1.runtime"])
-	for _, want := range []string{"restrict_oom_score_adj:true", "BinaryName:/var/lib/kone/data/v1/bin/runc", "Root:/run/kone/runc", "SystemdCgroup:false", "conf_dir:/var/lib/kone/agent/etc/cni/net.d"} {
+	for _, want := range []string{"restrict_oom_score_adj:true", "BinaryName:/var/lib/kone/data/v1/bin/runc", "Root:/run/kone/runc", "SystemdCgroup:false", "conf_dir:/var/lib/kone/agent/etc/cni/net.d", "use_internal_loopback:true"} {
 		if !strings.Contains(runtime, want) {
 			t.Errorf("runtime plugin config lacks %s: %s", want, runtime)
 		}
