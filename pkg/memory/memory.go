@@ -23,25 +23,26 @@ const SteadyGCPercent = 30
 // StartGCPercent is kone's GOGC while a server or agent starts. Start-up allocates several
 // times the heap it keeps; with Go's default of 100 the heap peaks high and what survives is
 // spread thinly over many spans that the collector cannot give back, which measured 45 MiB of
-// such holes after 60 s on a server with its node side; at 50 it was half that, for ~0.3 s
-// more start-up.
+// such holes after 60 s on a server with its node side; at 50 it was half that, for ~0.2 s more
+// on a warm restart and ~0.9 s on a first start (scripts/bench/server with GOGC=100 and 50).
 const StartGCPercent = 50
 
 // Start is called when a server or agent starts: it sets the start-up GOGC, unless the user set one.
-func Start() {
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(StartGCPercent)
-	}
-}
+func Start() { setGCPercent(StartGCPercent) }
 
 // Settle is called once kone is ready: it tightens the garbage collector (unless the user set
 // GOGC), returns what start-up freed to the kernel, and trims the file pages start-up mapped.
 func Settle() {
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(SteadyGCPercent)
-	}
+	setGCPercent(SteadyGCPercent)
 	debug.FreeOSMemory()
 	_ = TrimFileMappings()
+}
+
+// setGCPercent sets GOGC to percent, unless the user chose one in the environment.
+func setGCPercent(percent int) {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(percent)
+	}
 }
 
 // SettleAgainAfter is how long after Settle a process that keeps starting things once it is
@@ -65,7 +66,7 @@ func RandomAccessExecutable() error {
 	if err != nil {
 		return err
 	}
-	return advise(unix.MADV_RANDOM, func(perms, path string) bool { return path == exe && !strings.Contains(perms, "w") })
+	return advise(unix.MADV_RANDOM, func(_, path string) bool { return path == exe })
 }
 
 // TrimFileMappings unmaps from this process the pages of the files it maps read-only, so that
@@ -81,13 +82,10 @@ func TrimFileMappings() error {
 		return err
 	}
 	return advise(unix.MADV_DONTNEED, func(perms, path string) bool {
-		if strings.Contains(perms, "w") || !strings.HasPrefix(path, "/") {
-			return false
-		}
 		// A private mapping may hold pages the process changed before it was made read-only;
 		// dropping them would bring back the file's contents. Shared mappings never differ from
 		// the file, and kone's executable is static, with no such mapping.
-		return path == exe || strings.HasSuffix(perms, "s")
+		return path == exe || (strings.HasSuffix(perms, "s") && strings.HasPrefix(path, "/"))
 	})
 }
 
