@@ -78,7 +78,10 @@ func (n *Node) Start(t *testing.T) {
 	defer rcancel()
 	if err := n.c.Ready(rctx); err != nil {
 		cancel()
-		t.Fatalf("containerd not ready: %v (run: %v)", err, <-n.done)
+		runErr := <-n.done
+		// Stopped here: the cleanup must not wait for it a second time.
+		n.cancel = nil
+		t.Fatalf("containerd not ready: %v (run: %v)", err, runErr)
 	}
 }
 
