@@ -24,12 +24,20 @@ type Config struct {
 }
 
 var configTemplate = template.Must(template.New("config.toml").Funcs(template.FuncMap{"q": strconv.Quote}).Parse(`# Written by kone at every start; changes here are lost.
-version = 3
+version = 4
 root = {{q .Root}}
 state = {{q .State}}
 
-[grpc]
+# Every path that containerd would otherwise share machine-wide is kone's own: another
+# containerd on this machine (Docker's, or a second kone node) keeps its sockets.
+[plugins.'io.containerd.server.v1.grpc']
   address = {{q .Socket}}
+[plugins.'io.containerd.server.v1.ttrpc']
+  address = {{q (printf "%s.ttrpc" .Socket)}}
+[plugins.'io.containerd.nri.v1.nri']
+  socket_path = {{q (printf "%s/nri.sock" .State)}}
+[plugins.'io.containerd.internal.v1.opt']
+  path = {{q (printf "%s/opt" .Root)}}
 
 [plugins.'io.containerd.cri.v1.images']
   snapshotter = "overlayfs"

@@ -27,8 +27,17 @@ func TestTOMLLoadsWithContainerdsOwnLoader(t *testing.T) {
 	if err := srvconfig.LoadConfig(context.Background(), path, &loaded); err != nil {
 		t.Fatalf("containerd refuses kone's config: %v\n%s", err, data)
 	}
-	if loaded.Root != c.Root || loaded.State != c.State || loaded.GRPC.Address != c.Socket || loaded.Version != 3 {
+	if loaded.Root != c.Root || loaded.State != c.State || loaded.Version != 4 {
 		t.Errorf("loaded %+v", loaded)
+	}
+	for plugin, want := range map[string]string{
+		"io.containerd.server.v1.grpc":  "address:/run/kone/containerd/containerd.sock]",
+		"io.containerd.server.v1.ttrpc": "address:/run/kone/containerd/containerd.sock.ttrpc]",
+		"io.containerd.nri.v1.nri":      "socket_path:/run/kone/containerd/nri.sock]",
+	} {
+		if got := fmt.Sprint(loaded.Plugins[plugin]); !strings.Contains(got, want) {
+			t.Errorf("%s: want %s, got %s", plugin, want, got)
+		}
 	}
 	runtime := fmt.Sprint(loaded.Plugins["io.containerd.cri.v1.runtime"])
 	for _, want := range []string{"restrict_oom_score_adj:true", "BinaryName:/var/lib/kone/data/v1/bin/runc", "Root:/run/kone/runc", "SystemdCgroup:false", "conf_dir:/var/lib/kone/agent/etc/cni/net.d", "use_internal_loopback:true"} {

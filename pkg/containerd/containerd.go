@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -67,20 +68,26 @@ func (c *Containerd) Run(ctx context.Context) error {
 	// Its own process group: a Ctrl-C meant for kone's terminal must not reach containerd, which
 	// kone stops itself, in order.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	out, err := cmd.StderrPipe()
+	// A pipe of kone's own rather than StderrPipe: Wait would close that one as soon as
+	// containerd exits, before the line that says why it exited has been read.
+	out, w, err := os.Pipe()
 	if err != nil {
 		return err
 	}
-	cmd.Stdout = cmd.Stderr
-	if err := cmd.Start(); err != nil {
+	cmd.Stdout, cmd.Stderr = w, w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		out.Close()
 		return fmt.Errorf("start containerd: %w", err)
 	}
-	go c.relay(out)
+	lastError := make(chan string, 1)
+	go func() { lastError <- c.relay(out); out.Close() }()
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	select {
 	case err := <-exited:
-		return fmt.Errorf("containerd exited: %v", err)
+		return fmt.Errorf("containerd exited: %v%s", err, lastWords(lastError))
 	case <-ctx.Done():
 	}
 	_ = cmd.Process.Signal(syscall.SIGTERM)
@@ -93,14 +100,39 @@ func (c *Containerd) Run(ctx context.Context) error {
 	return nil
 }
 
-// relay turns containerd's log lines into debug lines, or error lines for its errors.
-func (c *Containerd) relay(r io.Reader) {
+// relay turns containerd's log lines into debug lines and returns the last error among them
+// once its output ends: a fatal or error log line, or a plain line (how containerd's command line
+// reports the error it exits with), or the first line of a panic.
+func (c *Containerd) relay(r io.Reader) string {
 	entry := c.log.WithField("component", "containerd")
 	s := bufio.NewScanner(r)
 	s.Buffer(make([]byte, 64*1024), 1024*1024)
+	var last string
 	for s.Scan() {
-		entry.Debug(s.Text())
+		line := s.Text()
+		entry.Debug(line)
+		if strings.HasPrefix(last, "panic:") {
+			continue
+		}
+		if !strings.Contains(line, "level=") || strings.Contains(line, "level=error") ||
+			strings.Contains(line, "level=fatal") || strings.Contains(line, "level=panic") {
+			last = line
+		}
 	}
+	return last
+}
+
+// lastWords is ": " and the last error containerd logged, if it comes within a second of its
+// exit (a process it started could still hold the pipe open).
+func lastWords(lastError <-chan string) string {
+	select {
+	case line := <-lastError:
+		if line != "" {
+			return ": " + line
+		}
+	case <-time.After(time.Second):
+	}
+	return ""
 }
 
 // Ready waits for containerd to serve on its socket.

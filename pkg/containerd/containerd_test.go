@@ -16,7 +16,9 @@ import (
 	"github.com/containerd/containerd/v2/pkg/cio"
 	"github.com/containerd/containerd/v2/pkg/namespaces"
 	"github.com/containerd/containerd/v2/pkg/oci"
+	"github.com/sirupsen/logrus"
 
+	"github.com/kone-dev/kone/pkg/containerd"
 	"github.com/kone-dev/kone/pkg/containerd/containerdtest"
 	"github.com/kone-dev/kone/pkg/images"
 )
@@ -132,5 +134,36 @@ func commOf(pid int, want string, wait time.Duration) string {
 			return name
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestExitSaysWhy starts containerd where it cannot listen, and checks that the error kone
+// returns carries containerd's own reason, not only its exit status.
+func TestExitSaysWhy(t *testing.T) {
+	node := containerdtest.New(t)
+	cfg := node.Config
+	// A non-empty directory where the socket goes: containerd can neither remove nor bind it.
+	if err := os.MkdirAll(filepath.Join(cfg.Socket, "in-the-way"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := containerd.New(cfg, filepath.Join(node.Dir, "config.toml"), os.Getenv("KONE_BIN"), logrus.New())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err := c.Run(ctx)
+	if err == nil || !strings.Contains(err.Error(), "containerd exited") || !strings.Contains(err.Error(), cfg.Socket) {
+		t.Fatalf("want containerd's exit with its reason naming %s, got %v", cfg.Socket, err)
+	}
+}
+
+// TestSocketsAreKonesOwn checks that a running containerd keeps every socket it serves in kone's
+// directories: a machine-wide one (NRI's /var/run/nri/nri.sock) let a second containerd on the
+// machine fail to start, or take the first one's socket away.
+func TestSocketsAreKonesOwn(t *testing.T) {
+	node := containerdtest.New(t)
+	node.Start(t)
+	for _, path := range []string{node.Config.Socket, node.Config.Socket + ".ttrpc", filepath.Join(node.Config.State, "nri.sock")} {
+		if fi, err := os.Stat(path); err != nil || fi.Mode().Type() != os.ModeSocket {
+			t.Errorf("%s: want a socket, got %v %v", path, fi, err)
+		}
 	}
 }
