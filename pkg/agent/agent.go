@@ -160,16 +160,16 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		return creds, settings, err
 	}
 	for _, c := range []struct {
-		user, name, kubeconfig string
+		component, name, kubeconfig string
 	}{
 		{join.ProxyUser, "client-kube-proxy", creds.Proxy},
-		{join.DNSUser, "client-coredns", creds.DNS},
-		{join.FlannelUser, "client-flannel", creds.Flannel},
+		{join.DNSGroup, "client-coredns", creds.DNS},
+		{join.FlannelGroup, "client-flannel", creds.Flannel},
 	} {
-		f := j.tls(c.name)
-		if !join.Valid(f.Cert, now, pki.RenewBefore) {
-			err := join.ClientCertificate(ctx, cs, f, c.user, j.id.Name, machine)
-			if err != nil && !join.Valid(f.Cert, now, 0) {
+		f, subject := j.tls(c.name), join.Subject(c.component, j.id.Name)
+		if !join.Valid(f.Cert, subject, now, pki.RenewBefore) {
+			err := join.ClientCertificate(ctx, cs, f, c.component, j.id.Name, machine)
+			if err != nil && !join.Valid(f.Cert, subject, now, 0) {
 				return creds, settings, err
 			}
 			if err != nil {

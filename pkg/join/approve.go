@@ -155,9 +155,13 @@ func (a *Approver) decide(ctx context.Context, req *certificatesv1.CertificateSi
 		if !ok {
 			return undecided, nil
 		}
-		if !slices.Contains(componentUsers, x.Subject.CommonName) || len(x.Subject.Organization) > 0 || hasSANs(x) ||
-			!usagesWithin(req.Spec.Usages, certificatesv1.UsageClientAuth) {
-			return verdict{deny: fmt.Sprintf("a node may ask only for a client certificate of %s, with no groups and no names", strings.Join(componentUsers, ", "))}, nil
+		own := slices.ContainsFunc(components, func(c string) bool {
+			want := Subject(c, nodeName)
+			return x.Subject.CommonName == want.CommonName && slices.Equal(x.Subject.Organization, want.Organization)
+		})
+		if !own || hasSANs(x) || !usagesWithin(req.Spec.Usages, certificatesv1.UsageClientAuth) {
+			return verdict{deny: fmt.Sprintf("a node may ask only for the client certificates of its own %s, %s and %s, with no names",
+				ProxyUser, DNSGroup, FlannelGroup)}, nil
 		}
 		if !joining && req.Spec.Username != nodeUserPrefix+nodeName {
 			return verdict{deny: "only a joining node, or the node " + nodeName + " itself, may ask for this node's certificates"}, nil

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,16 +21,26 @@ import (
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
-// Identities of a node's components besides kubelet, each bound to only the rights it needs.
-// kube-proxy's is the one upstream's default RBAC binds to system:node-proxier.
+// The components of a node besides kubelet, each with an identity of its own. kube-proxy's is
+// the user upstream's default RBAC binds to system:node-proxier; it only reads. flannel and
+// CoreDNS write, each only its own node's objects: their group holds the rights, their user name
+// names the node, and an admission policy the server keeps holds each to that node.
 const (
-	ProxyUser   = "system:kube-proxy"
-	DNSUser     = "system:kone:coredns"
-	FlannelUser = "system:kone:flannel"
+	ProxyUser    = "system:kube-proxy"
+	DNSGroup     = "system:kone:coredns"
+	FlannelGroup = "system:kone:flannel"
 )
 
-// componentUsers are the identities a node may ask for besides kubelet's.
-var componentUsers = []string{ProxyUser, DNSUser, FlannelUser}
+// components are the identities a node may ask for besides kubelet's.
+var components = []string{ProxyUser, DNSGroup, FlannelGroup}
+
+// Subject is the certificate subject of component (one of the constants above) on node nodeName.
+func Subject(component, nodeName string) pkix.Name {
+	if component == ProxyUser {
+		return pkix.Name{CommonName: ProxyUser}
+	}
+	return pkix.Name{CommonName: component + ":" + nodeName, Organization: []string{component}}
+}
 
 // Annotations a node's certificate requests carry, for the approver's node-name claim.
 const (
@@ -63,9 +74,10 @@ func MachineHash(fallback string) (string, error) {
 	return hex.EncodeToString(sum[:]), nil
 }
 
-// ClientCertificate asks the cluster, through the CSR API, for a client certificate for user and
-// writes it and its new key to f. The request names the node and machine it is for.
-func ClientCertificate(ctx context.Context, cs kubernetes.Interface, f pki.File, user, nodeName, machine string) error {
+// ClientCertificate asks the cluster, through the CSR API, for the client certificate of a
+// node's component and writes it and its new key to f. The request names the node and machine
+// it is for.
+func ClientCertificate(ctx context.Context, cs kubernetes.Interface, f pki.File, component, nodeName, machine string) error {
 	keyPEM, err := keyutil.MakeEllipticPrivateKeyPEM()
 	if err != nil {
 		return err
@@ -74,13 +86,15 @@ func ClientCertificate(ctx context.Context, cs kubernetes.Interface, f pki.File,
 	if err != nil {
 		return err
 	}
-	request, err := certutil.MakeCSR(key, &pkix.Name{CommonName: user}, nil, nil)
+	subject := Subject(component, nodeName)
+	user := subject.CommonName
+	request, err := certutil.MakeCSR(key, &subject, nil, nil)
 	if err != nil {
 		return fmt.Errorf("certificate request for %s: %w", user, err)
 	}
 	obj := &certificatesv1.CertificateSigningRequest{
 		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: "kone-" + strings.ReplaceAll(strings.TrimPrefix(user, "system:"), ":", "-") + "-",
+			GenerateName: "kone-" + strings.ReplaceAll(strings.TrimPrefix(component, "system:"), ":", "-") + "-",
 			Annotations:  map[string]string{NodeNameAnnotation: nodeName, MachineAnnotation: machine},
 		},
 		Spec: certificatesv1.CertificateSigningRequestSpec{
@@ -105,8 +119,9 @@ func ClientCertificate(ctx context.Context, cs kubernetes.Interface, f pki.File,
 	return pki.WriteFile(f.Cert, cert, 0o644)
 }
 
-// Valid reports whether the certificate in path exists and stays valid past renewBefore from now.
-func Valid(path string, now time.Time, renewBefore time.Duration) bool {
+// Valid reports whether the certificate in path exists, is issued to subject, and stays valid
+// past renewBefore from now.
+func Valid(path string, subject pkix.Name, now time.Time, renewBefore time.Duration) bool {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return false
@@ -115,5 +130,7 @@ func Valid(path string, now time.Time, renewBefore time.Duration) bool {
 	if err != nil || len(certs) == 0 {
 		return false
 	}
-	return now.Add(renewBefore).Before(certs[0].NotAfter) && !now.Before(certs[0].NotBefore)
+	c := certs[0]
+	return c.Subject.CommonName == subject.CommonName && slices.Equal(c.Subject.Organization, subject.Organization) &&
+		now.Add(renewBefore).Before(c.NotAfter) && !now.Before(c.NotBefore)
 }

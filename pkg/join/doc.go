@@ -4,7 +4,8 @@
 // anonymously, pins the CA against the hash in the join token before it sends anything secret,
 // checks the cluster-info signature that proves the server knows the token, and then uses the
 // token, over the pinned connection, to read the cluster's settings and to obtain certificates
-// for its kube-proxy and CoreDNS. kubelet gets its own client certificate through upstream's
+// for its kube-proxy, CoreDNS and flannel (Subject: the last two carry the node's name, which the
+// server's admission policies hold them to). kubelet gets its own client certificate through upstream's
 // TLS bootstrap with the same token.
 //
 // The server's side (Approver, PublishSettings) approves exactly the certificate requests that

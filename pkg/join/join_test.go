@@ -8,8 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 	certificatesv1 "k8s.io/api/certificates/v1"
@@ -23,6 +25,7 @@ import (
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
 
+	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -139,11 +142,14 @@ func TestApprover(t *testing.T) {
 	cs := fake.NewClientset()
 	a := NewApprover(cs, logrus.New())
 	joining := []string{"system:bootstrappers", token.NodeGroup, "system:authenticated"}
-	component := func(name, user, node, machine string) *certificatesv1.CertificateSigningRequest {
+	asFor := func(name string, subject pkix.Name, node, machine string) *certificatesv1.CertificateSigningRequest {
 		r := csrFor(t, name, certificatesv1.KubeAPIServerClientSignerName, "system:bootstrap:abcdef", joining,
-			pkix.Name{CommonName: user}, nil, nil, certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth)
+			subject, nil, nil, certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth)
 		r.Annotations = map[string]string{NodeNameAnnotation: node, MachineAnnotation: machine}
 		return r
+	}
+	component := func(name, component, node, machine string) *certificatesv1.CertificateSigningRequest {
+		return asFor(name, Subject(component, node), node, machine)
 	}
 	kubeletClient := csrFor(t, "kubelet", certificatesv1.KubeAPIServerClientKubeletSignerName, "system:bootstrap:abcdef", joining,
 		pkix.Name{CommonName: "system:node:edge-1", Organization: []string{"system:nodes"}}, nil, nil,
@@ -166,18 +172,25 @@ func TestApprover(t *testing.T) {
 	if v := decide(kubeletClient); !v.approve {
 		t.Errorf("kubelet's client certificate of a node that claimed its name: %+v", v)
 	}
-	if v := decide(component("admin", "system:admin", "edge-1", "machine-a")); v.deny == "" {
+	if v := decide(asFor("admin", pkix.Name{CommonName: "system:admin"}, "edge-1", "machine-a")); v.deny == "" {
 		t.Errorf("a node asking for another identity: %+v", v)
+	}
+	// flannel's and CoreDNS's identities name their node: never another node's, never without the group.
+	for _, subject := range []pkix.Name{Subject(FlannelGroup, "edge-2"), {CommonName: FlannelGroup + ":edge-1"},
+		{CommonName: DNSGroup + ":edge-1", Organization: []string{"system:masters"}}, {CommonName: FlannelGroup, Organization: []string{FlannelGroup}}} {
+		if v := decide(asFor("other", subject, "edge-1", "machine-a")); v.deny == "" {
+			t.Errorf("node edge-1 asking for %+v: %+v", subject, v)
+		}
 	}
 	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-1"},
 		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.10"}, {Type: corev1.NodeHostName, Address: "edge-1"}}}},
 		metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if v := decide(component("again", DNSUser, "edge-1", "machine-a")); !v.approve {
+	if v := decide(component("again", DNSGroup, "edge-1", "machine-a")); !v.approve {
 		t.Errorf("the same machine joining again: %+v", v)
 	}
-	if v := decide(component("thief", FlannelUser, "edge-1", "machine-b")); v.approve || !strings.Contains(v.deny, "--node-name") {
+	if v := decide(component("thief", FlannelGroup, "edge-1", "machine-b")); v.approve || !strings.Contains(v.deny, "--node-name") {
 		t.Errorf("another machine with a taken name: %+v", v)
 	}
 	serving := func(user string, ips ...net.IP) *certificatesv1.CertificateSigningRequest {
@@ -223,5 +236,35 @@ func TestSettingsParse(t *testing.T) {
 	bad.ClientCA = ""
 	if _, err := bad.Parse(); err == nil {
 		t.Error("settings without the client CA are accepted")
+	}
+}
+
+// TestValid: a certificate is kept only while it is issued to the wanted subject and stays valid
+// long enough; one of an older kone, issued to a name without the node's, is asked for anew.
+func TestValid(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	ca, err := pki.EnsureCA(dir, "ca", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := pki.File{Cert: filepath.Join(dir, "c.crt"), Key: filepath.Join(dir, "c.key")}
+	want := Subject(FlannelGroup, "edge-1")
+	if _, err := ca.EnsureLeaf(f, pki.LeafSpec{CommonName: want.CommonName, Organization: want.Organization}, now); err != nil {
+		t.Fatal(err)
+	}
+	if !Valid(f.Cert, want, now, time.Hour) {
+		t.Error("a fresh certificate for the subject is not valid")
+	}
+	if Valid(f.Cert, want, now, pki.LeafValidity) {
+		t.Error("a certificate that expires within the renewal window is valid")
+	}
+	for _, other := range []pkix.Name{Subject(FlannelGroup, "edge-2"), {CommonName: FlannelGroup}, Subject(DNSGroup, "edge-1")} {
+		if Valid(f.Cert, other, now, time.Hour) {
+			t.Errorf("a certificate for %v passes for %v", want, other)
+		}
+	}
+	if Valid(filepath.Join(dir, "missing.crt"), want, now, 0) {
+		t.Error("a missing certificate is valid")
 	}
 }

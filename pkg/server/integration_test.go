@@ -248,6 +248,7 @@ func TestServer(t *testing.T) {
 	}
 	checkClusterInfoSigned(t, n, tok)
 	checkAnonymous(t, n)
+	checkOwnNodeOnly(t, n)
 
 	// Tools: kubectl as a subcommand and through a symlink, and the token commands.
 	out := n.run(nil, bin, "kubectl", "--kubeconfig", n.kubeconfig, "get", "configmap", "survivor", "-n", "kone-it", "-o", "jsonpath={.data.answer}")

@@ -38,11 +38,11 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 		{leaf("client-kubelet"), filepath.Join(paths.Agent, "kubelet.kubeconfig"),
 			pki.LeafSpec{CommonName: "system:node:" + id.Name, Organization: []string{"system:nodes"}, Usages: client}},
 		{leaf("client-kube-proxy"), filepath.Join(paths.Agent, "kube-proxy.kubeconfig"),
-			pki.LeafSpec{CommonName: join.ProxyUser, Usages: client}},
+			componentSpec(join.ProxyUser, id.Name)},
 		{leaf("client-coredns"), filepath.Join(paths.Agent, "coredns.kubeconfig"),
-			pki.LeafSpec{CommonName: join.DNSUser, Usages: client}},
+			componentSpec(join.DNSGroup, id.Name)},
 		{leaf("client-flannel"), filepath.Join(paths.Agent, "flannel.kubeconfig"),
-			pki.LeafSpec{CommonName: join.FlannelUser, Usages: client}},
+			componentSpec(join.FlannelGroup, id.Name)},
 	}
 	for _, c := range clients {
 		if _, err := clientCA.EnsureLeaf(c.file, c.spec, now); err != nil {
@@ -66,4 +66,10 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 		Kubelet: clients[0].kubeconfig, Proxy: clients[1].kubeconfig, DNS: clients[2].kubeconfig, Flannel: clients[3].kubeconfig,
 		ClientCA: ca.ClientCA, ServingCert: serving.Cert, ServingKey: serving.Key,
 	}, nil
+}
+
+// componentSpec is the client certificate of a node component: the subject an agent's would have.
+func componentSpec(component, nodeName string) pki.LeafSpec {
+	s := join.Subject(component, nodeName)
+	return pki.LeafSpec{CommonName: s.CommonName, Organization: s.Organization, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
 }
