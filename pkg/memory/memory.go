@@ -36,6 +36,9 @@ func Settle() {
 	setGCPercent(SteadyGCPercent)
 	debug.FreeOSMemory()
 	_ = TrimFileMappings()
+	if exe, err := os.Executable(); err == nil {
+		_ = DropCache(exe)
+	}
 }
 
 // setGCPercent sets GOGC to percent, unless the user chose one in the environment.
@@ -87,6 +90,22 @@ func TrimFileMappings() error {
 		// the file, and kone's executable is static, with no such mapping.
 		return path == exe || (strings.HasSuffix(perms, "s") && strings.HasPrefix(path, "/"))
 	})
+}
+
+// DropCache drops the pages of the file at path that no process maps from the page cache. A
+// binary that was just written (installed, copied, linked) sits in the page cache in large
+// folios, and the kernel maps a whole folio into a process that touches one page of it: an
+// agent started from a freshly linked binary had 131 MiB of RSS after a minute, against 106 MiB
+// with this (Linux 6.18). Dropped after TrimFileMappings, the code kone still runs comes back
+// from disk page by page (RandomAccessExecutable turns off read-ahead). Only clean pages go;
+// a binary written moments ago is dropped at the second settle.
+func DropCache(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }
 
 // advise gives advice on the mappings of this process for which match(permissions, path)
