@@ -51,6 +51,12 @@ func Settings(c Config) (*embed.Config, error) {
 	// etcd keeps this many raft entries in memory between snapshots; its default of 10000 costs
 	// tens of MiB that a small cluster never needs.
 	cfg.SnapshotCount = 5000
+	// A restarted single member skips all but one tick of its election timeout, but raft draws
+	// the timeout at random from one to two times the setting: with etcd's 1 s, a restart
+	// waited 0.1 to 1 s for its own election. The shortest timeout etcd allows for its 100 ms
+	// heartbeat (five beats) halves that. Servers that join each other over slow links will want
+	// more (--etcd-arg election-timeout=…).
+	cfg.ElectionMs = 5 * cfg.TickMs
 	for _, arg := range c.Args {
 		key, raw, _ := strings.Cut(arg, "=")
 		key = strings.TrimLeft(key, "-")

@@ -21,12 +21,17 @@ func TestSettings(t *testing.T) {
 		t.Errorf("cluster %q, dir %q", cfg.InitialCluster, cfg.Dir)
 	}
 
-	c.Args = []string{"quota-backend-bytes=4294967296", "--snapshot-count=100", "auto-compaction-mode=revision"}
+	// A single member's election: the shortest timeout etcd accepts for its heartbeat.
+	if cfg.TickMs != 100 || cfg.ElectionMs != 500 || cfg.Validate() != nil {
+		t.Errorf("heartbeat %d ms, election %d ms (%v); want 100 and 500", cfg.TickMs, cfg.ElectionMs, cfg.Validate())
+	}
+
+	c.Args = []string{"quota-backend-bytes=4294967296", "--snapshot-count=100", "auto-compaction-mode=revision", "election-timeout=1000"}
 	cfg, err = Settings(c)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.QuotaBackendBytes != 4294967296 || cfg.SnapshotCount != 100 || cfg.AutoCompactionMode != "revision" {
+	if cfg.QuotaBackendBytes != 4294967296 || cfg.SnapshotCount != 100 || cfg.AutoCompactionMode != "revision" || cfg.ElectionMs != 1000 {
 		t.Errorf("overrides not applied: quota %d, snapshots %d, compaction %q", cfg.QuotaBackendBytes, cfg.SnapshotCount, cfg.AutoCompactionMode)
 	}
 
