@@ -39,7 +39,11 @@ func newBootstrap(admin *rest.Config, tok token.Token, caFile, server string, se
 func (b *bootstrap) Name() string { return "cluster bootstrap" }
 
 func (b *bootstrap) Run(ctx context.Context) error {
-	cs, err := kubernetes.NewForConfig(b.admin)
+	// Some thirty requests in a row: client-go's default of 5 a second would spread them over
+	// seconds, and kone is not ready until they are done.
+	rc := rest.CopyConfig(b.admin)
+	rc.QPS, rc.Burst = 50, 100
+	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err
 	}

@@ -157,13 +157,14 @@ type objectClient[T metav1.Object] interface {
 
 // ensure creates obj, or puts it back as it is here where it exists.
 func ensure[T metav1.Object](ctx context.Context, kind string, obj T, c objectClient[T]) error {
-	_, err := c.Create(ctx, obj, metav1.CreateOptions{})
-	if apierrors.IsAlreadyExists(err) {
-		var current T
-		if current, err = c.Get(ctx, obj.GetName(), metav1.GetOptions{}); err == nil {
-			obj.SetResourceVersion(current.GetResourceVersion())
-			_, err = c.Update(ctx, obj, metav1.UpdateOptions{})
-		}
+	current, err := c.Get(ctx, obj.GetName(), metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		_, err = c.Create(ctx, obj, metav1.CreateOptions{})
+	case err == nil:
+		// An update that changes nothing is no write: the apiserver answers it from what it has.
+		obj.SetResourceVersion(current.GetResourceVersion())
+		_, err = c.Update(ctx, obj, metav1.UpdateOptions{})
 	}
 	if err != nil {
 		return fmt.Errorf("ensure %s %s: %w", kind, obj.GetName(), err)
