@@ -53,22 +53,8 @@ func TestTrimFileMappingsReleasesCodePages(t *testing.T) {
 // TestTrimFileMappingsReleasesSharedFiles maps a file the way bbolt maps its database (shared,
 // read-only), reads all of it, and checks that trimming unmaps it and that it still reads the same.
 func TestTrimFileMappingsReleasesSharedFiles(t *testing.T) {
-	const size = 8 << 20
-	path := filepath.Join(t.TempDir(), "db")
-	want := bytes.Repeat([]byte("kone"), size/4)
-	if err := os.WriteFile(path, want, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	data, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Munmap(data)
+	path, want := testFile(t)
+	data := mapShared(t, path)
 	if !bytes.Equal(data, want) {
 		t.Fatal("the mapping does not read as the file")
 	}
@@ -78,7 +64,7 @@ func TestTrimFileMappingsReleasesSharedFiles(t *testing.T) {
 	}
 	after := rssFileKiB(t)
 	t.Logf("file-backed RSS %d KiB -> %d KiB", before, after)
-	if before-after < size/1024/2 {
+	if before-after < testFileSize/1024/2 {
 		t.Fatalf("the shared mapping was not released: %d KiB -> %d KiB", before, after)
 	}
 	if !bytes.Equal(data, want) {
@@ -99,12 +85,7 @@ func init() {
 // TestDropCacheEvictsUnmappedPages reads a file into the page cache and checks that DropCache
 // takes its pages out again, without changing what the file reads.
 func TestDropCacheEvictsUnmappedPages(t *testing.T) {
-	const size = 8 << 20
-	path := filepath.Join(t.TempDir(), "exe")
-	want := bytes.Repeat([]byte("kone"), size/4)
-	if err := os.WriteFile(path, want, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	path, want := testFile(t)
 	// Written back first, as an installed binary is: the kernel drops only clean pages.
 	if f, err := os.Open(path); err != nil || f.Sync() != nil {
 		t.Fatal("cannot write the file back", err)
@@ -115,19 +96,10 @@ func TestDropCacheEvictsUnmappedPages(t *testing.T) {
 		t.Fatal("the file does not read back")
 	}
 	cached := func() int {
-		f, err := os.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
 		// Mapped but never touched: mincore reports the page cache, and maps nothing in.
-		m, err := unix.Mmap(int(f.Fd()), 0, size, unix.PROT_READ, unix.MAP_SHARED)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Munmap(m)
-		vec := make([]byte, size/os.Getpagesize())
-		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(size), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		m := mapShared(t, path)
+		vec := make([]byte, len(m)/os.Getpagesize())
+		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
 			t.Fatal(errno)
 		}
 		n := 0
@@ -148,4 +120,39 @@ func TestDropCacheEvictsUnmappedPages(t *testing.T) {
 	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, want) {
 		t.Fatal("the file reads differently after its pages were dropped")
 	}
+}
+
+const testFileSize = 8 << 20
+
+// testFile writes testFileSize bytes of a known pattern to a new file; it returns its path and
+// contents.
+func testFile(t *testing.T) (string, []byte) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "file")
+	data := bytes.Repeat([]byte("kone"), testFileSize/4)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, data
+}
+
+// mapShared maps the file at path shared and read-only, the way bbolt maps its database, until
+// the test ends.
+func mapShared(t *testing.T, path string) []byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := unix.Mmap(int(f.Fd()), 0, int(st.Size()), unix.PROT_READ, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(m) })
+	return m
 }

@@ -3,9 +3,6 @@ package server_test
 import (
 	"context"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -27,32 +24,9 @@ func TestFlannelBackends(t *testing.T) {
 }
 
 func checkBackend(t *testing.T, bin, backend string) {
-	before := snapshotHost(t)
-	script, _ := filepath.Abs("../../scripts/node")
-	if out, err := exec.Command(script, "bridge-up").CombinedOutput(); err != nil {
-		t.Fatalf("bridge: %v\n%s", err, out)
-	}
-	n := newNode(t, bin, t.TempDir())
-	n.nodeSide = true
-	n.extra = []string{"--node-ip", bridgeHost, "--flannel-backend", backend}
-	imagesDir := filepath.Join(n.dataDir, "agent", "images")
-	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(imagesDir, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { teardownNode(t, n, before) })
-	t.Cleanup(func() { _ = exec.Command(script, "bridge-down").Run() })
-	n.start()
-	cs := n.client()
-	waitNodesReady(t, cs, 1)
-	tokData, err := os.ReadFile(filepath.Join(n.dataDir, "server", "token"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	n, cs, tok := startClusterServer(t, bin, "--flannel-backend", backend)
 	agentIP := nodeNet + "4"
-	agent := newAgent(t, bin, "agent-gw", agentIP, "https://"+bridgeHost+":"+n.https, strings.TrimSpace(string(tokData)))
+	agent := newAgent(t, bin, "agent-gw", agentIP, "https://"+bridgeHost+":"+n.https, tok)
 	agent.up()
 	waitNodesReady(t, cs, 2)
 	agent.waitReady()

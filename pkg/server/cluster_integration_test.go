@@ -87,33 +87,7 @@ func (a *agentNode) log() string {
 // its pods untouched.
 func TestAgents(t *testing.T) {
 	bin := koneBinary(t)
-	before := snapshotHost(t)
-	script, _ := filepath.Abs("../../scripts/node")
-	if out, err := exec.Command(script, "bridge-up").CombinedOutput(); err != nil {
-		t.Fatalf("bridge: %v\n%s", err, out)
-	}
-	n := newNode(t, bin, t.TempDir())
-	n.nodeSide = true
-	n.extra = []string{"--node-ip", bridgeHost}
-	imagesDir := filepath.Join(n.dataDir, "agent", "images")
-	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(imagesDir, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { teardownNode(t, n, before) })
-	// Runs before the teardown: the agents are gone by then.
-	t.Cleanup(func() { _ = exec.Command(script, "bridge-down").Run() })
-	n.start()
-	cs := n.client()
-	waitNodesReady(t, cs, 1)
-
-	tokData, err := os.ReadFile(filepath.Join(n.dataDir, "server", "token"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok := strings.TrimSpace(string(tokData))
+	n, cs, tok := startClusterServer(t, bin)
 	server := "https://" + bridgeHost + ":" + n.https
 	checkRefusedJoins(t, n, cs, tok)
 
@@ -213,6 +187,39 @@ func TestAgents(t *testing.T) {
 
 	_ = cs.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
 	waitPodsGone(t, cs, ns)
+}
+
+// startClusterServer starts a server with its node on the bridge that scripts/node makes for
+// agents, busybox in its images directory, and returns it Ready with its admin client and join
+// token. The test's cleanup takes the bridge down and checks that the node left nothing behind.
+func startClusterServer(t *testing.T, bin string, extra ...string) (*node, kubernetes.Interface, string) {
+	t.Helper()
+	before := snapshotHost(t)
+	script, _ := filepath.Abs("../../scripts/node")
+	if out, err := exec.Command(script, "bridge-up").CombinedOutput(); err != nil {
+		t.Fatalf("bridge: %v\n%s", err, out)
+	}
+	n := newNode(t, bin, t.TempDir())
+	n.nodeSide = true
+	n.extra = append([]string{"--node-ip", bridgeHost}, extra...)
+	imagesDir := filepath.Join(n.dataDir, "agent", "images")
+	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(imagesDir, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { teardownNode(t, n, before) })
+	// Runs before the teardown: the agents are gone by then.
+	t.Cleanup(func() { _ = exec.Command(script, "bridge-down").Run() })
+	n.start()
+	cs := n.client()
+	waitNodesReady(t, cs, 1)
+	tok, err := os.ReadFile(filepath.Join(n.dataDir, "server", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n, cs, strings.TrimSpace(string(tok))
 }
 
 // checkNodeAddresses waits until kone's cloud node controller has initialised node name: its
