@@ -181,10 +181,11 @@ func Supervisor(logs *logging.Logging, notify *sdnotify.Notifier) *supervisor.Su
 		Log: logs.Logger, ReadyTimeout: 3 * time.Minute, StopTimeout: 8 * time.Second,
 		OnReady: func() {
 			logs.Serving()
-			memory.SettleTwice()
 			if err := notify.Ready(); err != nil {
 				logs.WithError(err).Warn("cannot tell systemd that kone is ready")
 			}
+			// After telling systemd: settling may write back a binary just installed.
+			memory.SettleTwice()
 		},
 		OnStopping: func() {
 			logs.Stopping()
