@@ -184,7 +184,7 @@ func Supervisor(logs *logging.Logging, notify *sdnotify.Notifier) *supervisor.Su
 			if err := notify.Ready(); err != nil {
 				logs.WithError(err).Warn("cannot tell systemd that kone is ready")
 			}
-			// After telling systemd: settling may write back a binary just installed.
+			// After telling systemd: settling (a full GC, trimming, dropping cached pages) takes a while.
 			memory.SettleTwice()
 		},
 		OnStopping: func() {
