@@ -30,6 +30,11 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 		return pki.File{Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
 	}
 	client := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	// A component's certificate has the subject an agent's would have.
+	component := func(name string) pki.LeafSpec {
+		s := join.Subject(name, id.Name)
+		return pki.LeafSpec{CommonName: s.CommonName, Organization: s.Organization, Usages: client}
+	}
 	clients := []struct {
 		file       pki.File
 		kubeconfig string
@@ -38,11 +43,11 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 		{leaf("client-kubelet"), filepath.Join(paths.Agent, "kubelet.kubeconfig"),
 			pki.LeafSpec{CommonName: "system:node:" + id.Name, Organization: []string{"system:nodes"}, Usages: client}},
 		{leaf("client-kube-proxy"), filepath.Join(paths.Agent, "kube-proxy.kubeconfig"),
-			componentSpec(join.ProxyUser, id.Name)},
+			component(join.ProxyUser)},
 		{leaf("client-coredns"), filepath.Join(paths.Agent, "coredns.kubeconfig"),
-			componentSpec(join.DNSGroup, id.Name)},
+			component(join.DNSGroup)},
 		{leaf("client-flannel"), filepath.Join(paths.Agent, "flannel.kubeconfig"),
-			componentSpec(join.FlannelGroup, id.Name)},
+			component(join.FlannelGroup)},
 	}
 	for _, c := range clients {
 		if _, err := clientCA.EnsureLeaf(c.file, c.spec, now); err != nil {
@@ -66,10 +71,4 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 		Kubelet: clients[0].kubeconfig, Proxy: clients[1].kubeconfig, DNS: clients[2].kubeconfig, Flannel: clients[3].kubeconfig,
 		ClientCA: ca.ClientCA, ServingCert: serving.Cert, ServingKey: serving.Key,
 	}, nil
-}
-
-// componentSpec is the client certificate of a node component: the subject an agent's would have.
-func componentSpec(component, nodeName string) pki.LeafSpec {
-	s := join.Subject(component, nodeName)
-	return pki.LeafSpec{CommonName: s.CommonName, Organization: s.Organization, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
 }

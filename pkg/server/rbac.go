@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -142,7 +143,7 @@ func ownNodePolicies() []*admissionv1.ValidatingAdmissionPolicy {
 				Message: "CoreDNS may write only its own node's endpoints of " + dns.ServiceName,
 			},
 			admissionv1.Validation{
-				Expression: fmt.Sprintf("has(object.metadata.labels) && object.metadata.labels[?%q].orValue('') == %q", "kubernetes.io/service-name", dns.ServiceName),
+				Expression: fmt.Sprintf("has(object.metadata.labels) && object.metadata.labels[?%q].orValue('') == %q", discoveryv1.LabelServiceName, dns.ServiceName),
 				Message:    "CoreDNS may write only endpoints of " + dns.ServiceName,
 			}),
 	}
