@@ -18,6 +18,8 @@
 # Settings, all optional:
 #   INSTALL_KONE_VERSION        release to install, such as v0.1.0 (default: the latest)
 #   INSTALL_KONE_DOWNLOAD_URL   where the release files are (default: the GitHub release)
+#   INSTALL_KONE_GITHUB_URL     a mirror laid out like the project's GitHub page, whose
+#                               releases/download/VERSION holds the release files
 #   INSTALL_KONE_SKIP_DOWNLOAD  true: install the kone already in the bin dir (air-gapped)
 #   INSTALL_KONE_BIN_DIR        where kone and the scripts go (default: /usr/local/bin)
 #   INSTALL_KONE_EXEC           command and arguments, before those given to the installer
@@ -34,7 +36,8 @@
 #                               <service>-uninstall.sh)
 set -e
 
-GITHUB_URL=https://github.com/kone-dev/kone
+GITHUB_URL=${INSTALL_KONE_GITHUB_URL:-https://github.com/kone-dev/kone}
+GITHUB_URL=${GITHUB_URL%/}
 DOCS_URL=https://github.com/kone-dev/kone#readme
 
 info() {
@@ -197,6 +200,9 @@ if [ "$COMMAND" = agent ]; then
 	if [ -z "${KONE_TOKEN:-}" ] && [ -z "${KONE_TOKEN_FILE:-}" ] && [ -z "$arg_token" ] && [ -z "$config_token" ]; then
 		fatal "kone agent needs a join token: set KONE_TOKEN (or KONE_TOKEN_FILE, or pass --token or --token-file) to the token in the server's /var/lib/kone/server/token"
 	fi
+	if [ -z "${KONE_TOKEN:-}" ] && [ -n "${KONE_TOKEN_FILE:-}" ] && [ ! -s "$KONE_TOKEN_FILE" ]; then
+		fatal "KONE_TOKEN_FILE names $KONE_TOKEN_FILE, which is missing or empty: copy the server's /var/lib/kone/server/token there first"
+	fi
 fi
 
 # The arguments as a systemd command line, as shell words, and as shown to the user (tokens
@@ -320,7 +326,8 @@ detect_arch() {
 	case $machine in
 	x86_64 | amd64) ARCH=amd64 ;;
 	aarch64 | arm64) ARCH=arm64 ;;
-	armv7* | armhf) ARCH=arm ;;
+	# armv8l: a 32-bit userland on a 64-bit Arm kernel runs the arm (v7) build.
+	armv7* | armv8l | armhf) ARCH=arm ;;
 	*) fatal "kone has no release for this machine's architecture ($machine): there are amd64, arm64 and arm (v7)" ;;
 	esac
 }
@@ -674,7 +681,7 @@ openrc)
 	info "Removing the OpenRC service $SERVICE"
 	rc-service "$SERVICE" stop || true
 	rc-update delete "$SERVICE" default || true
-	rm -f "$SERVICE_FILE" "$ENV_FILE"
+	rm -f "$SERVICE_FILE" "$ENV_FILE" "/var/log/$SERVICE.log"
 	;;
 *)
 	rm -f "$ENV_FILE"

@@ -145,6 +145,7 @@ func runPlan(p *plan, out *outcome) error {
 		"LC_ALL=C",
 		"TMPDIR=" + tmpDir,
 		"INSTALL_KONE_DOWNLOAD_URL=http://" + l.Addr().String(),
+		"INSTALL_KONE_GITHUB_URL=http://" + l.Addr().String() + "/github",
 	}
 	for _, s := range p.Steps {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -768,7 +769,7 @@ func TestInstall(t *testing.T) {
 		wantInstalled(t, rel, s, "kone-uninstall.sh")
 		unit := file(t, s, systemdDir+"/kone.service").Text
 		wantContains(t, "kone.service", unit, "Type=notify\n", "Delegate=yes\n", "KillMode=process\n",
-			"Restart=always\n", "RestartSec=5s\n", "LimitNOFILE=1048576\n", "TasksMax=infinity\n",
+			"Restart=always\n", "RestartSec=5s\n", "LimitNOFILE=1048576\n", "LimitNPROC=infinity\n", "TasksMax=infinity\n",
 			"TimeoutStartSec=0\n", "EnvironmentFile=-"+systemdDir+"/kone.service.env\n",
 			"ExecStartPre=-/sbin/modprobe br_netfilter\n", "ExecStartPre=-/sbin/modprobe overlay\n",
 			"After=network-online.target\n", "WantedBy=multi-user.target\n")
@@ -814,8 +815,9 @@ func TestInstall(t *testing.T) {
 			e.install([]string{systemd, "KONE_URL=https://127.0.0.1:6443", "KONE_TOKEN_FILE="}, "agent", "--node-name", "a1"),
 			e.install([]string{systemd, "KONE_URL=http://127.0.0.1:6443", "KONE_TOKEN=" + token}, "agent"),
 			e.install([]string{systemd, "KONE_TOKEN=" + token}, "agent"),
+			e.install([]string{systemd, "KONE_URL=https://127.0.0.1:6443", "KONE_TOKEN_FILE=/etc/kone/no-such-token"}),
 		)
-		for i, want := range []string{"KONE_TOKEN", "KONE_TOKEN", "https://", "KONE_URL"} {
+		for i, want := range []string{"KONE_TOKEN", "KONE_TOKEN", "https://", "KONE_URL", "/etc/kone/no-such-token"} {
 			s := steps[i]
 			wantExit(t, s, 1)
 			wantContains(t, "output", s.Output, want)
@@ -1005,6 +1007,56 @@ mount --bind /run/netns/cni-1234 /run/netns/cni-1234`)
 		wantEmpty(t, steps[3])
 	})
 
+	t.Run("version and bin dir", func(t *testing.T) {
+		e := newEnv(t, rel)
+		// A mirror laid out like GitHub's release pages.
+		e.dist = t.TempDir()
+		for _, dir := range []string{"github/releases/download/v9.9.9", "github/releases/latest/download"} {
+			path := filepath.Join(e.dist, dir)
+			if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(rel.dir, path); err != nil {
+				t.Fatal(err)
+			}
+		}
+		const bin = "/var/lib/extra/bin"
+		settings := []string{systemd, "INSTALL_KONE_DOWNLOAD_URL=", "INSTALL_KONE_BIN_DIR=" + bin,
+			"INSTALL_KONE_SKIP_SYMLINK=true", "INSTALL_KONE_SKIP_ENABLE=true"}
+		steps := e.run(
+			e.install(append(settings, "INSTALL_KONE_VERSION=v9.9.9"), "server"),
+			e.install(settings, "server"),
+			shell(bin+"/kone-uninstall.sh"),
+		)
+		s := steps[0]
+		wantExit(t, s, 0)
+		wantRequests(t, s, "/github/releases/download/v9.9.9"+sums, "/github/releases/download/v9.9.9"+zst)
+		if kone := file(t, s, bin+"/kone"); kone.Mode != 0o755 || kone.SHA256 != rel.binSum {
+			t.Errorf("%s/kone: mode %v, sha256 %s; want -rwxr-xr-x and %s", bin, kone.Mode, kone.SHA256, rel.binSum)
+		}
+		for _, name := range []string{"kone-killall.sh", "kone-uninstall.sh"} {
+			if f := file(t, s, bin+"/"+name); f.Mode != 0o755 {
+				t.Errorf("%s/%s: mode %v, want -rwxr-xr-x", bin, name, f.Mode)
+			}
+		}
+		for path := range s.Files {
+			if strings.HasPrefix(path, binDir+"/") || strings.HasSuffix(path, "/kubectl") || strings.HasSuffix(path, "/ctr") {
+				t.Errorf("%s written: INSTALL_KONE_BIN_DIR is %s and INSTALL_KONE_SKIP_SYMLINK is set", path, bin)
+			}
+		}
+		unit := file(t, s, systemdDir+"/kone.service").Text
+		wantWords(t, "ExecStart", execStart(t, unit), bin+"/kone", "server")
+		wantRequests(t, steps[1], "/github/releases/latest/download"+sums, "/github/releases/latest/download"+zst)
+		wantExit(t, steps[1], 0)
+		calls := e.initCalls()
+		wantContains(t, "systemctl calls", calls, "systemctl daemon-reload\n")
+		if strings.Contains(calls, "enable") || strings.Contains(calls, "restart") {
+			t.Errorf("INSTALL_KONE_SKIP_ENABLE=true, but kone was enabled or started:\n%s", calls)
+		}
+		wantExit(t, steps[2], 0)
+		wantEmpty(t, steps[2], "/var/lib/extra", bin)
+	})
+
 	t.Run("airgap", func(t *testing.T) {
 		e := newEnv(t, rel)
 		airgap := []string{systemd, "INSTALL_KONE_SKIP_DOWNLOAD=true", "INSTALL_KONE_SKIP_START=true"}
@@ -1071,7 +1123,8 @@ mount --bind /run/netns/cni-1234 /run/netns/cni-1234`)
 		e := newEnv(t, rel)
 		steps := e.run(
 			e.install([]string{"INSTALL_KONE_OPENRC_DIR=" + openrcDir, "KONE_NODE_NAME=n1"}, "server", "--tls-san", "kone.example", oddArg),
-			shell(binDir+"/kone-uninstall.sh"),
+			// What supervise-daemon would have written while kone ran.
+			shell("echo started >/var/log/kone.log && "+binDir+"/kone-uninstall.sh"),
 		)
 		s := steps[0]
 		wantExit(t, s, 0)
