@@ -109,6 +109,25 @@ func TestReleaseArtifacts(t *testing.T) {
 	}
 }
 
+// The installer is published with the binaries: install.sh's default URL is the latest
+// release's install.sh.
+func TestReleaseHasInstaller(t *testing.T) {
+	published, err := os.ReadFile(filepath.Join(distDir(t), "install.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	source, err := os.ReadFile(filepath.Join(repoRoot(t), "install.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(published, source) {
+		t.Error("dist/install.sh differs from install.sh: scripts/release did not publish the installer")
+	}
+	if info, err := os.Stat(filepath.Join(distDir(t), "install.sh")); err == nil && info.Mode().Perm() != 0o755 {
+		t.Errorf("dist/install.sh: mode %v, want -rwxr-xr-x", info.Mode())
+	}
+}
+
 // checkHelpers checks that the binary embeds the helpers archive built for its architecture and
 // that every program in that archive is built for the same machine.
 func checkHelpers(t *testing.T, binary []byte, archive string, machine elf.Machine) {
@@ -262,6 +281,7 @@ func TestImage(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(root, "etc/ssl/certs/ca-certificates.crt")); err != nil {
 		t.Errorf("the image has no CA certificates: %v", err)
 	}
+
 }
 
 func run(t *testing.T, name string, args ...string) string {
