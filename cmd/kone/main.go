@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/kone-dev/kone/pkg/cli"
+	"github.com/kone-dev/kone/pkg/containerized"
 	"github.com/kone-dev/kone/pkg/memory"
 	// Before kubectl's packages, so that only kubectl loads its translations.
 	_ "github.com/kone-dev/kone/pkg/translations"
@@ -24,6 +25,14 @@ func main() {
 	// CoreDNS registers -conf, -version, -p and more on Go's global flag set at init; kone's
 	// own flags are cobra's, and kubectl would otherwise show (and clash with) CoreDNS's.
 	flag.CommandLine = flag.NewFlagSet(os.Args[0], flag.ExitOnError)
+	if containerized.IsInit() {
+		// A container's init: kone runs as its child, and this process reaps what is orphaned.
+		code, err := runAsInit()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "kone:", err)
+		}
+		os.Exit(code)
+	}
 	_ = memory.RandomAccessExecutable()
 	var err error
 	switch filepath.Base(os.Args[0]) {
@@ -43,4 +52,16 @@ func main() {
 		}
 		os.Exit(code)
 	}
+}
+
+func runAsInit() (int, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return 1, fmt.Errorf("find own executable: %w", err)
+	}
+	code, err := containerized.RunAsInit(exe, os.Args)
+	if err != nil {
+		return 1, err
+	}
+	return code, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/kone-dev/kone/pkg/cloud"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/containerd"
+	"github.com/kone-dev/kone/pkg/containerized"
 	"github.com/kone-dev/kone/pkg/data"
 	"github.com/kone-dev/kone/pkg/dns"
 	"github.com/kone-dev/kone/pkg/host"
@@ -100,6 +101,13 @@ func (p Paths) FlannelDir() string     { return filepath.Join(p.Agent, "etc", "f
 func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credentials, logs *logging.Logging) ([]supervisor.Component, error) {
 	log := logs.Logger
 	paths := Paths{Agent: cfg.AgentDir()}
+	moved, err := containerized.LeaveRootCgroup(containerized.CgroupMount)
+	if err != nil {
+		return nil, fmt.Errorf("leave the container's root cgroup, which pods need: %w", err)
+	}
+	if moved > 0 {
+		log.WithField("processes", moved).Info("moved the container's processes into its init cgroup, so that pods can have cgroups")
+	}
 	helpers, err := data.Unpack(cfg.DataDir, version.Version)
 	if err != nil {
 		return nil, err

@@ -282,6 +282,22 @@ func TestImage(t *testing.T) {
 		t.Errorf("the image has no CA certificates: %v", err)
 	}
 
+	// As a container's PID 1, kone runs itself as its child and passes on its exit code.
+	if err := os.MkdirAll(filepath.Join(root, "proc"), 0o555); err != nil {
+		t.Fatal(err)
+	}
+	asInit := func(args ...string) *exec.Cmd {
+		return exec.Command("unshare", append([]string{"--pid", "--fork", "--mount", "--mount-proc=" + filepath.Join(root, "proc"),
+			"chroot", root, "/usr/bin/kone"}, args...)...)
+	}
+	if out, err := asInit("--version").CombinedOutput(); err != nil || !strings.Contains(string(out), "kone version v") {
+		t.Errorf("kone --version as PID 1 in the image: %v\n%s", err, out)
+	}
+	out, err := asInit("no-such-command").CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() == 0 || !strings.Contains(string(out), "no-such-command") {
+		t.Errorf("kone no-such-command as PID 1 in the image: %v, want its failure passed on\n%s", err, out)
+	}
 }
 
 func run(t *testing.T, name string, args ...string) string {
