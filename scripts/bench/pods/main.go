@@ -108,8 +108,14 @@ func run(kubeconfig, image string, count int, timeout time.Duration) error {
 	}); err != nil {
 		return err
 	}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	// Shutdown waits for the informer to stop: stop it first, or it waits for the timeout
+	// before the namespace is deleted.
+	informing, stopInforming := context.WithCancel(ctx)
+	factory.Start(informing.Done())
+	defer func() {
+		stopInforming()
+		factory.Shutdown()
+	}()
 	if !cache.WaitForCacheSync(ctx.Done(), informer.HasSynced) {
 		return errors.New("pod informer did not sync")
 	}
