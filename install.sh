@@ -514,7 +514,8 @@ with_descendants() {
 }
 
 # find_processes sets KONE_PIDS (kone servers and agents, and kone's containerd) and SHIM_PIDS
-# (the containerd shims kone's data dir carries, which hold the containers).
+# (kone's containerd shims, which hold the containers: those that kone's data dir carries, or
+# that serve kone's containerd socket, wherever the data dir is).
 find_processes() {
 	KONE_PIDS=
 	SHIM_PIDS=
@@ -526,6 +527,12 @@ find_processes() {
 		case $exe in
 		/var/lib/kone/*/containerd-shim-runc-v2)
 			SHIM_PIDS="$SHIM_PIDS $pid"
+			continue
+			;;
+		*/containerd-shim-runc-v2)
+			if tr '\0' ' ' <"$dir/cmdline" 2>/dev/null | grep -q ' /run/kone/containerd/containerd\.sock'; then
+				SHIM_PIDS="$SHIM_PIDS $pid"
+			fi
 			continue
 			;;
 		*/kone) ;;

@@ -870,19 +870,25 @@ func TestInstall(t *testing.T) {
 	t.Run("killall", func(t *testing.T) {
 		e := newEnv(t, rel)
 		// A node at work, in the namespaces: a kone server (dash under kone's name, running a
-		// script called server) with a child, a shim with two containers' processes, the pod
-		// network's links, rules of kube-proxy and kone next to one of the host's, kube-proxy's
-		// nftables tables next to another, mounts.
+		// script called server) with a child, a shim with two containers' processes, another
+		// from a data dir elsewhere that serves kone's containerd, a shim of another containerd
+		// that must live on, the pod network's links, rules of kube-proxy and kone next to one
+		// of the host's, kube-proxy's nftables tables next to another, mounts.
 		node := shell(`set -e
-mkdir -p /run/fake /var/lib/kone/data/v1/bin /var/lib/kubelet/pods/p1/volumes/v1 /run/kone/containerd/io \
-	/var/lib/cni/networks /run/netns
+mkdir -p /run/fake/data/v1/bin /run/fake/other /var/lib/kone/data/v1/bin /var/lib/kubelet/pods/p1/volumes/v1 \
+	/run/kone/containerd/io /var/lib/cni/networks /run/netns
 cp /bin/dash /run/fake/kone
 cp /bin/dash /var/lib/kone/data/v1/bin/containerd-shim-runc-v2
+cp /bin/dash /run/fake/data/v1/bin/containerd-shim-runc-v2
+cp /bin/dash /run/fake/other/containerd-shim-runc-v2
 echo 'sleep 1000' >/run/fake/server
 echo 'sleep 1000 & sleep 1000' >/run/fake/shim
+echo 'sleep 1001' >/run/fake/foreign
 cd /run/fake
 ./kone server >/dev/null 2>&1 &
 /var/lib/kone/data/v1/bin/containerd-shim-runc-v2 shim >/dev/null 2>&1 &
+/run/fake/data/v1/bin/containerd-shim-runc-v2 shim -address /run/kone/containerd/containerd.sock >/dev/null 2>&1 &
+/run/fake/other/containerd-shim-runc-v2 foreign -address /run/containerd/containerd.sock >/dev/null 2>&1 &
 ip link add cni0 type bridge
 ip link add veth1 type veth peer name eth0x
 ip link set veth1 master cni0
@@ -904,8 +910,18 @@ mount --bind /run/netns/cni-1234 /run/netns/cni-1234
 sleep 0.2`)
 		check := shell(`
 fail() { echo "$*"; exit 1; }
-exes=$(for p in /proc/[0-9]*; do readlink "$p/exe"; done)
+foreign=
+exes=$(for p in /proc/[0-9]*; do
+	exe=$(readlink "$p/exe") || continue
+	case $exe in /run/fake/other/*) continue ;; esac
+	case $(tr '\0' ' ' <"$p/cmdline") in "sleep 1001 ") continue ;; esac # the other shim's container
+	printf '%s\n' "$exe"
+done)
 case $exes in *sleep* | */run/fake/kone* | *containerd-shim*) fail "still running: $exes" ;; esac
+for p in /proc/[0-9]*; do
+	[ "$(readlink "$p/exe")" = /run/fake/other/containerd-shim-runc-v2 ] && foreign=yes
+done
+[ -n "$foreign" ] || fail "the other containerd's shim was killed"
 for link in cni0 veth1 flannel.1; do
 	if ip link show "$link" >/dev/null 2>&1; then fail "link $link left"; fi
 done
