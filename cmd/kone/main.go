@@ -27,11 +27,15 @@ func main() {
 	flag.CommandLine = flag.NewFlagSet(os.Args[0], flag.ExitOnError)
 	if containerized.IsInit() {
 		// A container's init: kone runs as its child, and this process reaps what is orphaned.
-		code, err := runAsInit()
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "kone:", err)
+		// Without /proc there is no way to find the executable again: kone runs as it is.
+		if exe, err := os.Executable(); err == nil {
+			code, err := containerized.RunAsInit(exe, os.Args)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "kone:", err)
+				code = 1
+			}
+			os.Exit(code)
 		}
-		os.Exit(code)
 	}
 	_ = memory.RandomAccessExecutable()
 	var err error
@@ -52,16 +56,4 @@ func main() {
 		}
 		os.Exit(code)
 	}
-}
-
-func runAsInit() (int, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return 1, fmt.Errorf("find own executable: %w", err)
-	}
-	code, err := containerized.RunAsInit(exe, os.Args)
-	if err != nil {
-		return 1, err
-	}
-	return code, nil
 }

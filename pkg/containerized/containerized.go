@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -22,7 +23,7 @@ import (
 const CgroupMount = "/sys/fs/cgroup"
 
 // LeaveRootCgroup moves every process of the cgroup namespace's root cgroup into a child
-// cgroup named "init" and lets the root's children use all its controllers. cgroup v2 lets a
+// cgroup named "init" and lets the root's children use its controllers. cgroup v2 lets a
 // cgroup either hold processes or give controllers to children, not both; a container's
 // processes start in its root, so without this the first pod cgroup fails (EBUSY). It does
 // nothing, and returns 0, unless mount is a cgroup v2 mount of a namespace root other than the
@@ -42,32 +43,44 @@ func LeaveRootCgroup(mount string) (moved int, err error) {
 	}
 	init := filepath.Join(mount, "init")
 	if err := os.Mkdir(init, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-		return 0, fmt.Errorf("make cgroup %s: %w", init, err)
+		return 0, fmt.Errorf("make cgroup %s (run the container with --privileged and its own cgroup namespace): %w", init, err)
 	}
-	// Processes may start while this runs (kone starts none yet, other processes of the
-	// container might): move until the root is empty.
+	// Other processes of the container may start meanwhile (a docker exec): move until the
+	// root is empty and its controllers are handed down.
 	for range 10 {
-		procs, err := os.ReadFile(filepath.Join(mount, "cgroup.procs"))
+		n, err := emptyInto(mount, init)
+		moved += n
 		if err != nil {
-			return moved, fmt.Errorf("read %s/cgroup.procs: %w", mount, err)
+			return moved, err
 		}
-		pids := strings.Fields(string(procs))
-		if len(pids) == 0 {
-			return moved, enableControllers(mount)
-		}
-		for _, pid := range pids {
-			err := os.WriteFile(filepath.Join(init, "cgroup.procs"), []byte(pid), 0o644)
-			switch {
-			case err == nil:
-				moved++
-			case errors.Is(err, syscall.ESRCH):
-				// It exited meanwhile.
-			default:
-				return moved, fmt.Errorf("move process %s into %s: %w", pid, init, err)
-			}
+		if err := enableControllers(mount); !errors.Is(err, unix.EBUSY) {
+			return moved, err
 		}
 	}
 	return moved, fmt.Errorf("processes keep appearing in %s: could not empty it", mount)
+}
+
+// emptyInto moves the processes of the cgroup at mount into the cgroup init.
+func emptyInto(mount, init string) (moved int, err error) {
+	procs, err := os.ReadFile(filepath.Join(mount, "cgroup.procs"))
+	if err != nil {
+		return 0, fmt.Errorf("read %s/cgroup.procs: %w", mount, err)
+	}
+	for _, pid := range strings.Fields(string(procs)) {
+		if pid == "0" {
+			continue // outside this PID namespace: not the container's to move
+		}
+		err := os.WriteFile(filepath.Join(init, "cgroup.procs"), []byte(pid), 0o644)
+		switch {
+		case err == nil:
+			moved++
+		case errors.Is(err, syscall.ESRCH):
+			// It exited meanwhile.
+		default:
+			return moved, fmt.Errorf("move process %s into %s: %w", pid, init, err)
+		}
+	}
+	return moved, nil
 }
 
 // ownCgroup is this process's cgroup v2 path, as its cgroup namespace shows it.
@@ -85,19 +98,25 @@ func ownCgroup() (string, error) {
 	return "", nil
 }
 
-// enableControllers hands every controller the root has to its children.
+// neededControllers are those without which kubelet cannot limit or account for pods.
+var neededControllers = map[string]bool{"cpu": true, "memory": true, "pids": true}
+
+// enableControllers hands the root's controllers to its children, one by one: a controller
+// the kernel will not hand down (cpu with real-time processes, say) matters only when pods
+// need it. EBUSY means a process appeared in the root again.
 func enableControllers(mount string) error {
 	controllers, err := os.ReadFile(filepath.Join(mount, "cgroup.controllers"))
 	if err != nil {
 		return fmt.Errorf("read %s/cgroup.controllers: %w", mount, err)
 	}
-	names := strings.Fields(string(controllers))
-	if len(names) == 0 {
-		return nil
-	}
-	enable := "+" + strings.Join(names, " +")
-	if err := os.WriteFile(filepath.Join(mount, "cgroup.subtree_control"), []byte(enable), 0o644); err != nil {
-		return fmt.Errorf("enable controllers %q in %s: %w", enable, mount, err)
+	for _, name := range strings.Fields(string(controllers)) {
+		err := os.WriteFile(filepath.Join(mount, "cgroup.subtree_control"), []byte("+"+name), 0o644)
+		if errors.Is(err, unix.EBUSY) {
+			return err
+		}
+		if err != nil && neededControllers[name] {
+			return fmt.Errorf("enable the %s controller for pods in %s: %w", name, mount, err)
+		}
 	}
 	return nil
 }
@@ -115,10 +134,15 @@ func RunAsInit(path string, argv []string) (int, error) {
 	defer signal.Stop(signals)
 	child, err := os.StartProcess(path, argv, &os.ProcAttr{
 		Files: []*os.File{os.Stdin, os.Stdout, os.Stderr},
+		// A process group of its own: a terminal's Ctrl-C reaches the child once, through
+		// this process, and a second signal would make kone give up its clean stop.
+		Sys: &syscall.SysProcAttr{Setpgid: true},
 	})
 	if err != nil {
 		return 0, fmt.Errorf("start %s: %w", path, err)
 	}
+	// This process ran every package's initialisation of kone's binary and needs none of it.
+	debug.FreeOSMemory()
 	go func() {
 		for sig := range signals {
 			_ = child.Signal(sig)

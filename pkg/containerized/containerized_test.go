@@ -32,14 +32,16 @@ func TestMain(m *testing.M) {
 	os.Exit(2)
 }
 
-// initScript orphans a process, then reports whether it was left a zombie, then waits for
-// SIGTERM, which it answers with exit code 9.
+// initScript orphans a process and waits until it is gone, failing if it stays a zombie for a
+// second, then waits for SIGTERM, which it answers with exit code 9.
 const initScript = `trap 'exit 9' TERM
-sh -c 'sleep 0.2 &'
-sleep 1
-for f in /proc/[0-9]*/stat; do
-	read -r line <"$f" || continue
-	case $line in *") Z "*) echo "zombie: $line"; exit 3 ;; esac
+orphan=$(sh -c 'sleep 0.2 >/dev/null 2>&1 & echo $!')
+zombie=0
+while [ -e /proc/$orphan ]; do
+	read -r line </proc/$orphan/stat || break
+	case $line in *") Z "*) zombie=$((zombie + 1)) ;; esac
+	if [ $zombie -ge 20 ]; then echo "zombie: $line"; exit 3; fi
+	sleep 0.05
 done
 echo ready
 while :; do sleep 0.05; done`
@@ -119,6 +121,8 @@ func TestRunAsInitReapsOrphansAndPassesSignals(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	stuck := time.AfterFunc(20*time.Second, func() { _ = cmd.Process.Kill() })
+	defer stuck.Stop()
 	for range lines {
 	}
 	err = cmd.Wait()
@@ -147,7 +151,10 @@ func cgroupHelper() int {
 		fmt.Println(err)
 		return 2
 	}
-	defer sleeper.Process.Kill()
+	defer func() {
+		_ = sleeper.Process.Kill()
+		_ = sleeper.Wait() // gone before the test removes the cgroups
+	}()
 	moved, err := LeaveRootCgroup(mount)
 	if err != nil {
 		fmt.Println("LeaveRootCgroup:", err)
@@ -155,8 +162,11 @@ func cgroupHelper() int {
 	}
 	root, _ := os.ReadFile(filepath.Join(mount, "cgroup.procs"))
 	init, _ := os.ReadFile(filepath.Join(mount, "init", "cgroup.procs"))
-	fmt.Printf("moved %d\nroot %q\ninit %s\nwant %d %d\n", moved, root,
-		strings.Join(strings.Fields(string(init)), " "), os.Getpid(), sleeper.Process.Pid)
+	controllers, _ := os.ReadFile(filepath.Join(mount, "cgroup.controllers"))
+	handedDown, _ := os.ReadFile(filepath.Join(mount, "cgroup.subtree_control"))
+	fmt.Printf("moved %d\nroot %q\ninit %s\nwant %d %d\ncontrollers %q\nsubtree %q\n", moved, root,
+		strings.Join(strings.Fields(string(init)), " "), os.Getpid(), sleeper.Process.Pid,
+		strings.TrimSpace(string(controllers)), strings.TrimSpace(string(handedDown)))
 	return 0
 }
 
@@ -193,10 +203,13 @@ func TestLeaveRootCgroup(t *testing.T) {
 	})
 
 	t.Run("the machine's root is left alone", func(t *testing.T) {
+		// The helper in a cgroup namespace whose root is the machine's root: it is in "/",
+		// as in a container, but this root may hold processes and must not be emptied.
 		_, statErr := os.Stat(filepath.Join(hostRoot, "init"))
 		hadInit := statErr == nil
-		if moved, err := LeaveRootCgroup(hostRoot); moved != 0 || err != nil {
-			t.Errorf("LeaveRootCgroup(%s) = %d, %v; want 0, nil", hostRoot, moved, err)
+		out := runCgroupHelper(t, hostRoot)
+		if moved, _, _ := parseHelper(out); moved != 0 {
+			t.Errorf("moved %d processes out of the machine's root cgroup\n%s", moved, out)
 		}
 		if _, err := os.Stat(filepath.Join(hostRoot, "init")); err == nil && !hadInit {
 			t.Errorf("LeaveRootCgroup made %s/init on the machine's own root", hostRoot)
@@ -209,50 +222,63 @@ func TestLeaveRootCgroup(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() {
-			_ = os.Remove(filepath.Join(cg, "init"))
-			if err := os.Remove(cg); err != nil {
-				t.Errorf("remove test cgroup: %v", err)
+			// A cgroup whose last process just died may still be busy for a moment.
+			var err error
+			for range 40 {
+				_ = os.Remove(filepath.Join(cg, "init"))
+				if err = os.Remove(cg); err == nil || errors.Is(err, os.ErrNotExist) {
+					return
+				}
+				time.Sleep(50 * time.Millisecond)
 			}
+			t.Errorf("remove test cgroup: %v", err)
 		}()
-		fd, err := unix.Open(cg, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(fd)
-		// unshare, single-threaded, makes the cgroup namespace in the test's cgroup and then
-		// runs the helper in it.
-		cmd := exec.Command("unshare", "--cgroup", "--mount", "--propagation", "private", "--", os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), helperEnv+"=cgroup")
-		cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("helper: %v\n%s", err, out)
-		}
-		var moved int
-		var root, init, want string
-		for _, line := range strings.Split(string(out), "\n") {
-			key, value, _ := strings.Cut(line, " ")
-			switch key {
-			case "moved":
-				moved, _ = strconv.Atoi(value)
-			case "root":
-				root = value
-			case "init":
-				init = value
-			case "want":
-				want = value
-			}
-		}
-		if moved < 2 || root != `""` {
-			t.Errorf("moved %d processes, root cgroup holds %s; want at least 2 moved and none left\n%s", moved, root, out)
+		out := runCgroupHelper(t, cg)
+		moved, fields, want := parseHelper(out)
+		if moved < 2 || fields["root"] != `""` {
+			t.Errorf("moved %d processes, root cgroup holds %s; want at least 2 moved and none left\n%s", moved, fields["root"], out)
 		}
 		for _, pid := range strings.Fields(want) {
-			if !strings.Contains(" "+init+" ", " "+pid+" ") {
-				t.Errorf("process %s is not in the init cgroup (it holds %s)\n%s", pid, init, out)
+			if !strings.Contains(" "+fields["init"]+" ", " "+pid+" ") {
+				t.Errorf("process %s is not in the init cgroup (it holds %s)\n%s", pid, fields["init"], out)
 			}
+		}
+		if fields["subtree"] != fields["controllers"] {
+			t.Errorf("controllers %s handed down, want all of %s\n%s", fields["subtree"], fields["controllers"], out)
 		}
 		if _, err := os.Stat(filepath.Join(cg, "init")); err != nil {
 			t.Errorf("no init cgroup under the container's root: %v", err)
 		}
 	})
+}
+
+// runCgroupHelper runs cgroupHelper in the cgroup at dir, in a cgroup namespace rooted there:
+// unshare, single-threaded, makes the namespace once it is in the cgroup, then runs the helper.
+func runCgroupHelper(t *testing.T, dir string) string {
+	t.Helper()
+	fd, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	cmd := exec.Command("unshare", "--cgroup", "--mount", "--propagation", "private", "--", os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), helperEnv+"=cgroup")
+	cmd.SysProcAttr = &syscall.SysProcAttr{UseCgroupFD: true, CgroupFD: fd}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	return string(out)
+}
+
+// parseHelper reads cgroupHelper's report: how many it moved, its lines by key, and the pids
+// that had to move.
+func parseHelper(out string) (moved int, fields map[string]string, want string) {
+	fields = map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		key, value, _ := strings.Cut(line, " ")
+		fields[key] = value
+	}
+	moved, _ = strconv.Atoi(fields["moved"])
+	return moved, fields, fields["want"]
 }
