@@ -200,8 +200,14 @@ if [ "$COMMAND" = agent ]; then
 	if [ -z "${KONE_TOKEN:-}" ] && [ -z "${KONE_TOKEN_FILE:-}" ] && [ -z "$arg_token" ] && [ -z "$config_token" ]; then
 		fatal "kone agent needs a join token: set KONE_TOKEN (or KONE_TOKEN_FILE, or pass --token or --token-file) to the token in the server's /var/lib/kone/server/token"
 	fi
-	if [ -z "${KONE_TOKEN:-}" ] && [ -n "${KONE_TOKEN_FILE:-}" ] && [ ! -s "$KONE_TOKEN_FILE" ]; then
-		fatal "KONE_TOKEN_FILE names $KONE_TOKEN_FILE, which is missing or empty: copy the server's /var/lib/kone/server/token there first"
+	if [ -z "${KONE_TOKEN:-}" ] && [ -z "$arg_token" ] && [ -z "$config_token" ] && [ -n "${KONE_TOKEN_FILE:-}" ]; then
+		case $KONE_TOKEN_FILE in
+		/*) ;;
+		*) fatal "KONE_TOKEN_FILE must be an absolute path (the service does not start in this directory), not '$KONE_TOKEN_FILE'" ;;
+		esac
+		if [ ! -s "$KONE_TOKEN_FILE" ]; then
+			fatal "KONE_TOKEN_FILE names $KONE_TOKEN_FILE, which is missing or empty: copy the server's /var/lib/kone/server/token there first"
+		fi
 	fi
 fi
 
@@ -516,6 +522,8 @@ with_descendants() {
 # find_processes sets KONE_PIDS (kone servers and agents, and kone's containerd) and SHIM_PIDS
 # (kone's containerd shims, which hold the containers: those that kone's data dir carries, or
 # that serve kone's containerd socket, wherever the data dir is).
+# Only processes of this machine's mount namespace: a kone running in a container here has
+# its own, and its own killall.
 find_processes() {
 	KONE_PIDS=
 	SHIM_PIDS=
@@ -525,18 +533,21 @@ find_processes() {
 		exe=$(readlink "$dir/exe" 2>/dev/null) || continue
 		exe=${exe% (deleted)}
 		case $exe in
+		*/containerd-shim-runc-v2 | */kone) ;;
+		*) continue ;;
+		esac
+		[ "$(readlink "$dir/ns/mnt" 2>/dev/null)" = "$MOUNT_NS" ] || continue
+		case $exe in
 		/var/lib/kone/*/containerd-shim-runc-v2)
 			SHIM_PIDS="$SHIM_PIDS $pid"
 			continue
 			;;
 		*/containerd-shim-runc-v2)
-			if tr '\0' ' ' <"$dir/cmdline" 2>/dev/null | grep -q ' /run/kone/containerd/containerd\.sock'; then
+			if tr '\0' ' ' <"$dir/cmdline" 2>/dev/null | grep -q ' /run/kone/containerd/containerd\.sock '; then
 				SHIM_PIDS="$SHIM_PIDS $pid"
 			fi
 			continue
 			;;
-		*/kone) ;;
-		*) continue ;;
 		esac
 		argv0=$(tr '\0' '\n' <"$dir/cmdline" 2>/dev/null | sed -n 1p)
 		subcommand=$(tr '\0' '\n' <"$dir/cmdline" 2>/dev/null | awk 'NR > 1 && !/^-/ { print; exit }')
@@ -546,6 +557,7 @@ find_processes() {
 	done
 }
 
+MOUNT_NS=$(readlink /proc/self/ns/mnt)
 find_processes
 if [ -n "$KONE_PIDS" ]; then
 	# shellcheck disable=SC2086

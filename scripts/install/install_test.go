@@ -816,8 +816,9 @@ func TestInstall(t *testing.T) {
 			e.install([]string{systemd, "KONE_URL=http://127.0.0.1:6443", "KONE_TOKEN=" + token}, "agent"),
 			e.install([]string{systemd, "KONE_TOKEN=" + token}, "agent"),
 			e.install([]string{systemd, "KONE_URL=https://127.0.0.1:6443", "KONE_TOKEN_FILE=/etc/kone/no-such-token"}),
+			e.install([]string{systemd, "KONE_URL=https://127.0.0.1:6443", "KONE_TOKEN_FILE=token"}),
 		)
-		for i, want := range []string{"KONE_TOKEN", "KONE_TOKEN", "https://", "KONE_URL", "/etc/kone/no-such-token"} {
+		for i, want := range []string{"KONE_TOKEN", "KONE_TOKEN", "https://", "KONE_URL", "/etc/kone/no-such-token", "absolute path"} {
 			s := steps[i]
 			wantExit(t, s, 1)
 			wantContains(t, "output", s.Output, want)
@@ -889,6 +890,7 @@ cd /run/fake
 /var/lib/kone/data/v1/bin/containerd-shim-runc-v2 shim >/dev/null 2>&1 &
 /run/fake/data/v1/bin/containerd-shim-runc-v2 shim -address /run/kone/containerd/containerd.sock >/dev/null 2>&1 &
 /run/fake/other/containerd-shim-runc-v2 foreign -address /run/containerd/containerd.sock >/dev/null 2>&1 &
+unshare --mount /run/fake/kone server >/dev/null 2>&1 &
 ip link add cni0 type bridge
 ip link add veth1 type veth peer name eth0x
 ip link set veth1 master cni0
@@ -911,9 +913,12 @@ sleep 0.2`)
 		check := shell(`
 fail() { echo "$*"; exit 1; }
 foreign=
+elsewhere=
+self=$(readlink /proc/self/ns/mnt)
 exes=$(for p in /proc/[0-9]*; do
 	exe=$(readlink "$p/exe") || continue
 	case $exe in /run/fake/other/*) continue ;; esac
+	[ "$(readlink "$p/ns/mnt")" = "$self" ] || continue # a kone in a container of its own
 	case $(tr '\0' ' ' <"$p/cmdline") in "sleep 1001 ") continue ;; esac # the other shim's container
 	printf '%s\n' "$exe"
 done)
@@ -922,6 +927,10 @@ for p in /proc/[0-9]*; do
 	[ "$(readlink "$p/exe")" = /run/fake/other/containerd-shim-runc-v2 ] && foreign=yes
 done
 [ -n "$foreign" ] || fail "the other containerd's shim was killed"
+for p in /proc/[0-9]*; do
+	[ "$(readlink "$p/exe")" = /run/fake/kone ] && [ "$(readlink "$p/ns/mnt")" != "$self" ] && elsewhere=yes
+done
+[ -n "$elsewhere" ] || fail "the kone in another mount namespace was stopped"
 for link in cni0 veth1 flannel.1; do
 	if ip link show "$link" >/dev/null 2>&1; then fail "link $link left"; fi
 done
