@@ -17,10 +17,9 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-)
 
-// CgroupMount is where the cgroup v2 hierarchy is mounted in a container.
-const CgroupMount = "/sys/fs/cgroup"
+	"github.com/kone-dev/kone/pkg/host"
+)
 
 // LeaveRootCgroup moves every process of the cgroup namespace's root cgroup into a child
 // cgroup named "init" and lets the root's children use its controllers. cgroup v2 lets a
@@ -29,8 +28,7 @@ const CgroupMount = "/sys/fs/cgroup"
 // nothing, and returns 0, unless mount is a cgroup v2 mount of a namespace root other than the
 // machine's own (the machine's root cgroup is exempt from the rule) and this process is in it.
 func LeaveRootCgroup(mount string) (moved int, err error) {
-	var st unix.Statfs_t
-	if err := unix.Statfs(mount, &st); err != nil || st.Type != unix.CGROUP2_SUPER_MAGIC {
+	if !host.IsCgroup2(mount) {
 		return 0, nil
 	}
 	// Only a non-root cgroup has a type: the machine's root has none.
@@ -122,11 +120,10 @@ func enableControllers(mount string) error {
 }
 
 // RunAsInit runs the program at path with argv as the child of this process, which is a
-// container's init (PID 1): it
-// passes on the signals a container runtime sends, reaps every process that ends up as its
-// child (a container has no other init to do it, and shims and their children are orphaned
-// by design), and returns the child's exit code once the child ends; the container ends with
-// it.
+// container's init (PID 1): it passes on the signals a container runtime sends, reaps every
+// process that ends up as its child (a container has no other init to do it, and shims and
+// their children are orphaned by design), and returns the child's exit code once the child
+// ends; the container ends with it.
 func RunAsInit(path string, argv []string) (int, error) {
 	signals := make(chan os.Signal, 8)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT,

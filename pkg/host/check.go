@@ -59,7 +59,7 @@ func checkCgroups() Finding {
 	mode := "v1"
 	if CgroupV2() {
 		mode = "v2"
-		data, err := os.ReadFile("/sys/fs/cgroup/cgroup.controllers")
+		data, err := os.ReadFile(filepath.Join(CgroupMount, "cgroup.controllers"))
 		if err != nil {
 			f.Detail = err.Error()
 			return f

@@ -23,10 +23,16 @@ func CgroupDriver() string {
 	return "cgroupfs"
 }
 
-// CgroupV2 reports whether /sys/fs/cgroup is a pure cgroup v2 mount.
-func CgroupV2() bool {
+// CgroupMount is where a host (or a container) mounts its cgroups.
+const CgroupMount = "/sys/fs/cgroup"
+
+// CgroupV2 reports whether CgroupMount is a pure cgroup v2 mount.
+func CgroupV2() bool { return IsCgroup2(CgroupMount) }
+
+// IsCgroup2 reports whether path is a mount of the cgroup v2 hierarchy.
+func IsCgroup2(path string) bool {
 	var st unix.Statfs_t
-	return unix.Statfs("/sys/fs/cgroup", &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
+	return unix.Statfs(path, &st) == nil && st.Type == unix.CGROUP2_SUPER_MAGIC
 }
 
 func systemdIsInit() bool {

@@ -101,7 +101,7 @@ func (p Paths) FlannelDir() string     { return filepath.Join(p.Agent, "etc", "f
 func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credentials, logs *logging.Logging) ([]supervisor.Component, error) {
 	log := logs.Logger
 	paths := Paths{Agent: cfg.AgentDir()}
-	moved, err := containerized.LeaveRootCgroup(containerized.CgroupMount)
+	moved, err := containerized.LeaveRootCgroup(host.CgroupMount)
 	if err != nil {
 		return nil, fmt.Errorf("leave the container's root cgroup, which pods need: %w", err)
 	}
