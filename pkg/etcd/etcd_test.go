@@ -32,7 +32,7 @@ func TestSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.QuotaBackendBytes != 4294967296 || cfg.SnapshotCount != 100 || cfg.AutoCompactionMode != "revision" || cfg.ElectionMs != 1000 {
-		t.Errorf("overrides not applied: quota %d, snapshots %d, compaction %q", cfg.QuotaBackendBytes, cfg.SnapshotCount, cfg.AutoCompactionMode)
+		t.Errorf("overrides not applied: quota %d, snapshots %d, compaction %q, election %d ms", cfg.QuotaBackendBytes, cfg.SnapshotCount, cfg.AutoCompactionMode, cfg.ElectionMs)
 	}
 
 	for arg, want := range map[string]string{
