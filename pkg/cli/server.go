@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -13,6 +14,7 @@ import (
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/memory"
+	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/sdnotify"
 	"github.com/kone-dev/kone/pkg/server"
 )
@@ -39,6 +41,7 @@ func nodeCommand(use, short string, bind func(*pflag.FlagSet, *config.Config),
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			_ = memory.DropNewExecutable(filepath.Join(node.RunDir, "executable-dropped"))
 			memory.Start()
 			notify := sdnotify.Take()
 			if err := config.Load(cmd.Flags(), cfg, os.LookupEnv); err != nil {

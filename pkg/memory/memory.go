@@ -3,8 +3,10 @@ package memory
 
 import (
 	"bufio"
+	"bytes"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -39,6 +41,53 @@ func Settle() {
 	if exe, err := os.Executable(); err == nil {
 		_ = DropCache(exe)
 	}
+}
+
+// DropNewExecutable drops kone's executable from the page cache when it starts as a server or
+// agent for the first time since the machine booted or the file was replaced. marker is a file
+// on tmpfs (gone at boot) that records which executable was dropped last.
+//
+// A binary that was just written (installed, upgraded, linked), or read through read-ahead as
+// a cold start's package initialisation reads it, sits in the page cache in large folios, and
+// the kernel maps a whole folio into a process that touches one page of it. DropCache at settle
+// cannot take those that kone and its containerd both map, so they stay whole for as long as
+// the node runs and across restarts: a node measured 30-45 MiB more RSS after 60 s than one
+// started from a cold cache. Dropped here, before containerd exists and after TrimFileMappings,
+// every page comes back on its own (RandomAccessExecutable turns off read-ahead). Only once:
+// on every start it would make each warm restart read the binary from disk again, which
+// measured 4.6 s to ready instead of 3.3 s.
+func DropNewExecutable(marker string) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	_, err = dropNew(exe, marker)
+	return err
+}
+
+// dropNew trims this process's file mappings and drops the file at path from the page cache,
+// unless marker names that same file; it reports whether it dropped.
+func dropNew(path, marker string) (bool, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return false, err
+	}
+	// Any of these changes when the file is replaced or rewritten in place.
+	id := fmt.Appendf(nil, "%s dev=%d ino=%d size=%d mtime=%d ctime=%d\n",
+		path, st.Dev, st.Ino, st.Size, st.Mtim.Nano(), st.Ctim.Nano())
+	if last, err := os.ReadFile(marker); err == nil && bytes.Equal(last, id) {
+		return false, nil
+	}
+	if err := TrimFileMappings(); err != nil {
+		return false, err
+	}
+	if err := DropCache(path); err != nil {
+		return false, err
+	}
+	if err := os.MkdirAll(filepath.Dir(marker), 0o755); err != nil {
+		return true, err
+	}
+	return true, os.WriteFile(marker, id, 0o644)
 }
 
 // setGCPercent sets GOGC to percent, unless the user chose one in the environment.

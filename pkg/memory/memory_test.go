@@ -87,32 +87,15 @@ func init() {
 func TestDropCacheEvictsUnmappedPages(t *testing.T) {
 	path, want := testFile(t)
 	// Written back first, as an installed binary is: the kernel drops only clean pages.
-	if f, err := os.Open(path); err != nil || f.Sync() != nil {
-		t.Fatal("cannot write the file back", err)
-	} else {
-		f.Close()
-	}
+	writeBack(t, path)
 	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, want) {
 		t.Fatal("the file does not read back")
 	}
-	cached := func() int {
-		// Mapped but never touched: mincore reports the page cache, and maps nothing in.
-		m := mapShared(t, path)
-		vec := make([]byte, len(m)/os.Getpagesize())
-		if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
-			t.Fatal(errno)
-		}
-		n := 0
-		for _, v := range vec {
-			n += int(v & 1)
-		}
-		return n
-	}
-	before := cached()
+	before := cachedPages(t, path)
 	if err := DropCache(path); err != nil {
 		t.Fatal(err)
 	}
-	after := cached()
+	after := cachedPages(t, path)
 	t.Logf("cached pages %d -> %d", before, after)
 	if before < len(want)/os.Getpagesize()/2 || after > before/10 {
 		t.Fatalf("cached pages %d -> %d: want most cached before and few after", before, after)
@@ -120,6 +103,35 @@ func TestDropCacheEvictsUnmappedPages(t *testing.T) {
 	if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, want) {
 		t.Fatal("the file reads differently after its pages were dropped")
 	}
+}
+
+// writeBack writes the file's dirty pages to disk.
+func writeBack(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		t.Fatal("cannot write the file back: ", err)
+	}
+}
+
+// cachedPages counts the file's pages in the page cache.
+func cachedPages(t *testing.T, path string) int {
+	t.Helper()
+	// Mapped but never touched: mincore reports the page cache, and maps nothing in.
+	m := mapShared(t, path)
+	vec := make([]byte, (len(m)+os.Getpagesize()-1)/os.Getpagesize())
+	if _, _, errno := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&m[0])), uintptr(len(m)), uintptr(unsafe.Pointer(&vec[0]))); errno != 0 {
+		t.Fatal(errno)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
 }
 
 const testFileSize = 8 << 20
@@ -155,4 +167,41 @@ func mapShared(t *testing.T, path string) []byte {
 	}
 	t.Cleanup(func() { unix.Munmap(m) })
 	return m
+}
+
+// TestDropNewDropsOncePerFile checks that a file is dropped from the page cache the first time
+// only, and again once it is rewritten.
+func TestDropNewDropsOncePerFile(t *testing.T) {
+	path, want := testFile(t)
+	writeBack(t, path)
+	marker := filepath.Join(t.TempDir(), "run", "dropped")
+	drop := func(wantDropped bool) {
+		t.Helper()
+		if _, err := os.ReadFile(path); err != nil {
+			t.Fatal(err)
+		}
+		before := cachedPages(t, path)
+		dropped, err := dropNew(path, marker)
+		if err != nil {
+			t.Fatal(err)
+		}
+		after := cachedPages(t, path)
+		t.Logf("dropped=%v, cached pages %d -> %d", dropped, before, after)
+		if dropped != wantDropped {
+			t.Fatalf("dropped=%v, want %v", dropped, wantDropped)
+		}
+		if wantDropped && after > before/10 || !wantDropped && after < before {
+			t.Fatalf("cached pages %d -> %d with dropped=%v", before, after, dropped)
+		}
+	}
+	drop(true)
+	drop(false)
+	drop(false)
+	// Rewritten in place: same inode, new contents.
+	if err := os.WriteFile(path, want, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	writeBack(t, path)
+	drop(true)
+	drop(false)
 }
