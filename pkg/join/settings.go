@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kone-dev/kone/pkg/apply"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -68,13 +69,7 @@ func PublishSettings(ctx context.Context, cs kubernetes.Interface, s Settings) e
 		ObjectMeta: metav1.ObjectMeta{Name: SettingsName, Namespace: metav1.NamespaceSystem},
 		Data:       map[string]string{settingsKey: string(data)},
 	}
-	cms := cs.CoreV1().ConfigMaps(metav1.NamespaceSystem)
-	if _, err := cms.Create(ctx, cm, metav1.CreateOptions{}); apierrors.IsAlreadyExists(err) {
-		_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
-		if err != nil {
-			return fmt.Errorf("update cluster settings: %w", err)
-		}
-	} else if err != nil {
+	if err := apply.Ensure(ctx, "ConfigMap", cm, cs.CoreV1().ConfigMaps(metav1.NamespaceSystem)); err != nil {
 		return fmt.Errorf("publish cluster settings: %w", err)
 	}
 	role := &rbacv1.Role{
@@ -91,13 +86,10 @@ func PublishSettings(ctx context.Context, cs kubernetes.Interface, s Settings) e
 		},
 	}
 	rbac := cs.RbacV1()
-	if _, err := rbac.Roles(metav1.NamespaceSystem).Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create role %s: %w", role.Name, err)
+	if err := apply.Ensure(ctx, "Role", role, rbac.Roles(metav1.NamespaceSystem)); err != nil {
+		return err
 	}
-	if _, err := rbac.RoleBindings(metav1.NamespaceSystem).Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create role binding %s: %w", binding.Name, err)
-	}
-	return nil
+	return apply.Ensure(ctx, "RoleBinding", binding, rbac.RoleBindings(metav1.NamespaceSystem))
 }
 
 // ReadSettings reads the cluster's settings with a joining or joined node's credentials.

@@ -7,11 +7,11 @@ import (
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 
+	"github.com/kone-dev/kone/pkg/apply"
 	"github.com/kone-dev/kone/pkg/dns"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/token"
@@ -67,24 +67,24 @@ func ensureRBAC(ctx context.Context, cs kubernetes.Interface) error {
 	}
 	rbac := cs.RbacV1()
 	for _, r := range clusterRoles {
-		if err := ensure(ctx, "ClusterRole", r, rbac.ClusterRoles()); err != nil {
+		if err := apply.Ensure(ctx, "ClusterRole", r, rbac.ClusterRoles()); err != nil {
 			return err
 		}
 	}
 	for _, b := range bindings {
-		if err := ensure(ctx, "ClusterRoleBinding", b, rbac.ClusterRoleBindings()); err != nil {
+		if err := apply.Ensure(ctx, "ClusterRoleBinding", b, rbac.ClusterRoleBindings()); err != nil {
 			return err
 		}
 	}
-	if err := ensure(ctx, "Role", dnsWriter, rbac.Roles(dns.Namespace)); err != nil {
+	if err := apply.Ensure(ctx, "Role", dnsWriter, rbac.Roles(dns.Namespace)); err != nil {
 		return err
 	}
-	if err := ensure(ctx, "RoleBinding", dnsWriterBinding, rbac.RoleBindings(dns.Namespace)); err != nil {
+	if err := apply.Ensure(ctx, "RoleBinding", dnsWriterBinding, rbac.RoleBindings(dns.Namespace)); err != nil {
 		return err
 	}
 	admission := cs.AdmissionregistrationV1()
 	for _, p := range ownNodePolicies() {
-		if err := ensure(ctx, "ValidatingAdmissionPolicy", p, admission.ValidatingAdmissionPolicies()); err != nil {
+		if err := apply.Ensure(ctx, "ValidatingAdmissionPolicy", p, admission.ValidatingAdmissionPolicies()); err != nil {
 			return err
 		}
 		binding := &admissionv1.ValidatingAdmissionPolicyBinding{
@@ -92,7 +92,7 @@ func ensureRBAC(ctx context.Context, cs kubernetes.Interface) error {
 			Spec: admissionv1.ValidatingAdmissionPolicyBindingSpec{PolicyName: p.Name,
 				ValidationActions: []admissionv1.ValidationAction{admissionv1.Deny}},
 		}
-		if err := ensure(ctx, "ValidatingAdmissionPolicyBinding", binding, admission.ValidatingAdmissionPolicyBindings()); err != nil {
+		if err := apply.Ensure(ctx, "ValidatingAdmissionPolicyBinding", binding, admission.ValidatingAdmissionPolicyBindings()); err != nil {
 			return err
 		}
 	}
@@ -147,28 +147,4 @@ func ownNodePolicies() []*admissionv1.ValidatingAdmissionPolicy {
 				Message:    "CoreDNS may write only endpoints of " + dns.ServiceName,
 			}),
 	}
-}
-
-// objectClient is what ensure needs of a typed client.
-type objectClient[T metav1.Object] interface {
-	Create(context.Context, T, metav1.CreateOptions) (T, error)
-	Get(context.Context, string, metav1.GetOptions) (T, error)
-	Update(context.Context, T, metav1.UpdateOptions) (T, error)
-}
-
-// ensure creates obj, or puts it back as it is here where it exists.
-func ensure[T metav1.Object](ctx context.Context, kind string, obj T, c objectClient[T]) error {
-	current, err := c.Get(ctx, obj.GetName(), metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err = c.Create(ctx, obj, metav1.CreateOptions{})
-	case err == nil:
-		// An update that changes nothing is no write: the apiserver answers it from what it has.
-		obj.SetResourceVersion(current.GetResourceVersion())
-		_, err = c.Update(ctx, obj, metav1.UpdateOptions{})
-	}
-	if err != nil {
-		return fmt.Errorf("ensure %s %s: %w", kind, obj.GetName(), err)
-	}
-	return nil
 }

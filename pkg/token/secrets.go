@@ -15,6 +15,8 @@ import (
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
+
+	"github.com/kone-dev/kone/pkg/apply"
 )
 
 // NodeGroup is the extra group kone's join tokens authenticate as; join rules key on it.
@@ -174,11 +176,8 @@ func PublishClusterInfo(ctx context.Context, cs kubernetes.Interface, kubeconfig
 		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: "system:anonymous"}},
 	}
 	rbac := cs.RbacV1()
-	if _, err := rbac.Roles(metav1.NamespacePublic).Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create role %s: %w", name, err)
+	if err := apply.Ensure(ctx, "Role", role, rbac.Roles(metav1.NamespacePublic)); err != nil {
+		return err
 	}
-	if _, err := rbac.RoleBindings(metav1.NamespacePublic).Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create role binding %s: %w", name, err)
-	}
-	return nil
+	return apply.Ensure(ctx, "RoleBinding", binding, rbac.RoleBindings(metav1.NamespacePublic))
 }
