@@ -81,6 +81,11 @@ func dropNew(path, marker string) (bool, error) {
 	if err := TrimFileMappings(); err != nil {
 		return false, err
 	}
+	// A binary installed moments ago may not be on disk yet, and the kernel drops only clean
+	// pages; the write-back is due within half a minute anyway.
+	if err := writeBack(path); err != nil {
+		return false, err
+	}
 	if err := DropCache(path); err != nil {
 		return false, err
 	}
@@ -88,6 +93,16 @@ func dropNew(path, marker string) (bool, error) {
 		return true, err
 	}
 	return true, os.WriteFile(marker, id, 0o644)
+}
+
+// writeBack writes the file's dirty pages to disk and waits for them.
+func writeBack(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Fdatasync(int(f.Fd()))
 }
 
 // setGCPercent sets GOGC to percent, unless the user chose one in the environment.
