@@ -7,6 +7,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 )
 
 // Client is what Ensure needs of a typed client-go client, such as
@@ -18,17 +19,23 @@ type Client[T metav1.Object] interface {
 }
 
 // Ensure creates obj, or puts it back as it is here where it exists, so that each start of a
-// new kone version brings its rules and settings with it and undoes changes made by hand.
+// new kone version brings its rules and settings with it and undoes changes made by hand
+// (labels and annotations too). A write that races another writer is tried again.
 func Ensure[T metav1.Object](ctx context.Context, kind string, obj T, c Client[T]) error {
-	current, err := c.Get(ctx, obj.GetName(), metav1.GetOptions{})
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err = c.Create(ctx, obj, metav1.CreateOptions{})
-	case err == nil:
-		// An update that changes nothing is no write: the apiserver answers it from what it has.
-		obj.SetResourceVersion(current.GetResourceVersion())
-		_, err = c.Update(ctx, obj, metav1.UpdateOptions{})
-	}
+	raced := func(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }
+	err := retry.OnError(retry.DefaultRetry, raced, func() error {
+		current, err := c.Get(ctx, obj.GetName(), metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			obj.SetResourceVersion("")
+			_, err = c.Create(ctx, obj, metav1.CreateOptions{})
+		case err == nil:
+			// An update that changes nothing is no write: the apiserver answers it from what it has.
+			obj.SetResourceVersion(current.GetResourceVersion())
+			_, err = c.Update(ctx, obj, metav1.UpdateOptions{})
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("ensure %s %s: %w", kind, obj.GetName(), err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
@@ -38,6 +39,21 @@ func TestEnsureCreatesAndPutsBack(t *testing.T) {
 	got, err := roles.Get(ctx, "kone:test", metav1.GetOptions{})
 	if err != nil || len(got.Rules[0].Verbs) != 2 {
 		t.Fatalf("not put back as defined: %v %v", got, err)
+	}
+
+	// Another writer got in between: the update is refused once, and tried again.
+	conflicts := 0
+	cs.PrependReactor("update", "roles", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if conflicts++; conflicts == 1 {
+			return true, nil, apierrors.NewConflict(rbacv1.Resource("roles"), "kone:test", errors.New("the object has been modified"))
+		}
+		return false, nil, nil
+	})
+	if err := Ensure(ctx, "Role", role("get", "list", "watch"), roles); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := roles.Get(ctx, "kone:test", metav1.GetOptions{}); err != nil || conflicts != 2 || len(got.Rules[0].Verbs) != 3 {
+		t.Fatalf("after a conflict: %d updates, %v %v", conflicts, got, err)
 	}
 
 	cs.PrependReactor("get", "roles", func(k8stesting.Action) (bool, runtime.Object, error) {

@@ -41,13 +41,15 @@ func nodeCommand(use, short string, bind func(*pflag.FlagSet, *config.Config),
 		Short: short,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			_ = memory.DropNewExecutable(filepath.Join(node.RunDir, "executable-dropped"))
 			memory.Start()
 			notify := sdnotify.Take()
 			if err := config.Load(cmd.Flags(), cfg, os.LookupEnv); err != nil {
 				return err
 			}
 			log := logging.Setup(os.Stderr, cfg.Debug)
+			if _, err := memory.DropNewExecutable(filepath.Join(node.RunDir, "executable-dropped")); err != nil {
+				log.WithError(err).Debug("cannot drop kone's executable from the page cache; its memory use may be higher")
+			}
 			ctx, stop := signalContext()
 			defer stop()
 			return run(ctx, cfg, log, notify)

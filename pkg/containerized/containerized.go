@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kone-dev/kone/pkg/host"
+	"github.com/kone-dev/kone/pkg/memory"
 )
 
 // LeaveRootCgroup moves every process of the cgroup namespace's root cgroup into a child
@@ -138,8 +139,11 @@ func RunAsInit(path string, argv []string) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("start %s: %w", path, err)
 	}
-	// This process ran every package's initialisation of kone's binary and needs none of it.
+	// This process ran every package's initialisation of kone's binary and needs none of it;
+	// the child drops kone's executable from the page cache (memory.DropNewExecutable) and
+	// cannot while this process maps its pages.
 	debug.FreeOSMemory()
+	_ = memory.TrimFileMappings()
 	go func() {
 		for sig := range signals {
 			_ = child.Signal(sig)

@@ -44,65 +44,69 @@ func Settle() {
 }
 
 // DropNewExecutable drops kone's executable from the page cache when it starts as a server or
-// agent for the first time since the machine booted or the file was replaced. marker is a file
-// on tmpfs (gone at boot) that records which executable was dropped last.
+// agent for the first time since the machine booted or the file was replaced. marker is the
+// file that records which executable was dropped last; it reports whether it dropped.
 //
 // A binary that was just written (installed, upgraded, linked), or read through read-ahead as
 // a cold start's package initialisation reads it, sits in the page cache in large folios, and
 // the kernel maps a whole folio into a process that touches one page of it. DropCache at settle
 // cannot take those that kone and its containerd both map, so they stay whole for as long as
 // the node runs and across restarts: a node measured 30-45 MiB more RSS after 60 s than one
-// started from a cold cache. Dropped here, before containerd exists and after TrimFileMappings,
+// started from a cold cache. Dropped before containerd exists and after TrimFileMappings,
 // every page comes back on its own (RandomAccessExecutable turns off read-ahead). Only once:
 // on every start it would make each warm restart read the binary from disk again, which
 // measured 4.6 s to ready instead of 3.3 s.
-func DropNewExecutable(marker string) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	_, err = dropNew(exe, marker)
-	return err
+func DropNewExecutable(marker string) (bool, error) {
+	// The file this process runs, even when its path names another one by now.
+	return dropNew("/proc/self/exe", marker)
 }
 
-// dropNew trims this process's file mappings and drops the file at path from the page cache,
-// unless marker names that same file; it reports whether it dropped.
-func dropNew(path, marker string) (bool, error) {
-	var st unix.Stat_t
-	if err := unix.Stat(path, &st); err != nil {
+// dropNew drops the file from the page cache unless marker names this same file in this boot.
+func dropNew(file, marker string) (bool, error) {
+	f, err := os.Open(file)
+	if err != nil {
 		return false, err
 	}
-	// Any of these changes when the file is replaced or rewritten in place.
-	id := fmt.Appendf(nil, "%s dev=%d ino=%d size=%d mtime=%d ctime=%d\n",
-		path, st.Dev, st.Ino, st.Size, st.Mtim.Nano(), st.Ctim.Nano())
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return false, err
+	}
+	// The boot, because the cache does not outlive it and /run may (in a container); the rest
+	// changes when the file is replaced or rewritten in place.
+	boot, _ := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	id := fmt.Appendf(nil, "boot=%s dev=%d ino=%d size=%d mtime=%d ctime=%d\n",
+		bytes.TrimSpace(boot), st.Dev, st.Ino, st.Size, st.Mtim.Nano(), st.Ctim.Nano())
 	if last, err := os.ReadFile(marker); err == nil && bytes.Equal(last, id) {
 		return false, nil
+	}
+	// Opened, and emptied, first: without a marker to keep, every start would drop the binary
+	// and read it back, and a drop that fails half-way is tried again at the next start.
+	if err := os.MkdirAll(filepath.Dir(marker), 0o711); err != nil {
+		return false, err
+	}
+	m, err := os.OpenFile(marker, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return false, err
+	}
+	defer m.Close()
+	// The kernel drops only clean pages, and a binary installed moments ago may not be on disk
+	// yet: this start waits for that write, once. Written back before the trim, so that what
+	// this process maps again meanwhile is not kept. A read-only file system (squashfs, erofs)
+	// has nothing to write and no fsync.
+	if err := unix.Fdatasync(int(f.Fd())); err != nil && err != unix.EINVAL && err != unix.EROFS {
+		return false, fmt.Errorf("write %s back: %w", file, err)
 	}
 	if err := TrimFileMappings(); err != nil {
 		return false, err
 	}
-	// A binary installed moments ago may not be on disk yet, and the kernel drops only clean
-	// pages; the write-back is due within half a minute anyway.
-	if err := writeBack(path); err != nil {
+	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
 		return false, err
 	}
-	if err := DropCache(path); err != nil {
-		return false, err
-	}
-	if err := os.MkdirAll(filepath.Dir(marker), 0o755); err != nil {
+	if _, err := m.Write(id); err != nil {
 		return true, err
 	}
-	return true, os.WriteFile(marker, id, 0o644)
-}
-
-// writeBack writes the file's dirty pages to disk and waits for them.
-func writeBack(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return unix.Fdatasync(int(f.Fd()))
+	return true, m.Close()
 }
 
 // setGCPercent sets GOGC to percent, unless the user chose one in the environment.

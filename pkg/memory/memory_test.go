@@ -197,10 +197,42 @@ func TestDropNewDropsOncePerFile(t *testing.T) {
 	drop(true)
 	drop(false)
 	drop(false)
-	// Rewritten in place: same inode, new contents.
-	if err := os.WriteFile(path, want, 0o600); err != nil {
+	// Rewritten in place: same inode, new contents (a new size, which a coarse clock cannot hide).
+	if err := os.WriteFile(path, append(want, "kone"...), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	drop(true)
 	drop(false)
+}
+
+// TestDropNewNeedsItsMarker checks that nothing is dropped where the marker cannot be kept:
+// each start would drop the binary and read it back from disk.
+func TestDropNewNeedsItsMarker(t *testing.T) {
+	path, _ := testFile(t)
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.ReadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	before := cachedPages(t, path)
+	dropped, err := dropNew(path, filepath.Join(notDir, "dropped"))
+	if err == nil || dropped {
+		t.Fatalf("dropped=%v err=%v, want an error and no drop", dropped, err)
+	}
+	if after := cachedPages(t, path); after < before {
+		t.Fatalf("cached pages %d -> %d: dropped without a marker", before, after)
+	}
+}
+
+// TestDropNewExecutable drops the running test binary, found through /proc/self/exe, once.
+func TestDropNewExecutable(t *testing.T) {
+	marker := filepath.Join(t.TempDir(), "dropped")
+	for i, want := range []bool{true, false} {
+		dropped, err := DropNewExecutable(marker)
+		if err != nil || dropped != want {
+			t.Fatalf("call %d: dropped=%v err=%v, want dropped=%v", i+1, dropped, err, want)
+		}
+	}
 }
