@@ -100,7 +100,7 @@ func dropNew(file, marker string) (bool, error) {
 	if err := TrimFileMappings(); err != nil {
 		return false, err
 	}
-	if err := unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED); err != nil {
+	if err := DropCache(file); err != nil {
 		return false, err
 	}
 	if _, err := m.Write(id); err != nil {
