@@ -88,12 +88,11 @@ func (j joiner) tls(name string) pki.File {
 
 func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials, settings join.Settings, err error) {
 	creds = node.Credentials{
-		Kubelet:          j.file("kubelet.kubeconfig"),
-		BootstrapKubelet: j.file("kubelet-bootstrap.kubeconfig"),
-		Proxy:            j.file("kube-proxy.kubeconfig"),
-		DNS:              j.file("coredns.kubeconfig"),
-		Flannel:          j.file("flannel.kubeconfig"),
-		ClientCA:         filepath.Join(j.paths.TLSDir(), "client-ca.crt"),
+		Kubelet:  j.file("kubelet.kubeconfig"),
+		Proxy:    j.file("kube-proxy.kubeconfig"),
+		DNS:      j.file("coredns.kubeconfig"),
+		Flannel:  j.file("flannel.kubeconfig"),
+		ClientCA: filepath.Join(j.paths.TLSDir(), "client-ca.crt"),
 	}
 	serverCA := filepath.Join(j.paths.TLSDir(), "server-ca.crt")
 	settingsFile := filepath.Join(j.paths.Agent, "etc", "cluster.json")
@@ -101,12 +100,14 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 
 	if !joined {
 		// A first join that fails leaves nothing behind, so that the next try starts afresh.
+		// The node secret stays: a claim it may already have made on the name is still its own.
 		defer func() {
 			if err != nil {
-				for _, f := range []string{creds.BootstrapKubelet, creds.Proxy, creds.DNS, creds.Flannel, settingsFile} {
+				for _, f := range []string{creds.Kubelet, creds.Proxy, creds.DNS, creds.Flannel, settingsFile} {
 					_ = os.Remove(f)
 				}
 				_ = os.RemoveAll(j.paths.TLSDir())
+				_ = os.RemoveAll(j.paths.KubeletCertDir())
 			}
 		}()
 		ca, err := join.Discover(ctx, j.server, j.tok, func(w error) { j.log.Warn(w.Error()) })
@@ -117,13 +118,18 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 			return creds, settings, err
 		}
 	}
-	bootstrap := pki.Kubeconfig{Server: j.server, CAFile: serverCA, Token: j.tok.Bootstrap()}
-	if err := bootstrap.Write(creds.BootstrapKubelet, 0o600); err != nil {
+	secret, err := join.LoadOrCreateSecret(j.paths.NodeSecret())
+	if err != nil {
 		return creds, settings, err
 	}
-	// A joined node asks with its own identity, which outlives the token it joined with.
-	cs, err := client(creds.Kubelet, nil)
-	if !joined || err != nil {
+	// A joined node asks with its own identity, which outlives the token it joined with. kubelet
+	// renews that identity itself; a node that was away past its end needs the token again.
+	kubeletCert := filepath.Join(j.paths.KubeletCertDir(), "kubelet-client-current.pem")
+	identified := joined && join.Valid(kubeletCert, join.KubeletSubject(j.id.Name), now, 0)
+	var cs kubernetes.Interface
+	if identified {
+		cs, err = client(creds.Kubelet, nil)
+	} else {
 		cs, err = client("", &rest.Config{Host: j.server, BearerToken: j.tok.Bootstrap(),
 			TLSClientConfig: rest.TLSClientConfig{CAFile: serverCA}, Timeout: 15 * time.Second})
 	}
@@ -155,9 +161,15 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		return creds, settings, err
 	}
 
-	machine, err := join.MachineHash(j.file("machine-id"))
-	if err != nil {
-		return creds, settings, err
+	if !identified {
+		pair, err := join.KubeletCertificate(ctx, cs, j.paths.KubeletCertDir(), j.id.Name, secret)
+		if err != nil {
+			return creds, settings, err
+		}
+		kubeconfig := pki.Kubeconfig{Server: j.server, CAFile: serverCA, Client: pki.File{Cert: pair, Key: pair}}
+		if err := kubeconfig.Write(creds.Kubelet, 0o600); err != nil {
+			return creds, settings, err
+		}
 	}
 	for _, c := range []struct {
 		component, name, kubeconfig string
@@ -168,7 +180,7 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 	} {
 		f, subject := j.tls(c.name), join.Subject(c.component, j.id.Name)
 		if !join.Valid(f.Cert, subject, now, pki.RenewBefore) {
-			err := join.ClientCertificate(ctx, cs, f, c.component, j.id.Name, machine)
+			err := join.ClientCertificate(ctx, cs, f, c.component, j.id.Name, secret)
 			if err != nil && !join.Valid(f.Cert, subject, now, 0) {
 				return creds, settings, err
 			}

@@ -29,7 +29,9 @@ const (
 	nodesGroup     = "system:nodes"
 	claimPrefix    = "kone-node-"
 	claimType      = "kone.dev/node-claim"
-	claimKey       = "machine"
+	claimKey       = "node-key-sha256"
+	// serverKey marks a name a server holds for its own node (Held).
+	serverKey = "server"
 )
 
 // Approver approves the certificate requests of joining and joined nodes that kone's join
@@ -39,18 +41,28 @@ const (
 type Approver struct {
 	cs    kubernetes.Interface
 	log   *logrus.Logger
+	own   []Held
 	ready *supervisor.Latch
 }
 
+// Held is a node name that a server holds for its own node, which gets its certificates from
+// the server's CAs rather than by joining: no machine that joins may take it.
+type Held struct{ Name, SecretHash string }
+
 // NewApprover returns the approver component; cs must be allowed to approve and to manage
 // kube-system secrets.
-func NewApprover(cs kubernetes.Interface, log *logrus.Logger) *Approver {
-	return &Approver{cs: cs, log: log, ready: supervisor.NewLatch()}
+func NewApprover(cs kubernetes.Interface, log *logrus.Logger, own ...Held) *Approver {
+	return &Approver{cs: cs, log: log, own: own, ready: supervisor.NewLatch()}
 }
 
 func (a *Approver) Name() string { return "join approver" }
 
 func (a *Approver) Run(ctx context.Context) error {
+	for _, h := range a.own {
+		if err := a.hold(ctx, h.Name, h.SecretHash, true); err != nil {
+			return err
+		}
+	}
 	// The resync retries requests that came before what they depend on (a serving certificate
 	// asked for before the node's addresses were known).
 	factory := informers.NewSharedInformerFactory(a.cs, 10*time.Second)
@@ -136,18 +148,17 @@ func (a *Approver) decide(ctx context.Context, req *certificatesv1.CertificateSi
 	joining := slices.Contains(req.Spec.Groups, token.NodeGroup)
 	switch req.Spec.SignerName {
 	case certificatesv1.KubeAPIServerClientKubeletSignerName:
-		// kubelet's TLS bootstrap; renewals with a node's own certificate are upstream's to approve.
+		// A joining node's first kubelet certificate, which kone asks for with the node's proof;
+		// renewals with a node's own certificate are upstream's to approve.
+		if !joining {
+			return undecided, nil
+		}
 		name, ok := strings.CutPrefix(x.Subject.CommonName, nodeUserPrefix)
-		if !joining || !ok || !slices.Equal(x.Subject.Organization, []string{nodesGroup}) || hasSANs(x) ||
+		if !ok || !slices.Equal(x.Subject.Organization, []string{nodesGroup}) || hasSANs(x) ||
 			!usagesWithin(req.Spec.Usages, certificatesv1.UsageClientAuth) {
-			return undecided, nil
+			return verdict{deny: "a joining node may ask only for its kubelet's client certificate, system:node:<name> in system:nodes, with no names"}, nil
 		}
-		// The node's other certificates, asked for first, staked the claim on the name.
-		_, err := a.cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, claimPrefix+name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return undecided, nil
-		}
-		return verdict{approve: err == nil}, err
+		return a.proveAndClaim(ctx, req, name, false)
 	case certificatesv1.KubeletServingSignerName:
 		return a.decideServing(ctx, req, x)
 	case certificatesv1.KubeAPIServerClientSignerName:
@@ -166,43 +177,75 @@ func (a *Approver) decide(ctx context.Context, req *certificatesv1.CertificateSi
 		if !joining && req.Spec.Username != nodeUserPrefix+nodeName {
 			return verdict{deny: "only a joining node, or the node " + nodeName + " itself, may ask for this node's certificates"}, nil
 		}
-		return a.claim(ctx, nodeName, req.Annotations[MachineAnnotation])
+		return a.proveAndClaim(ctx, req, nodeName, !joining)
 	}
 	return undecided, nil
 }
 
-// claim gives nodeName to the machine, unless another machine holds it while the node exists.
-func (a *Approver) claim(ctx context.Context, nodeName, machine string) (verdict, error) {
-	if machine == "" {
-		return verdict{deny: "the request does not say which machine it comes from"}, nil
+// proveAndClaim approves a request for nodeName's certificates only if it proves the node's
+// secret, and the secret is the one that holds the name (or the name is free).
+func (a *Approver) proveAndClaim(ctx context.Context, req *certificatesv1.CertificateSigningRequest, nodeName string, self bool) (verdict, error) {
+	hash, err := verifyProof(req.Annotations[ProofAnnotation], req.Spec.SignerName, nodeName, req.Spec.Request)
+	if err != nil {
+		return verdict{deny: fmt.Sprintf("the request for node %s's certificate %v; kone agent makes these requests itself", nodeName, err)}, nil
 	}
+	return a.claim(ctx, nodeName, hash, self)
+}
+
+// claim gives nodeName to the node secret whose hash is given, unless another secret holds it
+// while the node exists. self says the request comes with the node's own credentials, which it
+// got by proving itself when it joined.
+func (a *Approver) claim(ctx context.Context, nodeName, hash string, self bool) (verdict, error) {
 	secrets := a.cs.CoreV1().Secrets(metav1.NamespaceSystem)
 	held, err := secrets.Get(ctx, claimPrefix+nodeName, metav1.GetOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return undecided, err
 	}
 	found := err == nil
-	if found && string(held.Data[claimKey]) == machine {
+	if found && string(held.Data[claimKey]) == hash {
 		return verdict{approve: true}, nil
 	}
-	// Another machine's claim, or a node that joined without one (a server's own): the name is
-	// taken for as long as the node exists.
-	if _, err := a.cs.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{}); err == nil {
-		return verdict{deny: fmt.Sprintf("node name %q is held by another machine; give this one another name with --node-name, or delete the node (kubectl delete node %s) if that machine is gone", nodeName, nodeName)}, nil
-	} else if !apierrors.IsNotFound(err) {
+	if found && len(held.Data[serverKey]) > 0 {
+		return verdict{deny: fmt.Sprintf("node name %q belongs to a server of this cluster; give this machine another name with --node-name", nodeName)}, nil
+	}
+	// A claim of an earlier kone holds no key: the node itself adopts its key.
+	adopt := found && self && len(held.Data[claimKey]) == 0
+	if !adopt {
+		// Another secret's claim, or a node that joined without one: the name is taken for as
+		// long as the node exists.
+		if _, err := a.cs.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{}); err == nil {
+			return verdict{deny: fmt.Sprintf("node name %q is held by another machine, or this machine has lost the node secret it joined with; "+
+				"give this machine another name with --node-name, or, if the node's machine is really gone, delete the node (kubectl delete node %s) and join again",
+				nodeName, nodeName)}, nil
+		} else if !apierrors.IsNotFound(err) {
+			return undecided, err
+		}
+	}
+	if err := a.hold(ctx, nodeName, hash, false); err != nil {
 		return undecided, err
 	}
-	if found {
-		held.Data = map[string][]byte{claimKey: []byte(machine)}
-		_, err = secrets.Update(ctx, held, metav1.UpdateOptions{})
-	} else {
-		_, err = secrets.Create(ctx, &corev1.Secret{
-			ObjectMeta: metav1.ObjectMeta{Name: claimPrefix + nodeName, Namespace: metav1.NamespaceSystem},
-			Type:       claimType,
-			Data:       map[string][]byte{claimKey: []byte(machine)},
-		}, metav1.CreateOptions{})
+	return verdict{approve: true}, nil
+}
+
+// hold records that the node secret with hash holds nodeName, for a server's node for good.
+func (a *Approver) hold(ctx context.Context, nodeName, hash string, server bool) error {
+	secrets := a.cs.CoreV1().Secrets(metav1.NamespaceSystem)
+	claim := &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: claimPrefix + nodeName, Namespace: metav1.NamespaceSystem},
+		Type:       claimType,
+		Data:       map[string][]byte{claimKey: []byte(hash)},
 	}
-	return verdict{approve: err == nil}, err
+	if server {
+		claim.Data[serverKey] = []byte("true")
+	}
+	_, err := secrets.Update(ctx, claim, metav1.UpdateOptions{})
+	if apierrors.IsNotFound(err) {
+		_, err = secrets.Create(ctx, claim, metav1.CreateOptions{})
+	}
+	if err != nil {
+		return fmt.Errorf("record the claim on node name %s: %w", nodeName, err)
+	}
+	return nil
 }
 
 // decideServing approves a kubelet's serving certificate for exactly the names and addresses

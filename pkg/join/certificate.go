@@ -2,9 +2,7 @@ package join
 
 import (
 	"context"
-	"crypto/sha256"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"slices"
@@ -15,6 +13,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	certutil "k8s.io/client-go/util/cert"
+	"k8s.io/client-go/util/certificate"
 	"k8s.io/client-go/util/certificate/csr"
 	"k8s.io/client-go/util/keyutil"
 
@@ -42,81 +41,84 @@ func Subject(component, nodeName string) pkix.Name {
 	return pkix.Name{CommonName: component + ":" + nodeName, Organization: []string{component}}
 }
 
-// Annotations a node's certificate requests carry, for the approver's node-name claim.
-const (
-	NodeNameAnnotation = "kone.dev/node-name"
-	MachineAnnotation  = "kone.dev/machine"
-)
+// NodeNameAnnotation names the node a request of a node component's certificate is for.
+const NodeNameAnnotation = "kone.dev/node-name"
 
-// MachineHash identifies this machine without revealing its machine id: it stays the same
-// across a reinstall of kone, and differs between machines. Where the OS has no machine id, a
-// random one is kept in fallback.
-func MachineHash(fallback string) (string, error) {
-	var id []byte
-	for _, p := range []string{"/etc/machine-id", "/var/lib/dbus/machine-id", fallback} {
-		if data, err := os.ReadFile(p); err == nil && len(strings.TrimSpace(string(data))) > 0 {
-			id = []byte(strings.TrimSpace(string(data)))
-			break
-		}
-	}
-	if id == nil {
-		key, err := keyutil.MakeEllipticPrivateKeyPEM()
-		if err != nil {
-			return "", err
-		}
-		sum := sha256.Sum256(key)
-		id = []byte(hex.EncodeToString(sum[:16]))
-		if err := pki.WriteFile(fallback, id, 0o600); err != nil {
-			return "", fmt.Errorf("machine id: %w", err)
-		}
-	}
-	sum := sha256.Sum256(append([]byte("kone machine\x00"), id...))
-	return hex.EncodeToString(sum[:]), nil
+// KubeletSubject is the subject of node nodeName's kubelet client certificate.
+func KubeletSubject(nodeName string) pkix.Name {
+	return pkix.Name{CommonName: nodeUserPrefix + nodeName, Organization: []string{nodesGroup}}
 }
 
 // ClientCertificate asks the cluster, through the CSR API, for the client certificate of a
-// node's component and writes it and its new key to f. The request names the node and machine
-// it is for.
-func ClientCertificate(ctx context.Context, cs kubernetes.Interface, f pki.File, component, nodeName, machine string) error {
-	keyPEM, err := keyutil.MakeEllipticPrivateKeyPEM()
+// node's component and writes it and its new key to f.
+func ClientCertificate(ctx context.Context, cs kubernetes.Interface, f pki.File, component, nodeName string, secret NodeSecret) error {
+	cert, key, err := requestCertificate(ctx, cs, certificatesv1.KubeAPIServerClientSignerName, Subject(component, nodeName), nodeName, secret)
 	if err != nil {
 		return err
+	}
+	if err := pki.WriteFile(f.Key, key, 0o600); err != nil {
+		return err
+	}
+	return pki.WriteFile(f.Cert, cert, 0o644)
+}
+
+// KubeletCertificate asks the cluster for the first client certificate of node nodeName's
+// kubelet and stores it in certDir the way kubelet's own TLS bootstrap would, so that kubelet
+// renews it from there. kone asks for it, not kubelet, because kubelet's request cannot carry
+// the node's proof. It returns the file holding the certificate and its key.
+func KubeletCertificate(ctx context.Context, cs kubernetes.Interface, certDir, nodeName string, secret NodeSecret) (string, error) {
+	cert, key, err := requestCertificate(ctx, cs, certificatesv1.KubeAPIServerClientKubeletSignerName, KubeletSubject(nodeName), nodeName, secret)
+	if err != nil {
+		return "", err
+	}
+	store, err := certificate.NewFileStore("kubelet-client", certDir, certDir, "", "")
+	if err != nil {
+		return "", fmt.Errorf("kubelet's certificate store: %w", err)
+	}
+	if _, err := store.Update(cert, key); err != nil {
+		return "", fmt.Errorf("kubelet's certificate store: %w", err)
+	}
+	return store.CurrentPath(), nil
+}
+
+// requestCertificate makes a new key and asks signer for a certificate of it for subject,
+// with the node's proof, and waits for it.
+func requestCertificate(ctx context.Context, cs kubernetes.Interface, signer string, subject pkix.Name, nodeName string, secret NodeSecret) (cert, keyPEM []byte, err error) {
+	keyPEM, err = keyutil.MakeEllipticPrivateKeyPEM()
+	if err != nil {
+		return nil, nil, err
 	}
 	key, err := keyutil.ParsePrivateKeyPEM(keyPEM)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	subject := Subject(component, nodeName)
 	user := subject.CommonName
 	request, err := certutil.MakeCSR(key, &subject, nil, nil)
 	if err != nil {
-		return fmt.Errorf("certificate request for %s: %w", user, err)
+		return nil, nil, fmt.Errorf("certificate request for %s: %w", user, err)
 	}
 	obj := &certificatesv1.CertificateSigningRequest{
 		ObjectMeta: metav1.ObjectMeta{
-			GenerateName: "kone-" + strings.ReplaceAll(strings.TrimPrefix(component, "system:"), ":", "-") + "-",
-			Annotations:  map[string]string{NodeNameAnnotation: nodeName, MachineAnnotation: machine},
+			GenerateName: "kone-" + strings.ReplaceAll(strings.TrimPrefix(subject.CommonName, "system:"), ":", "-") + "-",
+			Annotations:  map[string]string{NodeNameAnnotation: nodeName, ProofAnnotation: secret.Prove(signer, nodeName, request)},
 		},
 		Spec: certificatesv1.CertificateSigningRequestSpec{
 			Request:    request,
-			SignerName: certificatesv1.KubeAPIServerClientSignerName,
+			SignerName: signer,
 			Usages:     []certificatesv1.KeyUsage{certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth},
 		},
 	}
 	created, err := cs.CertificatesV1().CertificateSigningRequests().Create(ctx, obj, metav1.CreateOptions{})
 	if err != nil {
-		return fmt.Errorf("request a certificate for %s: %w", user, describe(err))
+		return nil, nil, fmt.Errorf("request a certificate for %s: %w", user, describe(err))
 	}
 	wait, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	cert, err := csr.WaitForCertificate(wait, cs, created.Name, created.UID)
+	cert, err = csr.WaitForCertificate(wait, cs, created.Name, created.UID)
 	if err != nil {
-		return fmt.Errorf("certificate for %s: %w", user, err)
+		return nil, nil, fmt.Errorf("certificate for %s: %w", user, err)
 	}
-	if err := pki.WriteFile(f.Key, keyPEM, 0o600); err != nil {
-		return err
-	}
-	return pki.WriteFile(f.Cert, cert, 0o644)
+	return cert, keyPEM, nil
 }
 
 // Valid reports whether the certificate in path exists, is issued to subject, and stays valid

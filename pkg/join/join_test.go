@@ -5,9 +5,11 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -137,87 +139,207 @@ func csrFor(t *testing.T, name, signer, user string, groups []string, subject pk
 	}
 }
 
+// secretFor makes a node secret in a temporary dir, as a node's first join does.
+func secretFor(t *testing.T) NodeSecret {
+	t.Helper()
+	s, err := LoadOrCreateSecret(filepath.Join(t.TempDir(), "node-secret.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// proven signs r with secret for node, as a kone node does; a nil secret leaves it unproven.
+func proven(r *certificatesv1.CertificateSigningRequest, node string, secret *NodeSecret) *certificatesv1.CertificateSigningRequest {
+	if r.Annotations == nil {
+		r.Annotations = map[string]string{}
+	}
+	if secret != nil {
+		r.Annotations[ProofAnnotation] = secret.Prove(r.Spec.SignerName, node, r.Spec.Request)
+	}
+	return r
+}
+
+// TestApprover tries the approver as a joining machine would, and as an attacker holding a
+// valid join token would: every request for a node's identities needs the proof of the secret
+// that holds the node's name.
 func TestApprover(t *testing.T) {
 	ctx := context.Background()
 	cs := fake.NewClientset()
-	a := NewApprover(cs, logrus.New())
+	serverSecret := secretFor(t)
+	a := NewApprover(cs, logrus.New(), Held{Name: "server-1", SecretHash: serverSecret.Hash()})
+	runCtx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() { _ = a.Run(runCtx) }()
+	if err := a.Ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	nodeA, nodeB := secretFor(t), secretFor(t)
 	joining := []string{"system:bootstrappers", token.NodeGroup, "system:authenticated"}
-	asFor := func(name string, subject pkix.Name, node, machine string) *certificatesv1.CertificateSigningRequest {
+	component := func(name, component, node string, secret *NodeSecret) *certificatesv1.CertificateSigningRequest {
 		r := csrFor(t, name, certificatesv1.KubeAPIServerClientSignerName, "system:bootstrap:abcdef", joining,
-			subject, nil, nil, certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth)
-		r.Annotations = map[string]string{NodeNameAnnotation: node, MachineAnnotation: machine}
-		return r
+			Subject(component, node), nil, nil, certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth)
+		r.Annotations = map[string]string{NodeNameAnnotation: node}
+		return proven(r, node, secret)
 	}
-	component := func(name, component, node, machine string) *certificatesv1.CertificateSigningRequest {
-		return asFor(name, Subject(component, node), node, machine)
+	kubeletClient := func(node string, secret *NodeSecret) *certificatesv1.CertificateSigningRequest {
+		r := csrFor(t, "kubelet", certificatesv1.KubeAPIServerClientKubeletSignerName, "system:bootstrap:abcdef", joining,
+			KubeletSubject(node), nil, nil, certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth)
+		return proven(r, node, secret)
 	}
-	kubeletClient := csrFor(t, "kubelet", certificatesv1.KubeAPIServerClientKubeletSignerName, "system:bootstrap:abcdef", joining,
-		pkix.Name{CommonName: "system:node:edge-1", Organization: []string{"system:nodes"}}, nil, nil,
-		certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth)
 	decide := func(r *certificatesv1.CertificateSigningRequest) verdict {
 		t.Helper()
 		v, err := a.decide(ctx, r)
 		if err != nil && (v.approve || v.deny != "") {
 			t.Fatalf("%s: a verdict with an error: %v", r.Name, err)
 		}
+		if err != nil {
+			t.Fatalf("%s: %v", r.Name, err)
+		}
 		return v
 	}
+	denied := func(what string, v verdict, reason string) {
+		t.Helper()
+		if v.approve || !strings.Contains(v.deny, reason) {
+			t.Errorf("%s: %+v, want a denial saying %q", what, v, reason)
+		}
+	}
 
-	if v := decide(kubeletClient); v.approve || v.deny != "" {
-		t.Errorf("kubelet's client certificate before the node claimed its name: %+v", v)
+	denied("kubelet's client certificate without a proof", decide(kubeletClient("edge-1", nil)), "no proof of the node's secret")
+	if v := decide(kubeletClient("edge-1", &nodeA)); !v.approve {
+		t.Errorf("kubelet's client certificate of a new node: %+v", v)
 	}
-	if v := decide(component("proxy", ProxyUser, "edge-1", "machine-a")); !v.approve {
-		t.Errorf("kube-proxy of a new node: %+v", v)
+	if v := decide(component("proxy", ProxyUser, "edge-1", &nodeA)); !v.approve {
+		t.Errorf("kube-proxy of the node that claimed its name: %+v", v)
 	}
-	if v := decide(kubeletClient); !v.approve {
-		t.Errorf("kubelet's client certificate of a node that claimed its name: %+v", v)
-	}
-	if v := decide(asFor("admin", pkix.Name{CommonName: "system:admin"}, "edge-1", "machine-a")); v.deny == "" {
-		t.Errorf("a node asking for another identity: %+v", v)
-	}
+	admin := component("admin", ProxyUser, "edge-1", nil)
+	admin.Spec.Request = csrFor(t, "admin", "", "", nil, pkix.Name{CommonName: "system:admin"}, nil, nil).Spec.Request
+	denied("a node asking for the admin's identity", decide(proven(admin, "edge-1", &nodeA)), "only for the client certificates of its own")
 	// flannel's and CoreDNS's identities name their node: never another node's, never without the group.
 	for _, subject := range []pkix.Name{Subject(FlannelGroup, "edge-2"), {CommonName: FlannelGroup + ":edge-1"},
 		{CommonName: DNSGroup + ":edge-1", Organization: []string{"system:masters"}}, {CommonName: FlannelGroup, Organization: []string{FlannelGroup}}} {
-		if v := decide(asFor("other", subject, "edge-1", "machine-a")); v.deny == "" {
-			t.Errorf("node edge-1 asking for %+v: %+v", subject, v)
-		}
+		r := csrFor(t, "other", certificatesv1.KubeAPIServerClientSignerName, "system:bootstrap:abcdef", joining,
+			subject, nil, nil, certificatesv1.UsageDigitalSignature, certificatesv1.UsageClientAuth)
+		r.Annotations = map[string]string{NodeNameAnnotation: "edge-1"}
+		denied(fmt.Sprintf("node edge-1 asking for %+v", subject), decide(proven(r, "edge-1", &nodeA)), "only for the client certificates of its own")
 	}
 	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-1"},
 		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.10"}, {Type: corev1.NodeHostName, Address: "edge-1"}}}},
 		metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if v := decide(component("again", DNSGroup, "edge-1", "machine-a")); !v.approve {
-		t.Errorf("the same machine joining again: %+v", v)
+	if v := decide(component("again", DNSGroup, "edge-1", &nodeA)); !v.approve {
+		t.Errorf("the same node joining again: %+v", v)
 	}
-	if v := decide(component("thief", FlannelGroup, "edge-1", "machine-b")); v.approve || !strings.Contains(v.deny, "--node-name") {
-		t.Errorf("another machine with a taken name: %+v", v)
-	}
+
+	// Another machine with a valid token, by every route.
+	held := "held by another machine, or this machine has lost the node secret"
+	denied("another secret, kubelet's client certificate", decide(kubeletClient("edge-1", &nodeB)), held)
+	denied("another secret, flannel's certificate", decide(component("thief", FlannelGroup, "edge-1", &nodeB)), "--node-name")
+	denied("no proof, CoreDNS's certificate", decide(component("thief", DNSGroup, "edge-1", nil)), "no proof of the node's secret")
+	// A proof copied from the real node's request proves nothing for another request.
+	stolen := component("thief", ProxyUser, "edge-1", nil)
+	stolen.Annotations[ProofAnnotation] = component("real", ProxyUser, "edge-1", &nodeA).Annotations[ProofAnnotation]
+	denied("a copied proof", decide(stolen), "does not match the request")
+	// Nor is a proof made for another signer, or another node name, over the same request.
+	other := kubeletClient("edge-1", nil)
+	other.Annotations[ProofAnnotation] = nodeA.Prove(certificatesv1.KubeAPIServerClientSignerName, "edge-1", other.Spec.Request)
+	denied("a proof made for another signer", decide(other), "does not match the request")
+	other.Annotations[ProofAnnotation] = nodeA.Prove(other.Spec.SignerName, "edge-2", other.Spec.Request)
+	denied("a proof made for another node", decide(other), "does not match the request")
+	broken := component("thief", ProxyUser, "edge-1", nil)
+	broken.Annotations[ProofAnnotation] = "not.a-proof"
+	denied("a malformed proof", decide(broken), "malformed proof")
+
 	serving := func(user string, ips ...net.IP) *certificatesv1.CertificateSigningRequest {
 		return csrFor(t, "serving", certificatesv1.KubeletServingSignerName, user, []string{"system:nodes"},
-			pkix.Name{CommonName: "system:node:edge-1", Organization: []string{"system:nodes"}}, []string{"edge-1"}, ips,
-			certificatesv1.UsageDigitalSignature, certificatesv1.UsageServerAuth)
+			KubeletSubject("edge-1"), []string{"edge-1"}, ips, certificatesv1.UsageDigitalSignature, certificatesv1.UsageServerAuth)
 	}
 	if v := decide(serving("system:node:edge-1", net.ParseIP("192.168.1.10"))); !v.approve {
 		t.Errorf("kubelet serving certificate for the node's own addresses: %+v", v)
 	}
-	if v := decide(serving("system:node:edge-1", net.ParseIP("10.9.9.9"))); v.deny == "" {
-		t.Errorf("kubelet serving certificate for a foreign address: %+v", v)
+	denied("kubelet serving certificate for a foreign address", decide(serving("system:node:edge-1", net.ParseIP("10.9.9.9"))), "is not an address of node")
+	denied("a node asking for another node's serving certificate", decide(serving("system:node:other", net.ParseIP("192.168.1.10"))), "asked for by its own node")
+	denied("a joining machine asking for a node's serving certificate", decide(serving("system:bootstrap:abcdef", net.ParseIP("192.168.1.10"))), "asked for by its own node")
+
+	// A server's own name is never given to a joining machine, even with its Node deleted.
+	claim, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, claimPrefix+"server-1", metav1.GetOptions{})
+	if err != nil || string(claim.Data[claimKey]) != serverSecret.Hash() {
+		t.Fatalf("the server's claim on its name: %v %v", claim, err)
 	}
-	if v := decide(serving("system:node:other", net.ParseIP("192.168.1.10"))); v.deny == "" {
-		t.Errorf("a node asking for another node's serving certificate: %+v", v)
+	denied("a machine taking a server's name", decide(kubeletClient("server-1", &nodeB)), "belongs to a server")
+
+	// A node that joined with an earlier kone has a claim without a key: the node itself, with
+	// its own credentials, records its key; nobody else can.
+	if _, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: claimPrefix + "edge-old", Namespace: metav1.NamespaceSystem},
+		Type:       claimType, Data: map[string][]byte{"machine": []byte("0123")}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
 	}
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-old"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	old := secretFor(t)
+	denied("a joining machine and a keyless claim", decide(component("thief", DNSGroup, "edge-old", &nodeB)), held)
+	self := component("self", DNSGroup, "edge-old", nil)
+	self.Spec.Username, self.Spec.Groups = "system:node:edge-old", []string{"system:nodes", "system:authenticated"}
+	if v := decide(proven(self, "edge-old", &old)); !v.approve {
+		t.Errorf("an upgraded node renewing with its own credentials: %+v", v)
+	}
+	if v := decide(component("rejoin", DNSGroup, "edge-old", &old)); !v.approve {
+		t.Errorf("the upgraded node joining again with the key it recorded: %+v", v)
+	}
+
+	// Once the node is deleted, its name is free for whoever joins next.
 	if err := cs.CoreV1().Nodes().Delete(ctx, "edge-1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if v := decide(component("successor", ProxyUser, "edge-1", "machine-b")); !v.approve {
+	if v := decide(component("successor", ProxyUser, "edge-1", &nodeB)); !v.approve {
 		t.Errorf("a new machine taking the name of a deleted node: %+v", v)
 	}
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	denied("the old machine once the new one's node exists", decide(kubeletClient("edge-1", &nodeA)), held)
 	// Requests kone has no rule for are left alone.
 	user := csrFor(t, "user", certificatesv1.KubeAPIServerClientSignerName, "alice", []string{"system:authenticated"},
 		pkix.Name{CommonName: "alice"}, nil, nil, certificatesv1.UsageClientAuth)
 	if v := decide(user); v.approve || v.deny != "" {
 		t.Errorf("a user's own request: %+v", v)
+	}
+	renewal := kubeletClient("edge-1", nil)
+	renewal.Spec.Username, renewal.Spec.Groups = "system:node:edge-1", []string{"system:nodes", "system:authenticated"}
+	if v := decide(renewal); v.approve || v.deny != "" {
+		t.Errorf("kubelet renewing with its own certificate, upstream's to approve: %+v", v)
+	}
+}
+
+// TestNodeSecret: the secret is made once, kept private, read back the same, and a damaged
+// file is refused rather than replaced.
+func TestNodeSecret(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "agent", "node-secret.key")
+	first, err := LoadOrCreateSecret(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("node secret file: %v %v", fi, err)
+	}
+	again, err := LoadOrCreateSecret(path)
+	if err != nil || again.Hash() != first.Hash() {
+		t.Fatalf("read back: %v, hash %s, want %s", err, again.Hash(), first.Hash())
+	}
+	if other := secretFor(t); other.Hash() == first.Hash() {
+		t.Error("two nodes made the same secret")
+	}
+	if err := os.WriteFile(path, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateSecret(path); err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Errorf("a damaged secret: %v", err)
+	}
+	if data, _ := os.ReadFile(path); string(data) != "garbage" {
+		t.Error("a damaged secret was replaced")
 	}
 }
 

@@ -20,11 +20,8 @@ type Config struct {
 	Labels   []string // key=value
 	Taints   []string // key=value:Effect
 
-	Kubeconfig string // the node's client credentials
-	// BootstrapKubeconfig, when set, holds a join token: kubelet obtains its client
-	// certificate with it through the CSR API and writes Kubeconfig itself.
-	BootstrapKubeconfig string
-	ClientCAFile        string // CA of the clients kubelet accepts (the apiserver)
+	Kubeconfig   string // the node's client credentials, which kubelet renews itself
+	ClientCAFile string // CA of the clients kubelet accepts (the apiserver)
 	// ServingCert and ServingKey are kubelet's serving certificate; when empty, kubelet asks the
 	// cluster for one through the CSR API.
 	ServingCert string
@@ -95,9 +92,6 @@ func Flags(c Config) []string {
 		// kone's cloud node controller (pkg/cloud) owns the node's addresses, so that it can
 		// publish --node-external-ip; kubelet then registers the node tainted until it has.
 		"--cloud-provider=external",
-	}
-	if c.BootstrapKubeconfig != "" {
-		args = append(args, "--bootstrap-kubeconfig="+c.BootstrapKubeconfig)
 	}
 	if c.NodeIP != nil {
 		args = append(args, "--node-ip="+c.NodeIP.String())

@@ -67,10 +67,10 @@ func TestConfiguration(t *testing.T) {
 	}
 }
 
-// An agent's kubelet gets both of its certificates from the cluster.
+// An agent's kubelet asks the cluster for its serving certificate.
 func TestJoiningKubelet(t *testing.T) {
 	c := testConfig()
-	c.ServingCert, c.ServingKey, c.BootstrapKubeconfig = "", "", "/k/bootstrap.kubeconfig"
+	c.ServingCert, c.ServingKey = "", ""
 	data, err := Configuration(c)
 	if err != nil {
 		t.Fatal(err)
@@ -81,9 +81,6 @@ func TestJoiningKubelet(t *testing.T) {
 	}
 	if !kc.ServerTLSBootstrap || kc.TLSCertFile != "" {
 		t.Errorf("serving certificate: bootstrap %v, file %q", kc.ServerTLSBootstrap, kc.TLSCertFile)
-	}
-	if !slices.Contains(Flags(c), "--bootstrap-kubeconfig=/k/bootstrap.kubeconfig") {
-		t.Errorf("flags lack the bootstrap kubeconfig: %v", Flags(c))
 	}
 }
 

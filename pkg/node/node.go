@@ -66,9 +66,7 @@ func ResolveIdentity(n *config.Node) (Identity, error) {
 // kubelet serves and trusts.
 type Credentials struct {
 	Kubelet, Proxy, DNS, Flannel string // kubeconfigs
-	// BootstrapKubelet holds a join token for kubelet's TLS bootstrap, which then writes Kubelet.
-	BootstrapKubelet string
-	ClientCA         string // the CA of the apiserver's client certificate for kubelets
+	ClientCA                     string // the CA of the apiserver's client certificate for kubelets
 	// ServingCert and ServingKey are kubelet's serving certificate; empty, kubelet asks for one.
 	ServingCert, ServingKey string
 }
@@ -96,6 +94,9 @@ func (p Paths) KubeletConfig() string  { return filepath.Join(p.Agent, "etc", "k
 func (p Paths) KubeletCertDir() string { return filepath.Join(p.Agent, "kubelet", "pki") }
 func (p Paths) TLSDir() string         { return filepath.Join(p.Agent, "tls") }
 func (p Paths) FlannelDir() string     { return filepath.Join(p.Agent, "etc", "flannel") }
+
+// NodeSecret is where the node keeps the secret that holds its name (join.NodeSecret).
+func (p Paths) NodeSecret() string { return filepath.Join(p.Agent, "node-secret.key") }
 
 // Components returns the node side's chain for the supervisor, in start order.
 func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credentials, logs *logging.Logging) ([]supervisor.Component, error) {
@@ -134,24 +135,23 @@ func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credenti
 	}, paths.ContainerdConfig(), "", log)
 
 	kl := kubelet.New(kubelet.Config{
-		NodeName:            id.Name,
-		NodeIP:              id.IP,
-		Labels:              cfg.Node.Labels,
-		Taints:              cfg.Node.Taints,
-		Kubeconfig:          creds.Kubelet,
-		BootstrapKubeconfig: creds.BootstrapKubelet,
-		ClientCAFile:        creds.ClientCA,
-		ServingCert:         creds.ServingCert,
-		ServingKey:          creds.ServingKey,
-		CertDir:             paths.KubeletCertDir(),
-		RuntimeSocket:       ContainerdSocket,
-		CgroupDriver:        cgroupDriver,
-		CgroupV1:            !host.CgroupV2(),
-		ClusterDNS:          cluster.ClusterDNS,
-		ClusterDomain:       cluster.ClusterDomain,
-		ResolvConf:          resolvConf,
-		ConfigFile:          paths.KubeletConfig(),
-		Args:                cfg.Node.KubeletArgs,
+		NodeName:      id.Name,
+		NodeIP:        id.IP,
+		Labels:        cfg.Node.Labels,
+		Taints:        cfg.Node.Taints,
+		Kubeconfig:    creds.Kubelet,
+		ClientCAFile:  creds.ClientCA,
+		ServingCert:   creds.ServingCert,
+		ServingKey:    creds.ServingKey,
+		CertDir:       paths.KubeletCertDir(),
+		RuntimeSocket: ContainerdSocket,
+		CgroupDriver:  cgroupDriver,
+		CgroupV1:      !host.CgroupV2(),
+		ClusterDNS:    cluster.ClusterDNS,
+		ClusterDomain: cluster.ClusterDomain,
+		ResolvConf:    resolvConf,
+		ConfigFile:    paths.KubeletConfig(),
+		Args:          cfg.Node.KubeletArgs,
 	})
 
 	podNetwork := network.New(network.Config{

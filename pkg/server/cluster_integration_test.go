@@ -110,6 +110,8 @@ func TestAgents(t *testing.T) {
 		}
 	}
 
+	checkIdentityTheft(t, n, tok, "agent-1", nodeNet+"2")
+
 	ns := "kone-node-it"
 	if _, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -149,9 +151,17 @@ func TestAgents(t *testing.T) {
 	if err := cs.CoreV1().Secrets("kube-system").Delete(context.Background(), "bootstrap-token-"+id, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// With a certificate gone, the restarted agent asks for it again, with its own credentials
+	// and its node secret.
+	flannelCert := filepath.Join("/var/lib/kone-nodes", agents[0].name, "lib", "kone", "agent", "tls", "client-flannel.crt")
+	restarted := time.Now()
 	agents[0].stop()
+	if err := os.Remove(flannelCert); err != nil {
+		t.Fatal(err)
+	}
 	agents[0].start()
 	waitNodesReady(t, cs, 3)
+	checkRenewedBySelf(t, cs, agents[0].name, flannelCert, restarted)
 	time.Sleep(10 * time.Second) // long enough for kubelet to have noticed a dead container
 	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(containers, ",") {
 		t.Errorf("containers changed across a restart of an agent:\nbefore %v\nafter  %v", containers, after)
@@ -187,6 +197,47 @@ func TestAgents(t *testing.T) {
 
 	_ = cs.CoreV1().Namespaces().Delete(context.Background(), ns, metav1.DeleteOptions{})
 	waitPodsGone(t, cs, ns)
+
+	// Once its node is deleted, a machine's name is free for the next one to join with it.
+	agents[1].stop()
+	newToken := strings.TrimSpace(n.run(nil, bin, "token", "create", "--kubeconfig", n.kubeconfig, "--ttl", "1h"))
+	checkIdentityAfterDelete(t, n, cs, newToken, agents[1].name)
+}
+
+// checkRenewedBySelf: node name asks for its flannel certificate again after since, with its
+// own credentials, and gets it.
+func checkRenewedBySelf(t *testing.T, cs kubernetes.Interface, name, certFile string, since time.Time) {
+	t.Helper()
+	approved := func() bool {
+		csrs, err := cs.CertificatesV1().CertificateSigningRequests().List(context.Background(), metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		for _, r := range csrs.Items {
+			if r.CreationTimestamp.Time.Before(since.Truncate(time.Second)) || r.Annotations["kone.dev/node-name"] != name ||
+				!strings.Contains(r.Name, "flannel") || r.Spec.Username != "system:node:"+name {
+				continue
+			}
+			for _, c := range r.Status.Conditions {
+				if c.Type == "Approved" {
+					return true
+				}
+			}
+		}
+		return false
+	}
+	for deadline := time.Now().Add(time.Minute); !approved(); time.Sleep(time.Second) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no approved request of %s's own for its flannel certificate within a minute of its restart", name)
+		}
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+		if _, err := os.Stat(certFile); err == nil {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%s's flannel certificate after its restart: %v", name, err)
+		}
+	}
 }
 
 // startClusterServer starts a server with its node on the bridge that scripts/node makes for

@@ -119,38 +119,47 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if err != nil {
 		return err
 	}
-	chain := []supervisor.Component{
-		store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
-		join.NewApprover(adminClient, log.Logger), cloud.NewController(adminClient),
-	}
+	var nodeSide []supervisor.Component
+	var own []join.Held
 	if !cfg.DisableAgent {
-		nodeSide, err := nodeComponents(cfg, ca, local, log)
-		if err != nil {
+		var held join.Held
+		if nodeSide, held, err = nodeComponents(cfg, ca, local, log); err != nil {
 			return err
 		}
-		chain = append(chain, nodeSide...)
+		own = append(own, held)
 	}
-	return node.Supervisor(log, notify).Run(ctx, chain...)
+	chain := []supervisor.Component{
+		store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
+		join.NewApprover(adminClient, log.Logger, own...), cloud.NewController(adminClient),
+	}
+	return node.Supervisor(log, notify).Run(ctx, append(chain, nodeSide...)...)
 }
 
-// nodeComponents are the server's own node side, with credentials from the cluster's CAs.
-func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logging.Logging) ([]supervisor.Component, error) {
+// nodeComponents are the server's own node side, with credentials from the cluster's CAs, and
+// the node name it holds: no joining machine may take it, even while the node is deleted.
+func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logging.Logging) ([]supervisor.Component, join.Held, error) {
 	if err := host.Missing(host.Check()); err != nil {
-		return nil, err
+		return nil, join.Held{}, err
 	}
 	id, err := node.ResolveIdentity(&cfg.Node)
 	if err != nil {
-		return nil, err
+		return nil, join.Held{}, err
 	}
-	creds, err := nodeCredentials(ca, node.Paths{Agent: cfg.AgentDir()}, id, local, time.Now())
+	paths := node.Paths{Agent: cfg.AgentDir()}
+	creds, err := nodeCredentials(ca, paths, id, local, time.Now())
 	if err != nil {
-		return nil, fmt.Errorf("node certificates: %w", err)
+		return nil, join.Held{}, fmt.Errorf("node certificates: %w", err)
+	}
+	secret, err := join.LoadOrCreateSecret(paths.NodeSecret())
+	if err != nil {
+		return nil, join.Held{}, err
 	}
 	cluster := node.Cluster{
 		ClusterCIDR: cfg.ClusterCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
 		Overlay: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
 	}
-	return node.Components(cfg, cluster, id, creds, log)
+	chain, err := node.Components(cfg, cluster, id, creds, log)
+	return chain, join.Held{Name: id.Name, SecretHash: secret.Hash()}, err
 }
 
 // clusterSettings are what this server tells joining agents.
