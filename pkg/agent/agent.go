@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	certutil "k8s.io/client-go/util/cert"
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/datadir"
@@ -118,6 +119,9 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 			return creds, settings, err
 		}
 	}
+	if err := dropServingFromServerCA(j.paths.KubeletCertDir(), serverCA); err != nil {
+		return creds, settings, err
+	}
 	secret, err := join.LoadOrCreateSecret(j.paths.NodeSecret())
 	if err != nil {
 		return creds, settings, err
@@ -125,7 +129,7 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 	// A joined node asks with its own identity, which outlives the token it joined with. kubelet
 	// renews that identity itself; a node that was away past its end needs the token again.
 	kubeletCert := filepath.Join(j.paths.KubeletCertDir(), "kubelet-client-current.pem")
-	identified := joined && join.Valid(kubeletCert, join.KubeletSubject(j.id.Name), now, 0)
+	identified := joined && join.Valid(pki.File{Cert: kubeletCert, Key: kubeletCert}, join.KubeletSubject(j.id.Name), now, 0)
 	var cs kubernetes.Interface
 	if identified {
 		cs, err = client(creds.Kubelet, nil)
@@ -179,9 +183,9 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		{join.FlannelGroup, "client-flannel", creds.Flannel},
 	} {
 		f, subject := j.tls(c.name), join.Subject(c.component, j.id.Name)
-		if !join.Valid(f.Cert, subject, now, pki.RenewBefore) {
+		if !join.Valid(f, subject, now, pki.RenewBefore) {
 			err := join.ClientCertificate(ctx, cs, f, c.component, j.id.Name, secret)
-			if err != nil && !join.Valid(f.Cert, subject, now, 0) {
+			if err != nil && !join.Valid(f, subject, now, 0) {
 				return creds, settings, err
 			}
 			if err != nil {
@@ -193,6 +197,43 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		}
 	}
 	return creds, settings, nil
+}
+
+// dropServingFromServerCA removes a kubelet serving certificate that an earlier kone had signed
+// by the CA that clients trust for the apiserver. The apiserver now checks kubelets against a
+// CA of their own, and would refuse that certificate until kubelet renewed it, months later;
+// without it, kubelet asks for a new one at once.
+func dropServingFromServerCA(certDir, serverCAFile string) error {
+	current := filepath.Join(certDir, "kubelet-server-current.pem")
+	data, err := os.ReadFile(current)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("kubelet's serving certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(serverCAFile)
+	if err != nil {
+		return err
+	}
+	cas, err := certutil.ParseCertsPEM(caPEM)
+	if err != nil {
+		return fmt.Errorf("%s: %w", serverCAFile, err)
+	}
+	certs, err := certutil.ParseCertsPEM(data)
+	if err != nil || len(certs) == 0 || certs[0].CheckSignatureFrom(cas[0]) != nil {
+		return nil
+	}
+	target, err := filepath.EvalSymlinks(current)
+	if err != nil {
+		return fmt.Errorf("kubelet's serving certificate: %w", err)
+	}
+	for _, f := range []string{current, target} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("kubelet's serving certificate from an earlier kone: %w", err)
+		}
+	}
+	return nil
 }
 
 func client(kubeconfig string, rc *rest.Config) (kubernetes.Interface, error) {

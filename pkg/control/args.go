@@ -2,6 +2,8 @@ package control
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/config"
@@ -31,7 +33,7 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"secure-port":                 fmt.Sprint(c.HTTPSPort),
 		"allow-privileged":            "true",
 		"authorization-mode":          "Node,RBAC",
-		"enable-admission-plugins":    "NodeRestriction",
+		"enable-admission-plugins":    nodeRestriction,
 		"authentication-config":       f.AuthenticationConfig,
 		"enable-bootstrap-token-auth": "true",
 		"client-ca-file":              p.ClientCA,
@@ -40,8 +42,10 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"etcd-certfile":               p.APIServerEtcd.Cert,
 		"etcd-keyfile":                p.APIServerEtcd.Key,
 		// Edge nodes' host names are rarely in DNS; their addresses always reach them.
-		"kubelet-preferred-address-types":    "InternalIP,ExternalIP,Hostname",
-		"kubelet-client-certificate":         p.APIServerKubelet.Cert,
+		"kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
+		"kubelet-client-certificate":      p.APIServerKubelet.Cert,
+		// Without it the apiserver connects to kubelets without checking who answers.
+		"kubelet-certificate-authority":      p.KubeletServingCA,
 		"kubelet-client-key":                 p.APIServerKubelet.Key,
 		"proxy-client-cert-file":             p.AuthProxy.Cert,
 		"proxy-client-key-file":              p.AuthProxy.Key,
@@ -67,7 +71,47 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 	if c.AdvertiseAddress != nil {
 		a["advertise-address"] = c.AdvertiseAddress.String()
 	}
-	return args.Merge(a, c.APIServerArgs)
+	// A user's admission plugins and authorizers are added to kone's, which its security rests
+	// on, never put in their place; the user's authentication configuration is merged into
+	// kone's own file by the apiserver component (UserAuthenticationConfig).
+	var overrides []string
+	for _, o := range c.APIServerArgs {
+		k, v, _ := strings.Cut(o, "=")
+		switch k = strings.TrimLeft(k, "-"); k {
+		case "enable-admission-plugins", "authorization-mode":
+			a[k] = union(a[k], v)
+		case "authentication-config":
+		default:
+			overrides = append(overrides, o)
+		}
+	}
+	return args.Merge(a, overrides)
+}
+
+// nodeRestriction is the admission plugin that holds each kubelet to its own node.
+const nodeRestriction = "NodeRestriction"
+
+// UserAuthenticationConfig is the authentication configuration file the user gave with
+// --kube-apiserver-arg authentication-config, or "".
+func UserAuthenticationConfig(c *config.Config) string {
+	file := ""
+	for _, o := range c.APIServerArgs {
+		if k, v, _ := strings.Cut(o, "="); strings.TrimLeft(k, "-") == "authentication-config" {
+			file = v
+		}
+	}
+	return file
+}
+
+// union is the comma-separated list kone, with the user's entries that it lacks added after.
+func union(kone, user string) string {
+	list := strings.Split(kone, ",")
+	for _, u := range strings.Split(user, ",") {
+		if u = strings.TrimSpace(u); u != "" && !slices.Contains(list, u) {
+			list = append(list, u)
+		}
+	}
+	return strings.Join(list, ",")
 }
 
 // ControllerManagerArgs are kube-controller-manager's flags for the configuration c.
@@ -96,10 +140,10 @@ func ControllerManagerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"cluster-signing-kube-apiserver-client-key-file":  p.ClientCAKey,
 		"cluster-signing-kubelet-client-cert-file":        p.ClientCA,
 		"cluster-signing-kubelet-client-key-file":         p.ClientCAKey,
-		"cluster-signing-kubelet-serving-cert-file":       p.ServerCA,
-		"cluster-signing-kubelet-serving-key-file":        p.ServerCAKey,
-		"cluster-signing-legacy-unknown-cert-file":        p.ServerCA,
-		"cluster-signing-legacy-unknown-key-file":         p.ServerCAKey,
+		"cluster-signing-kubelet-serving-cert-file":       p.KubeletServingCA,
+		"cluster-signing-kubelet-serving-key-file":        p.KubeletServingCAKey,
+		// No legacy-unknown signer: nothing kone runs needs it, and it would sign with a CA
+		// that something trusts.
 		// One server: no one to elect. A lost lease would also make the upstream code exit the process.
 		"leader-elect":           "false",
 		"configure-cloud-routes": "false",

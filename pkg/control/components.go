@@ -3,14 +3,20 @@ package control
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	utilerrors "k8s.io/apimachinery/pkg/util/errors"
+	apiserverv1 "k8s.io/apiserver/pkg/apis/apiserver/v1"
 	"k8s.io/client-go/rest"
 	cliflag "k8s.io/component-base/cli/flag"
 	apiserverapp "k8s.io/kubernetes/cmd/kube-apiserver/app"
@@ -19,6 +25,7 @@ import (
 	cmoptions "k8s.io/kubernetes/cmd/kube-controller-manager/app/options"
 	schedapp "k8s.io/kubernetes/cmd/kube-scheduler/app"
 	schedoptions "k8s.io/kubernetes/cmd/kube-scheduler/app/options"
+	"sigs.k8s.io/yaml"
 
 	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/pki"
@@ -42,22 +49,35 @@ func parse(name string, sets cliflag.NamedFlagSets, flags []string) error {
 type APIServer struct {
 	opts     *apiserveroptions.ServerRunOptions
 	authFile string
+	auth     []byte
 	health   *rest.Config
 }
 
-// NewAPIServer parses flags; health is an admin client for the readiness check.
-func NewAPIServer(flags []string, health *rest.Config) (*APIServer, error) {
+// NewAPIServer parses flags, and refuses those that would weaken what kone's security rests
+// on; userAuth is the user's authentication configuration file (UserAuthenticationConfig),
+// health an admin client for the readiness check.
+func NewAPIServer(flags []string, userAuth string, health *rest.Config) (*APIServer, error) {
 	s := apiserveroptions.NewServerRunOptions()
 	if err := parse("kube-apiserver", s.Flags(), flags); err != nil {
 		return nil, err
 	}
-	return &APIServer{opts: s, authFile: args.Value(flags, "authentication-config"), health: health}, nil
+	if slices.Contains(s.Admission.GenericAdmission.DisablePlugins, nodeRestriction) {
+		return nil, fmt.Errorf("--kube-apiserver-arg disable-admission-plugins: kone does not run without %s, which holds each kubelet to its own node", nodeRestriction)
+	}
+	if slices.Contains(s.Authorization.Modes, "AlwaysAllow") {
+		return nil, errors.New("--kube-apiserver-arg authorization-mode: AlwaysAllow would let every user do anything; kone keeps Node and RBAC, to which you may add Webhook")
+	}
+	auth, err := authenticationConfig(userAuth)
+	if err != nil {
+		return nil, err
+	}
+	return &APIServer{opts: s, authFile: args.Value(flags, "authentication-config"), auth: auth, health: health}, nil
 }
 
 func (a *APIServer) Name() string { return "kube-apiserver" }
 
 func (a *APIServer) Run(ctx context.Context) error {
-	if err := writeAuthenticationConfig(a.authFile); err != nil {
+	if err := pki.WriteFile(a.authFile, a.auth, 0o600); err != nil {
 		return err
 	}
 	if err := a.opts.GenericServerRunOptions.ComponentGlobalsRegistry.Set(); err != nil {
@@ -84,20 +104,40 @@ func (a *APIServer) Ready(ctx context.Context) error {
 
 // anonymousPaths are all an unauthenticated client may reach: health, and the cluster-info
 // a joining node reads before it has credentials. RBAC still decides what anonymous may read.
-const authenticationConfig = `apiVersion: apiserver.config.k8s.io/v1
-kind: AuthenticationConfiguration
-anonymous:
-  enabled: true
-  conditions:
-  - path: /livez
-  - path: /readyz
-  - path: /healthz
-  - path: /version
-  - path: /api/v1/namespaces/kube-public/configmaps/cluster-info
-`
+var anonymousPaths = []string{"/livez", "/readyz", "/healthz", "/version", "/api/v1/namespaces/kube-public/configmaps/cluster-info"}
 
-func writeAuthenticationConfig(path string) error {
-	return pki.WriteFile(path, []byte(authenticationConfig), 0o600)
+// authenticationConfig is kone's AuthenticationConfiguration, with the JWT authenticators of
+// the user's own file (--kube-apiserver-arg authentication-config=FILE, "" for none) merged in.
+// kone never writes the user's file; it writes the merge to a file of its own, so a change to
+// the user's file takes effect at kone's next start.
+func authenticationConfig(userFile string) ([]byte, error) {
+	cfg := apiserverv1.AuthenticationConfiguration{
+		TypeMeta: metav1.TypeMeta{APIVersion: apiserverv1.SchemeGroupVersion.String(), Kind: "AuthenticationConfiguration"},
+	}
+	if userFile != "" {
+		data, err := os.ReadFile(userFile)
+		if err != nil {
+			return nil, fmt.Errorf("--kube-apiserver-arg authentication-config: %w", err)
+		}
+		var user apiserverv1.AuthenticationConfiguration
+		if err := yaml.UnmarshalStrict(data, &user); err != nil {
+			return nil, fmt.Errorf("--kube-apiserver-arg authentication-config: %s: %w", userFile, err)
+		}
+		if user.TypeMeta != cfg.TypeMeta {
+			return nil, fmt.Errorf("--kube-apiserver-arg authentication-config: %s is %s %s; kone merges an AuthenticationConfiguration of %s",
+				userFile, user.APIVersion, user.Kind, cfg.APIVersion)
+		}
+		if user.Anonymous != nil {
+			return nil, fmt.Errorf("--kube-apiserver-arg authentication-config: %s sets anonymous, which kone sets itself "+
+				"(anonymous requests reach only %s); remove it from the file", userFile, strings.Join(anonymousPaths, ", "))
+		}
+		cfg.JWT = user.JWT
+	}
+	cfg.Anonymous = &apiserverv1.AnonymousAuthConfig{Enabled: true}
+	for _, p := range anonymousPaths {
+		cfg.Anonymous.Conditions = append(cfg.Anonymous.Conditions, apiserverv1.AnonymousAuthCondition{Path: p})
+	}
+	return yaml.Marshal(cfg)
 }
 
 // ControllerManager is kube-controller-manager.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"reflect"
 	"strings"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -34,8 +35,34 @@ type Config struct {
 // ClientURL is where etcd serves clients.
 func (c Config) ClientURL() string { return fmt.Sprintf("https://127.0.0.1:%d", c.ClientPort) }
 
-// Settings returns etcd's configuration for c, --etcd-arg included. The listen URLs and TLS are
-// kone's to set (its port flags and PKI); every other key of etcd's config file may be overridden.
+// guarded are the settings an --etcd-arg may not change: where etcd listens and who it is, its
+// TLS, and its durability. Giving them up would leave the cluster's data unprotected or lose it
+// at a power cut, which edge machines see often.
+type guarded struct {
+	Name, Dir, WalDir, InitialCluster, ClusterState                          string
+	ListenClientUrls, AdvertiseClientUrls, ListenPeerUrls, AdvertisePeerUrls []url.URL
+	ListenClientHttpUrls, ListenMetricsUrls                                  []url.URL
+	ClientTLSInfo, PeerTLSInfo                                               transport.TLSInfo
+	ClientAutoTLS, PeerAutoTLS, UnsafeNoFsync                                bool
+	CipherSuites                                                             []string
+	TlsMinVersion, TlsMaxVersion                                             string
+}
+
+func guard(c *embed.Config) guarded {
+	return guarded{
+		Name: c.Name, Dir: c.Dir, WalDir: c.WalDir, InitialCluster: c.InitialCluster, ClusterState: c.ClusterState,
+		ListenClientUrls: c.ListenClientUrls, AdvertiseClientUrls: c.AdvertiseClientUrls,
+		ListenPeerUrls: c.ListenPeerUrls, AdvertisePeerUrls: c.AdvertisePeerUrls,
+		ListenClientHttpUrls: c.ListenClientHttpUrls, ListenMetricsUrls: c.ListenMetricsUrls,
+		ClientTLSInfo: c.ClientTLSInfo, PeerTLSInfo: c.PeerTLSInfo,
+		ClientAutoTLS: c.ClientAutoTLS, PeerAutoTLS: c.PeerAutoTLS, UnsafeNoFsync: c.UnsafeNoFsync,
+		CipherSuites: c.CipherSuites, TlsMinVersion: c.TlsMinVersion, TlsMaxVersion: c.TlsMaxVersion,
+	}
+}
+
+// Settings returns etcd's configuration for c, --etcd-arg included. The listen URLs, TLS and
+// durability are kone's to set (its port flags and PKI); an --etcd-arg that would change them
+// is refused. Every other key of etcd's config file may be overridden.
 func Settings(c Config) (*embed.Config, error) {
 	client := url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", c.ClientPort)}
 	peer := url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", c.PeerPort)}
@@ -66,7 +93,11 @@ func Settings(c Config) (*embed.Config, error) {
 		}
 		doc, err := yaml.Marshal(map[string]any{key: value})
 		if err == nil {
-			err = yaml.UnmarshalStrict(doc, cfg)
+			before := guard(cfg)
+			if err = yaml.UnmarshalStrict(doc, cfg); err == nil && !reflect.DeepEqual(before, guard(cfg)) {
+				return nil, fmt.Errorf("--etcd-arg %s: kone does not let %q change: it sets where etcd listens, its TLS and its durability itself "+
+					"(listen ports: --etcd-client-port, --etcd-peer-port; data: --data-dir)", arg, key)
+			}
 		}
 		if err != nil {
 			if strings.Contains(err.Error(), "unknown field") {

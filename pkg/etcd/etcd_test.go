@@ -26,7 +26,7 @@ func TestSettings(t *testing.T) {
 		t.Errorf("heartbeat %d ms, election %d ms (%v); want 100 and 500", cfg.TickMs, cfg.ElectionMs, cfg.Validate())
 	}
 
-	c.Args = []string{"quota-backend-bytes=4294967296", "--snapshot-count=100", "auto-compaction-mode=revision", "election-timeout=1000"}
+	c.Args = []string{"quota-backend-bytes=4294967296", "--snapshot-count=100", "auto-compaction-mode=revision", "election-timeout=1000", "unsafe-no-fsync=false"}
 	cfg, err = Settings(c)
 	if err != nil {
 		t.Fatal(err)
@@ -40,6 +40,15 @@ func TestSettings(t *testing.T) {
 		"listen-client-urls=http://x":  "--etcd-client-port",
 		"quota-backend-bytes=lots":     "quota-backend-bytes=lots",
 		"client-transport-security=no": "no setting",
+		// What would give up durability or kone's TLS is refused, by name.
+		"unsafe-no-fsync=true":                         `does not let "unsafe-no-fsync" change`,
+		"tls-min-version=TLS1.0":                       `does not let "tls-min-version" change`,
+		"cipher-suites=[TLS_RSA_WITH_AES_128_CBC_SHA]": `does not let "cipher-suites" change`,
+		"ClientTLSInfo={ClientCertAuth: false}":        `does not let "ClientTLSInfo" change`,
+		"PeerAutoTLS=true":                             `does not let "PeerAutoTLS" change`,
+		"data-dir=/tmp/elsewhere":                      `does not let "data-dir" change`,
+		"initial-cluster=kone=http://192.0.2.1:2380":   `does not let "initial-cluster" change`,
+		"initial-cluster-state=existing":               `does not let "initial-cluster-state" change`,
 	} {
 		c.Args = []string{arg}
 		if _, err := Settings(c); err == nil || !strings.Contains(err.Error(), want) {

@@ -14,12 +14,14 @@ import (
 	"github.com/sirupsen/logrus"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/supervisor"
 	"github.com/kone-dev/kone/pkg/token"
 )
@@ -39,10 +41,11 @@ const (
 // (a kubelet renewing its client certificate, anything a user makes) are left to upstream's
 // approver and to administrators.
 type Approver struct {
-	cs    kubernetes.Interface
-	log   *logrus.Logger
-	own   []Held
-	ready *supervisor.Latch
+	cs      kubernetes.Interface
+	log     *logrus.Logger
+	servers pki.Names
+	own     []Held
+	ready   *supervisor.Latch
 }
 
 // Held is a node name that a server holds for its own node, which gets its certificates from
@@ -50,9 +53,10 @@ type Approver struct {
 type Held struct{ Name, SecretHash string }
 
 // NewApprover returns the approver component; cs must be allowed to approve and to manage
-// kube-system secrets.
-func NewApprover(cs kubernetes.Interface, log *logrus.Logger, own ...Held) *Approver {
-	return &Approver{cs: cs, log: log, own: own, ready: supervisor.NewLatch()}
+// kube-system secrets. servers are the names and addresses of the apiserver's certificate,
+// which no kubelet may serve under (nor under the address of any apiserver in the cluster).
+func NewApprover(cs kubernetes.Interface, log *logrus.Logger, servers pki.Names, own ...Held) *Approver {
+	return &Approver{cs: cs, log: log, servers: servers, own: own, ready: supervisor.NewLatch()}
 }
 
 func (a *Approver) Name() string { return "join approver" }
@@ -276,6 +280,21 @@ func (a *Approver) decideServing(ctx context.Context, req *certificatesv1.Certif
 	if len(names)+len(ips) == 0 {
 		return undecided, errors.New("node " + name + " reports no addresses yet")
 	}
+	// A node may publish any address on its own Node object; those of the servers it may not serve under.
+	serverIPs, err := a.apiserverIPs(ctx)
+	if err != nil {
+		return undecided, err
+	}
+	for _, n := range x.DNSNames {
+		if slices.Contains(a.servers.DNSNames, n) {
+			return verdict{deny: fmt.Sprintf("name %q belongs to the cluster's servers; a kubelet may not serve under it", n)}, nil
+		}
+	}
+	for _, ip := range x.IPAddresses {
+		if slices.ContainsFunc(serverIPs, ip.Equal) {
+			return verdict{deny: fmt.Sprintf("IP %s belongs to the cluster's servers; a kubelet may not serve under it", ip)}, nil
+		}
+	}
 	for _, n := range x.DNSNames {
 		if !names[n] {
 			return verdict{deny: fmt.Sprintf("name %q is not an address of node %s", n, name)}, nil
@@ -287,6 +306,27 @@ func (a *Approver) decideServing(ctx context.Context, req *certificatesv1.Certif
 		}
 	}
 	return verdict{approve: true}, nil
+}
+
+// apiserverIPs are the addresses on the apiserver's certificate and those of every apiserver
+// of the cluster, from the kubernetes Service's endpoints.
+func (a *Approver) apiserverIPs(ctx context.Context) ([]net.IP, error) {
+	ips := slices.Clone(a.servers.IPs)
+	eps, err := a.cs.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).List(ctx,
+		metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=kubernetes"})
+	if err != nil {
+		return nil, fmt.Errorf("the apiservers' addresses: %w", err)
+	}
+	for _, s := range eps.Items {
+		for _, e := range s.Endpoints {
+			for _, addr := range e.Addresses {
+				if ip := net.ParseIP(addr); ip != nil {
+					ips = append(ips, ip)
+				}
+			}
+		}
+	}
+	return ips, nil
 }
 
 func hasSANs(x *x509.CertificateRequest) bool {

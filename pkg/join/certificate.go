@@ -56,10 +56,7 @@ func ClientCertificate(ctx context.Context, cs kubernetes.Interface, f pki.File,
 	if err != nil {
 		return err
 	}
-	if err := pki.WriteFile(f.Key, key, 0o600); err != nil {
-		return err
-	}
-	return pki.WriteFile(f.Cert, cert, 0o644)
+	return pki.WritePair(f, cert, key)
 }
 
 // KubeletCertificate asks the cluster for the first client certificate of node nodeName's
@@ -121,10 +118,13 @@ func requestCertificate(ctx context.Context, cs kubernetes.Interface, signer str
 	return cert, keyPEM, nil
 }
 
-// Valid reports whether the certificate in path exists, is issued to subject, and stays valid
-// past renewBefore from now.
-func Valid(path string, subject pkix.Name, now time.Time, renewBefore time.Duration) bool {
-	data, err := os.ReadFile(path)
+// Valid reports whether the certificate in f exists, is issued to subject, and stays valid past
+// renewBefore from now, after finishing or undoing a write of f that a crash interrupted.
+func Valid(f pki.File, subject pkix.Name, now time.Time, renewBefore time.Duration) bool {
+	if pki.RecoverPair(f) != nil {
+		return false
+	}
+	data, err := os.ReadFile(f.Cert)
 	if err != nil {
 		return false
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 	certificatesv1 "k8s.io/api/certificates/v1"
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/fake"
 	"k8s.io/client-go/tools/clientcmd"
@@ -167,7 +168,15 @@ func TestApprover(t *testing.T) {
 	ctx := context.Background()
 	cs := fake.NewClientset()
 	serverSecret := secretFor(t)
-	a := NewApprover(cs, logrus.New(), Held{Name: "server-1", SecretHash: serverSecret.Hash()})
+	servers := pki.Names{DNSNames: []string{"kubernetes", "kone.example.com"}, IPs: []net.IP{net.ParseIP("10.43.0.1"), net.ParseIP("192.168.1.1")}}
+	a := NewApprover(cs, logrus.New(), servers, Held{Name: "server-1", SecretHash: serverSecret.Hash()})
+	// Another apiserver of the cluster, known only from the kubernetes Service's endpoints.
+	if _, err := cs.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).Create(ctx, &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Name: "kubernetes", Labels: map[string]string{discoveryv1.LabelServiceName: "kubernetes"}},
+		AddressType: discoveryv1.AddressTypeIPv4, Endpoints: []discoveryv1.Endpoint{{Addresses: []string{"192.168.1.5"}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	go func() { _ = a.Run(runCtx) }()
@@ -224,7 +233,9 @@ func TestApprover(t *testing.T) {
 		denied(fmt.Sprintf("node edge-1 asking for %+v", subject), decide(proven(r, "edge-1", &nodeA)), "only for the client certificates of its own")
 	}
 	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-1"},
-		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.10"}, {Type: corev1.NodeHostName, Address: "edge-1"}}}},
+		// A node may publish any address on its Node, the servers' too.
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.10"}, {Type: corev1.NodeHostName, Address: "edge-1"},
+			{Type: corev1.NodeExternalIP, Address: "10.43.0.1"}, {Type: corev1.NodeExternalIP, Address: "192.168.1.5"}, {Type: corev1.NodeExternalDNS, Address: "kone.example.com"}}}},
 		metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -251,13 +262,21 @@ func TestApprover(t *testing.T) {
 	broken.Annotations[ProofAnnotation] = "not.a-proof"
 	denied("a malformed proof", decide(broken), "malformed proof")
 
-	serving := func(user string, ips ...net.IP) *certificatesv1.CertificateSigningRequest {
+	servingFor := func(user string, names []string, ips ...net.IP) *certificatesv1.CertificateSigningRequest {
 		return csrFor(t, "serving", certificatesv1.KubeletServingSignerName, user, []string{"system:nodes"},
-			KubeletSubject("edge-1"), []string{"edge-1"}, ips, certificatesv1.UsageDigitalSignature, certificatesv1.UsageServerAuth)
+			KubeletSubject("edge-1"), names, ips, certificatesv1.UsageDigitalSignature, certificatesv1.UsageServerAuth)
+	}
+	serving := func(user string, ips ...net.IP) *certificatesv1.CertificateSigningRequest {
+		return servingFor(user, []string{"edge-1"}, ips...)
 	}
 	if v := decide(serving("system:node:edge-1", net.ParseIP("192.168.1.10"))); !v.approve {
 		t.Errorf("kubelet serving certificate for the node's own addresses: %+v", v)
 	}
+	for _, ip := range []string{"10.43.0.1", "192.168.1.1", "192.168.1.5"} {
+		denied("kubelet serving certificate for the servers' address "+ip, decide(serving("system:node:edge-1", net.ParseIP(ip))), "belongs to the cluster's servers")
+	}
+	denied("kubelet serving certificate for the servers' name", decide(servingFor("system:node:edge-1", []string{"kone.example.com"}, net.ParseIP("192.168.1.10"))),
+		"belongs to the cluster's servers")
 	denied("kubelet serving certificate for a foreign address", decide(serving("system:node:edge-1", net.ParseIP("10.9.9.9"))), "is not an address of node")
 	denied("a node asking for another node's serving certificate", decide(serving("system:node:other", net.ParseIP("192.168.1.10"))), "asked for by its own node")
 	denied("a joining machine asking for a node's serving certificate", decide(serving("system:bootstrap:abcdef", net.ParseIP("192.168.1.10"))), "asked for by its own node")
@@ -375,18 +394,18 @@ func TestValid(t *testing.T) {
 	if _, err := ca.EnsureLeaf(f, pki.LeafSpec{CommonName: want.CommonName, Organization: want.Organization}, now); err != nil {
 		t.Fatal(err)
 	}
-	if !Valid(f.Cert, want, now, time.Hour) {
+	if !Valid(f, want, now, time.Hour) {
 		t.Error("a fresh certificate for the subject is not valid")
 	}
-	if Valid(f.Cert, want, now, pki.LeafValidity) {
+	if Valid(f, want, now, pki.LeafValidity) {
 		t.Error("a certificate that expires within the renewal window is valid")
 	}
 	for _, other := range []pkix.Name{Subject(FlannelGroup, "edge-2"), {CommonName: FlannelGroup}, Subject(DNSGroup, "edge-1")} {
-		if Valid(f.Cert, other, now, time.Hour) {
+		if Valid(f, other, now, time.Hour) {
 			t.Errorf("a certificate for %v passes for %v", want, other)
 		}
 	}
-	if Valid(filepath.Join(dir, "missing.crt"), want, now, 0) {
+	if Valid(pki.File{Cert: filepath.Join(dir, "missing.crt"), Key: filepath.Join(dir, "missing.key")}, want, now, 0) {
 		t.Error("a missing certificate is valid")
 	}
 }

@@ -20,7 +20,11 @@ type Cluster struct {
 	Dir string
 
 	ServerCA, ClientCA, RequestHeaderCA, EtcdServerCA, EtcdPeerCA string // CA certificates
-	ServerCAKey, ClientCAKey                                      string // for the CSR signer
+	ClientCAKey                                                   string // for the CSR signer
+	// KubeletServingCA signs kubelets' serving certificates, and only those: the apiserver
+	// checks kubelets against it, and no client of the apiserver trusts it, so that no
+	// certificate a node can obtain passes for a server.
+	KubeletServingCA, KubeletServingCAKey string
 
 	ServiceAccountKey string
 
@@ -42,24 +46,25 @@ func Layout(dir string) *Cluster {
 	}
 	etcd := filepath.Join(dir, "etcd")
 	return &Cluster{
-		Dir:               dir,
-		ServerCA:          filepath.Join(dir, "server-ca.crt"),
-		ServerCAKey:       filepath.Join(dir, "server-ca.key"),
-		ClientCA:          filepath.Join(dir, "client-ca.crt"),
-		ClientCAKey:       filepath.Join(dir, "client-ca.key"),
-		RequestHeaderCA:   filepath.Join(dir, "request-header-ca.crt"),
-		EtcdServerCA:      filepath.Join(etcd, "server-ca.crt"),
-		EtcdPeerCA:        filepath.Join(etcd, "peer-ca.crt"),
-		ServiceAccountKey: filepath.Join(dir, "service.key"),
-		APIServerServing:  leaf("serving-kube-apiserver"),
-		Admin:             leaf("client-admin"),
-		ControllerManager: leaf("client-controller-manager"),
-		Scheduler:         leaf("client-scheduler"),
-		APIServerKubelet:  leaf("client-kube-apiserver"),
-		APIServerEtcd:     File{filepath.Join(etcd, "client.crt"), filepath.Join(etcd, "client.key")},
-		AuthProxy:         leaf("client-auth-proxy"),
-		EtcdServing:       File{filepath.Join(etcd, "server.crt"), filepath.Join(etcd, "server.key")},
-		EtcdPeer:          File{filepath.Join(etcd, "peer.crt"), filepath.Join(etcd, "peer.key")},
+		Dir:                 dir,
+		ServerCA:            filepath.Join(dir, "server-ca.crt"),
+		ClientCA:            filepath.Join(dir, "client-ca.crt"),
+		ClientCAKey:         filepath.Join(dir, "client-ca.key"),
+		KubeletServingCA:    filepath.Join(dir, "kubelet-serving-ca.crt"),
+		KubeletServingCAKey: filepath.Join(dir, "kubelet-serving-ca.key"),
+		RequestHeaderCA:     filepath.Join(dir, "request-header-ca.crt"),
+		EtcdServerCA:        filepath.Join(etcd, "server-ca.crt"),
+		EtcdPeerCA:          filepath.Join(etcd, "peer-ca.crt"),
+		ServiceAccountKey:   filepath.Join(dir, "service.key"),
+		APIServerServing:    leaf("serving-kube-apiserver"),
+		Admin:               leaf("client-admin"),
+		ControllerManager:   leaf("client-controller-manager"),
+		Scheduler:           leaf("client-scheduler"),
+		APIServerKubelet:    leaf("client-kube-apiserver"),
+		APIServerEtcd:       File{filepath.Join(etcd, "client.crt"), filepath.Join(etcd, "client.key")},
+		AuthProxy:           leaf("client-auth-proxy"),
+		EtcdServing:         File{filepath.Join(etcd, "server.crt"), filepath.Join(etcd, "server.key")},
+		EtcdPeer:            File{filepath.Join(etcd, "peer.crt"), filepath.Join(etcd, "peer.key")},
 	}
 }
 
@@ -73,7 +78,7 @@ func InClusterNames(clusterDomain string) []string {
 // names of etcd's serving and peer certificates. It returns the leaves it issued.
 func (c *Cluster) Ensure(apiserver, etcd Names, now time.Time) ([]string, error) {
 	cas := map[string]*CA{}
-	for _, name := range []string{"server-ca", "client-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca"} {
+	for _, name := range []string{"server-ca", "client-ca", "kubelet-serving-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca"} {
 		ca, err := EnsureCA(c.Dir, name, now)
 		if err != nil {
 			return nil, fmt.Errorf("certificate authority %s: %w", name, err)

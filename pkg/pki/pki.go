@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -47,8 +48,13 @@ type File struct{ Cert, Key string }
 // EnsureCA loads the CA in dir/name.crt and dir/name.key, or creates it when neither exists.
 func EnsureCA(dir, name string, now time.Time) (*CA, error) {
 	f := File{filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")}
+	if err := RecoverPair(f); err != nil {
+		return nil, err
+	}
 	certOK, keyOK := exists(f.Cert), exists(f.Key)
-	if certOK != keyOK {
+	// A key without its certificate is a creation that an earlier kone, which wrote the key
+	// first, did not finish: nothing was signed with it, so a new CA replaces it.
+	if certOK && !keyOK {
 		return nil, fmt.Errorf("certificate authority %s: only one of %s and %s exists; restore the other from a backup, or remove both to create a new CA (every certificate it signed must then be re-issued)", name, f.Cert, f.Key)
 	}
 	if certOK {
@@ -86,8 +92,12 @@ func EnsureCA(dir, name string, now time.Time) (*CA, error) {
 // EnsureLeaf makes sure f holds a certificate for spec signed by ca that is valid for at least
 // RenewBefore. It reports whether it issued a new one. An existing key is kept on renewal.
 func (ca *CA) EnsureLeaf(f File, spec LeafSpec, now time.Time) (bool, error) {
+	if err := RecoverPair(f); err != nil {
+		return false, err
+	}
 	var key crypto.Signer
-	if exists(f.Cert) || exists(f.Key) {
+	// A key without its certificate is an issue that an earlier kone did not finish.
+	if exists(f.Cert) {
 		cert, k, err := load(f)
 		if err != nil {
 			return false, err
@@ -262,10 +272,57 @@ func write(f File, cert *x509.Certificate, key crypto.Signer) error {
 	if err != nil {
 		return err
 	}
-	if err := WriteFile(f.Key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+	return WritePair(f, EncodeCert(cert), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+}
+
+// next is where WritePair puts a file of the new pair before it takes its place.
+func next(path string) string { return path + ".next" }
+
+// WritePair replaces a certificate and its key together: a crash at any moment leaves the old
+// pair, the new pair, or (on a first write) none, once RecoverPair has run, never a key without
+// its certificate. Both are first written beside their places; the certificate's file there
+// is the commit point, after which the key and then the certificate are moved into place.
+func WritePair(f File, certPEM, keyPEM []byte) error {
+	if err := WriteFile(next(f.Key), keyPEM, 0o600); err != nil {
 		return err
 	}
-	return WriteFile(f.Cert, EncodeCert(cert), 0o644)
+	if err := WriteFile(next(f.Cert), certPEM, 0o644); err != nil {
+		return err
+	}
+	return RecoverPair(f)
+}
+
+// RecoverPair finishes a WritePair that a crash interrupted after its commit point, or undoes
+// one interrupted before it. Every reader of a pair calls it first.
+func RecoverPair(f File) error {
+	if !exists(next(f.Cert)) {
+		if err := os.Remove(next(f.Key)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove an unfinished key: %w", err)
+		}
+		return nil
+	}
+	if exists(next(f.Key)) {
+		if err := os.Rename(next(f.Key), f.Key); err != nil {
+			return fmt.Errorf("write %s: %w", f.Key, err)
+		}
+	}
+	if err := os.Rename(next(f.Cert), f.Cert); err != nil {
+		return fmt.Errorf("write %s: %w", f.Cert, err)
+	}
+	return syncDir(filepath.Dir(f.Cert))
+}
+
+// syncDir makes the renames in dir survive a power cut.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
 }
 
 // WriteFile replaces path atomically: a crash leaves either the old file or the new one. kone
@@ -273,6 +330,14 @@ func write(f File, cert *x509.Certificate, key crypto.Signer) error {
 func WriteFile(path string, data []byte, mode os.FileMode) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return fmt.Errorf("create directory for %s: %w", path, err)
+	}
+	// Temporary files of an earlier write of path that was killed before its rename.
+	if entries, err := os.ReadDir(filepath.Dir(path)); err == nil {
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), "."+filepath.Base(path)+".tmp") {
+				_ = os.Remove(filepath.Join(filepath.Dir(path), e.Name()))
+			}
+		}
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {

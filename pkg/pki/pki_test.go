@@ -3,6 +3,7 @@ package pki
 import (
 	"bytes"
 	"crypto/x509"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -247,5 +248,114 @@ func TestKubeconfig(t *testing.T) {
 	}
 	if strings.Contains(string(data), c.Dir) {
 		t.Error("an embedded kubeconfig refers to files")
+	}
+}
+
+// A pair's write killed at any step leaves, once read again, the old pair or the new one,
+// never a key without its certificate or a key of another certificate; and the next Ensure
+// succeeds.
+func TestPairSurvivesACrashAtEveryStep(t *testing.T) {
+	issue := func(t *testing.T, dir, cn string) (cert, key []byte) {
+		t.Helper()
+		ca, err := EnsureCA(dir, "ca", now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmp := t.TempDir()
+		f := File{Cert: filepath.Join(tmp, "x.crt"), Key: filepath.Join(tmp, "x.key")}
+		if _, err := ca.EnsureLeaf(f, LeafSpec{CommonName: cn, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, now); err != nil {
+			t.Fatal(err)
+		}
+		cert, _ = os.ReadFile(f.Cert)
+		key, _ = os.ReadFile(f.Key)
+		return cert, key
+	}
+	// Each step of WritePair, as a crash right after it would leave the files.
+	steps := []struct {
+		name    string
+		crash   func(f File, cert, key []byte)
+		wantNew bool
+	}{
+		{"new key written beside", func(f File, cert, key []byte) { os.WriteFile(next(f.Key), key, 0o600) }, false},
+		{"both written beside", func(f File, cert, key []byte) {
+			os.WriteFile(next(f.Key), key, 0o600)
+			os.WriteFile(next(f.Cert), cert, 0o644)
+		}, true},
+		{"key moved into place", func(f File, cert, key []byte) {
+			os.WriteFile(f.Key, key, 0o600)
+			os.WriteFile(next(f.Cert), cert, 0o644)
+		}, true},
+	}
+	for _, first := range []bool{true, false} {
+		for _, s := range steps {
+			t.Run(fmt.Sprintf("%s, first write %v", s.name, first), func(t *testing.T) {
+				dir := t.TempDir()
+				f := File{Cert: filepath.Join(dir, "leaf.crt"), Key: filepath.Join(dir, "leaf.key")}
+				oldCert, oldKey := issue(t, dir, "old")
+				if !first {
+					if err := WritePair(f, oldCert, oldKey); err != nil {
+						t.Fatal(err)
+					}
+				}
+				newCert, newKey := issue(t, dir, "new")
+				s.crash(f, newCert, newKey)
+				if err := RecoverPair(f); err != nil {
+					t.Fatal(err)
+				}
+				cert, key := oldCert, oldKey
+				if s.wantNew {
+					cert, key = newCert, newKey
+				}
+				gotCert, certErr := os.ReadFile(f.Cert)
+				gotKey, keyErr := os.ReadFile(f.Key)
+				switch {
+				case first && !s.wantNew:
+					if certErr == nil || keyErr == nil {
+						t.Errorf("an unfinished first write left files: cert %v, key %v", certErr, keyErr)
+					}
+				case !bytes.Equal(gotCert, cert) || !bytes.Equal(gotKey, key):
+					t.Errorf("want the %s pair, have another (cert %v, key %v)", map[bool]string{true: "new", false: "old"}[s.wantNew], certErr, keyErr)
+				}
+				for _, p := range []string{next(f.Cert), next(f.Key)} {
+					if _, err := os.Stat(p); err == nil {
+						t.Errorf("%s is left behind", p)
+					}
+				}
+			})
+		}
+	}
+}
+
+// What an earlier kone, which wrote a pair's key first, may have left: a key alone. A CA or a
+// leaf is then created anew, where such a start used to fail until files were removed by hand;
+// a temporary file of a killed write goes with the next write of its file.
+func TestLeftoversOfAnEarlierCrash(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "ca.key"), []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ca, err := EnsureCA(dir, "ca", now)
+	if err != nil {
+		t.Fatalf("a CA key without its certificate: %v", err)
+	}
+	f := File{Cert: filepath.Join(dir, "leaf.crt"), Key: filepath.Join(dir, "leaf.key")}
+	if err := os.WriteFile(f.Key, []byte("half"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.EnsureLeaf(f, LeafSpec{CommonName: "leaf", Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, now); err != nil {
+		t.Fatalf("a leaf key without its certificate: %v", err)
+	}
+	if _, _, err := load(f); err != nil {
+		t.Errorf("the leaf issued anew: %v", err)
+	}
+	stale := filepath.Join(dir, ".token.tmp12345")
+	if err := os.WriteFile(stale, []byte("secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(filepath.Join(dir, "token"), []byte("t"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(stale); err == nil {
+		t.Error("a killed write's temporary file is still there")
 	}
 }

@@ -111,6 +111,7 @@ func TestAgents(t *testing.T) {
 	}
 
 	checkIdentityTheft(t, n, tok, "agent-1", nodeNet+"2")
+	checkServingForServers(t, n, "agent-1", bridgeHost, "10.43.0.1")
 
 	ns := "kone-node-it"
 	if _, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
@@ -126,7 +127,11 @@ func TestAgents(t *testing.T) {
 		t.Fatalf("the Deployment's pods are not spread over the three nodes: %v", onNode)
 	}
 	// Every pod reaches every other pod by IP, and the Service by name through its own node's DNS.
+	// The apiserver reaches every kubelet, checking its serving certificate, for logs and exec.
 	for _, from := range pods {
+		if out := kubectlEventually(t, n, "logs", "-n", ns, from.Name); !strings.Contains(out, "serving "+from.Name) {
+			t.Errorf("logs of %s (on %s): %q", from.Name, from.Spec.NodeName, out)
+		}
 		for _, to := range pods {
 			url := "http://" + to.Status.PodIP + ":8080/"
 			if out := kubectlEventually(t, n, "exec", "-n", ns, from.Name, "--", "timeout", "5", "wget", "-q", "-O-", url); strings.TrimSpace(out) != "hello from "+to.Name {
@@ -311,10 +316,13 @@ func checkRefusedJoins(t *testing.T, n *node, cs kubernetes.Interface, tok strin
 	pinned, cred, _ := strings.Cut(strings.TrimPrefix(tok, "K10"), "::")
 	id, _, _ := strings.Cut(cred, ".")
 	server := "https://127.0.0.1:" + n.https
+	expired := strings.TrimSpace(n.run(nil, n.bin, "token", "create", "--kubeconfig", n.kubeconfig, "--ttl", "1s"))
+	expires := time.Now().Add(time.Second)
 	cases := []struct{ name, server, token, want string }{
 		{"forged CA hash", server, "K10" + strings.Repeat("0", 64) + "::" + cred, "does not match the hash in the token"},
 		{"wrong secret", server, "K10" + pinned + "::" + id + ".0123456789abcdef", "secret is wrong"},
 		{"unknown token", server, "K10" + pinned + "::zzzzzz.0123456789abcdef", "knows no valid token with id zzzzzz"},
+		{"expired token", server, expired, "expired or was deleted"},
 		{"unreachable server", "https://127.0.0.1:" + freePort(t), tok, "cannot reach the server"},
 		// The server's own node holds its name: a machine asking for it is refused.
 		{"taken node name", server, tok, "--node-name"},
@@ -324,6 +332,7 @@ func checkRefusedJoins(t *testing.T, n *node, cs kubernetes.Interface, tok strin
 		t.Fatalf("nodes: %v %v", nodes, err)
 	}
 	taken := nodes.Items[0].Name
+	time.Sleep(time.Until(expires.Add(time.Second))) // past the TTL, with the expiry's second rounded
 	for _, c := range cases {
 		dataDir := t.TempDir()
 		args := []string{"agent", "--data-dir", dataDir, "--server", c.server, "--token", c.token, "--node-name", "refused"}

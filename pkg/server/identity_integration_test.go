@@ -122,10 +122,36 @@ func checkIdentityAfterDelete(t *testing.T, n *node, cs kubernetes.Interface, to
 	if err != nil {
 		t.Fatalf("a new machine taking the name of the deleted node %s: %v", name, err)
 	}
-	if !join.Valid(pair, join.KubeletSubject(name), time.Now(), 0) {
+	if !join.Valid(pki.File{Cert: pair, Key: pair}, join.KubeletSubject(name), time.Now(), 0) {
 		t.Errorf("the new machine's kubelet certificate in %s is not for %s", pair, name)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "kubelet-client-current.pem")); err != nil {
 		t.Errorf("the kubelet certificate is not where kubelet looks for it: %v", err)
+	}
+}
+
+// checkServingForServers: a node, with its own credentials (root on that machine), asks for a
+// serving certificate under a server's address or the first service IP, which would let it
+// pass for the apiserver; both are refused.
+func checkServingForServers(t *testing.T, n *node, agent string, serverIPs ...string) {
+	t.Helper()
+	// The current pair is a link to a path inside the node's mount namespace.
+	dir := filepath.Join("/var/lib/kone-nodes", agent, "lib", "kone", "agent", "kubelet", "pki")
+	target, err := os.Readlink(filepath.Join(dir, "kubelet-client-current.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair := filepath.Join(dir, filepath.Base(target))
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: "https://127.0.0.1:" + n.https,
+		TLSClientConfig: rest.TLSClientConfig{Insecure: true, CertFile: pair, KeyFile: pair}, Timeout: 15 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ip := range serverIPs {
+		err := requestRaw(t, cs, certificatesv1.KubeletServingSignerName, join.KubeletSubject(agent), []string{agent},
+			[]net.IP{net.ParseIP(ip)}, certificatesv1.UsageServerAuth)
+		if err == nil || !strings.Contains(err.Error(), "belongs to the cluster's servers") {
+			t.Errorf("node %s asking for a serving certificate for %s: %v", agent, ip, err)
+		}
 	}
 }

@@ -153,6 +153,15 @@ func (n *node) stop() {
 	n.t.Logf("stopped in %s", time.Since(t0).Round(time.Millisecond))
 }
 
+// kill ends kone at once (SIGKILL), as a power cut would; containers and files stay as they are.
+func (n *node) kill() {
+	n.t.Helper()
+	if err := n.cmd.Process.Kill(); err != nil {
+		n.t.Fatal(err)
+	}
+	<-n.exited
+}
+
 // runFail runs a kone command that must fail, and returns its output.
 func (n *node) runFail(args ...string) string {
 	n.t.Helper()

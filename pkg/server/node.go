@@ -21,7 +21,7 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 	if err != nil {
 		return node.Credentials{}, err
 	}
-	serverCA, err := pki.EnsureCA(ca.Dir, "server-ca", now)
+	servingCA, err := pki.EnsureCA(ca.Dir, "kubelet-serving-ca", now)
 	if err != nil {
 		return node.Credentials{}, err
 	}
@@ -64,7 +64,7 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 	}
 	spec := pki.LeafSpec{CommonName: id.Name, DNSNames: names, IPs: []net.IP{id.IP, net.IPv4(127, 0, 0, 1)},
 		Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	if _, err := serverCA.EnsureLeaf(serving, spec, now); err != nil {
+	if _, err := servingCA.EnsureLeaf(serving, spec, now); err != nil {
 		return node.Credentials{}, fmt.Errorf("kubelet serving certificate: %w", err)
 	}
 	return node.Credentials{

@@ -60,7 +60,8 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 
 	t0 := time.Now()
-	issued, err := ca.Ensure(apiserverNames(cfg), etcdNames(), t0)
+	servers := apiserverNames(cfg)
+	issued, err := ca.Ensure(servers, etcdNames(), t0)
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
@@ -80,7 +81,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	admin := &rest.Config{Host: local, TLSClientConfig: rest.TLSClientConfig{
 		CAFile: ca.ServerCA, CertFile: ca.Admin.Cert, KeyFile: ca.Admin.Key,
 	}}
-	apiserver, err := control.NewAPIServer(apiArgs, admin)
+	apiserver, err := control.NewAPIServer(apiArgs, control.UserAuthenticationConfig(cfg), admin)
 	if err != nil {
 		return err
 	}
@@ -130,7 +131,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	chain := []supervisor.Component{
 		store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
-		join.NewApprover(adminClient, log.Logger, own...), cloud.NewController(adminClient),
+		join.NewApprover(adminClient, log.Logger, servers, own...), cloud.NewController(adminClient),
 	}
 	return node.Supervisor(log, notify).Run(ctx, append(chain, nodeSide...)...)
 }
