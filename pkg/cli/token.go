@@ -94,7 +94,29 @@ func newTokenCommand() *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(create, list, del)
+	var dataDir string
+	rotate := &cobra.Command{
+		Use:   "rotate",
+		Short: "Replace the server's token with a new one and print it once",
+		Long: "Replace the server's own token: the new one is written to the token file in the data dir and printed once, " +
+			"and the old one joins nothing from then on. Nodes that have joined keep working with their own credentials.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cs, caPEM, err := adminClient(kubeconfig)
+			if err != nil {
+				return err
+			}
+			files := (&config.Config{DataDir: dataDir}).ServerToken()
+			t, err := files.Rotate(cmd.Context(), cs, caPEM, time.Now())
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), t.String())
+			return nil
+		},
+	}
+	rotate.Flags().StringVarP(&dataDir, "data-dir", "d", config.DefaultDataDir, "the server's data dir, which holds its token file")
+	cmd.AddCommand(create, list, del, rotate)
 	return cmd
 }
 

@@ -424,6 +424,11 @@ func (n *Node) validate() error {
 // ServerDir holds everything only a server has: certificates, etcd's data, the token.
 func (c *Config) ServerDir() string { return filepath.Join(c.DataDir, "server") }
 
+// ServerToken are the files of the server's own join token.
+func (c *Config) ServerToken() token.ServerFiles {
+	return token.ServerFiles{Token: filepath.Join(c.ServerDir(), "token"), Published: filepath.Join(c.ServerDir(), "token.published")}
+}
+
 // TLSDir holds the cluster's PKI.
 func (c *Config) TLSDir() string { return filepath.Join(c.ServerDir(), "tls") }
 

@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -24,7 +25,9 @@ import (
 // agents follow, the RBAC rules of kone's own identities, and the kube-dns Service.
 type bootstrap struct {
 	admin    *rest.Config
+	log      *logrus.Logger
 	tok      token.Token
+	files    token.ServerFiles
 	caFile   string
 	server   string
 	settings join.Settings
@@ -32,8 +35,8 @@ type bootstrap struct {
 	ready    *supervisor.Latch
 }
 
-func newBootstrap(admin *rest.Config, tok token.Token, caFile, server string, settings join.Settings, dnsIP net.IP) *bootstrap {
-	return &bootstrap{admin: admin, tok: tok, caFile: caFile, server: server, settings: settings, dnsIP: dnsIP, ready: supervisor.NewLatch()}
+func newBootstrap(admin *rest.Config, log *logrus.Logger, tok token.Token, files token.ServerFiles, caFile, server string, settings join.Settings, dnsIP net.IP) *bootstrap {
+	return &bootstrap{admin: admin, log: log, tok: tok, files: files, caFile: caFile, server: server, settings: settings, dnsIP: dnsIP, ready: supervisor.NewLatch()}
 }
 
 func (b *bootstrap) Name() string { return "cluster bootstrap" }
@@ -47,8 +50,15 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := token.Ensure(ctx, cs, b.tok, token.Options{Description: "kone server token"}, time.Now()); err != nil {
+	usable, err := b.files.Publish(ctx, cs, b.tok, time.Now())
+	if err != nil {
 		return err
+	}
+	var signers []token.Token
+	if usable {
+		signers = append(signers, b.tok)
+	} else {
+		b.log.WithField("token", b.tok.ID).Info("the server's token in " + b.files.Token + " was deleted and stays so; `kone token create` or `kone token rotate` makes one for joining nodes")
 	}
 	caPEM, err := os.ReadFile(b.caFile)
 	if err != nil {
@@ -60,7 +70,7 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := token.PublishClusterInfo(ctx, cs, kubeconfig, b.tok); err != nil {
+	if err := token.PublishClusterInfo(ctx, cs, kubeconfig, signers...); err != nil {
 		return err
 	}
 	if err := join.PublishSettings(ctx, cs, b.settings); err != nil {

@@ -87,9 +87,15 @@ func (a *agentNode) log() string {
 // its pods untouched.
 func TestAgents(t *testing.T) {
 	bin := koneBinary(t)
-	n, cs, tok := startClusterServer(t, bin)
+	n, cs, first := startClusterServer(t, bin)
 	server := "https://" + bridgeHost + ":" + n.https
-	checkRefusedJoins(t, n, cs, tok)
+	// The server's token, rotated: the new one is printed once and is in the token file; the
+	// old one joins nothing.
+	tok := strings.TrimSpace(n.run(nil, bin, "token", "rotate", "--kubeconfig", n.kubeconfig, "--data-dir", n.dataDir))
+	if data, _ := os.ReadFile(filepath.Join(n.dataDir, "server", "token")); strings.TrimSpace(string(data)) != tok || tok == first {
+		t.Fatalf("token rotate printed %q; the token file holds %q; the token was %q", tok, data, first)
+	}
+	checkRefusedJoins(t, n, cs, tok, first)
 
 	agents := []*agentNode{newAgent(t, bin, "agent-1", nodeNet+"2", server, tok), newAgent(t, bin, "agent-2", nodeNet+"3", server, tok)}
 	// An address from a documentation range: published, never sent to.
@@ -177,9 +183,13 @@ func TestAgents(t *testing.T) {
 	}
 
 	// A server restart: the agents' pods keep running and their nodes are Ready again soon after.
+	// The server's token, deleted above, stays deleted.
 	n.stop()
 	time.Sleep(5 * time.Second)
 	n.start()
+	if _, err := cs.CoreV1().Secrets("kube-system").Get(context.Background(), "bootstrap-token-"+id, metav1.GetOptions{}); err == nil {
+		t.Errorf("the server's deleted token %s came back with the server's restart", id)
+	}
 	back := time.Now()
 	// Ready again: every kubelet has renewed its node's lease with the returned server.
 	waitNodesReady(t, cs, 3)
@@ -310,8 +320,8 @@ func checkNodeAddresses(t *testing.T, cs kubernetes.Interface, name, want string
 }
 
 // checkRefusedJoins: joins that must fail do, say why, send no secret where the CA is not the
-// pinned one, and register nothing.
-func checkRefusedJoins(t *testing.T, n *node, cs kubernetes.Interface, tok string) {
+// pinned one, and register nothing. rotated is a token that `kone token rotate` replaced.
+func checkRefusedJoins(t *testing.T, n *node, cs kubernetes.Interface, tok, rotated string) {
 	t.Helper()
 	pinned, cred, _ := strings.Cut(strings.TrimPrefix(tok, "K10"), "::")
 	id, _, _ := strings.Cut(cred, ".")
@@ -322,6 +332,7 @@ func checkRefusedJoins(t *testing.T, n *node, cs kubernetes.Interface, tok strin
 		{"forged CA hash", server, "K10" + strings.Repeat("0", 64) + "::" + cred, "does not match the hash in the token"},
 		{"wrong secret", server, "K10" + pinned + "::" + id + ".0123456789abcdef", "secret is wrong"},
 		{"unknown token", server, "K10" + pinned + "::zzzzzz.0123456789abcdef", "knows no valid token with id zzzzzz"},
+		{"rotated token", server, rotated, "expired or was deleted"},
 		{"expired token", server, expired, "expired or was deleted"},
 		{"unreachable server", "https://127.0.0.1:" + freePort(t), tok, "cannot reach the server"},
 		// The server's own node holds its name: a machine asking for it is refused.

@@ -68,7 +68,8 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if len(issued) > 0 {
 		log.WithField("certificates", len(issued)).Debugf("issued certificates: %v", issued)
 	}
-	tok, err := loadToken(filepath.Join(dir, "token"), cfg.Token, ca.ServerCA)
+	tokenFiles := cfg.ServerToken()
+	tok, err := loadToken(tokenFiles.Token, cfg.Token, ca.ServerCA)
 	if err != nil {
 		return err
 	}
@@ -130,7 +131,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		own = append(own, held)
 	}
 	chain := []supervisor.Component{
-		store, apiserver, newBootstrap(admin, tok, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
+		store, apiserver, newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
 		join.NewApprover(adminClient, log.Logger, servers, own...), cloud.NewController(adminClient),
 	}
 	return node.Supervisor(log, notify).Run(ctx, append(chain, nodeSide...)...)

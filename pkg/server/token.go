@@ -37,7 +37,7 @@ func loadToken(path, given, caFile string) (token.Token, error) {
 			return token.Token{}, fmt.Errorf("token file %s: %w; restore it from a backup", path, err)
 		}
 		if given != "" && (want.ID != stored.ID || want.Secret != stored.Secret) {
-			return token.Token{}, fmt.Errorf("--token differs from the token this server was set up with (in %s): drop --token, or give that token", path)
+			return token.Token{}, fmt.Errorf("--token differs from the server's token in %s (set up with it, or made by `kone token rotate`): drop --token, or give that token", path)
 		}
 		return stored, nil
 	case !errors.Is(err, os.ErrNotExist):

@@ -5,4 +5,7 @@
 // and <id>.<secret> is a Kubernetes bootstrap token, stored as a bootstrap-token Secret in
 // kube-system. A user may also give just <id>.<secret>, or any passphrase of at least 16
 // characters, from which a bootstrap token is derived the same way on every machine.
+//
+// A server's own token (ServerFiles) is created in the cluster at its first start only, so that
+// deleting it sticks, and Rotate replaces it.
 package token

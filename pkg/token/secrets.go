@@ -130,33 +130,44 @@ func Delete(ctx context.Context, cs kubernetes.Interface, id string) error {
 	return nil
 }
 
-// PublishClusterInfo writes kube-public/cluster-info, signed for tok, and lets anonymous clients
-// read only it: a joining node reads it before it has any credential. The controller-manager's
-// bootstrapsigner signs it for every other signing token, and would sign it for tok too, but
-// only some seconds after it starts; signing here means a node can join as soon as the server
-// is ready.
-func PublishClusterInfo(ctx context.Context, cs kubernetes.Interface, kubeconfig []byte, tok Token) error {
-	sigKey := bootstrapapi.JWSSignatureKeyPrefix + tok.ID
-	sig, err := jws.ComputeDetachedSignature(string(kubeconfig), tok.ID, tok.Secret)
-	if err != nil {
-		return fmt.Errorf("sign cluster-info: %w", err)
-	}
+// PublishClusterInfo writes kube-public/cluster-info, signed for the tokens given, and lets
+// anonymous clients read only it: a joining node reads it before it has any credential. The
+// controller-manager's bootstrapsigner signs it for every other signing token, and would sign
+// it for these too, but only some seconds after it starts; signing here means a node can join
+// as soon as the server is ready.
+func PublishClusterInfo(ctx context.Context, cs kubernetes.Interface, kubeconfig []byte, signers ...Token) error {
 	cm := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: bootstrapapi.ConfigMapClusterInfo, Namespace: metav1.NamespacePublic},
-		Data:       map[string]string{bootstrapapi.KubeConfigKey: string(kubeconfig), sigKey: sig},
+		Data:       map[string]string{bootstrapapi.KubeConfigKey: string(kubeconfig)},
+	}
+	for _, tok := range signers {
+		sig, err := jws.ComputeDetachedSignature(string(kubeconfig), tok.ID, tok.Secret)
+		if err != nil {
+			return fmt.Errorf("sign cluster-info: %w", err)
+		}
+		cm.Data[bootstrapapi.JWSSignatureKeyPrefix+tok.ID] = sig
 	}
 	cms := cs.CoreV1().ConfigMaps(metav1.NamespacePublic)
 	existing, err := cms.Get(ctx, cm.Name, metav1.GetOptions{})
+	changed := func() bool {
+		for k, v := range cm.Data {
+			if existing.Data[k] != v {
+				return true
+			}
+		}
+		return false
+	}
 	switch {
 	case apierrors.IsNotFound(err):
 		_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
-	case err == nil && (existing.Data[bootstrapapi.KubeConfigKey] != cm.Data[bootstrapapi.KubeConfigKey] || existing.Data[sigKey] != sig):
+	case err == nil && changed():
 		// Other tokens' signatures stay; the signer re-signs changed content for them.
 		if existing.Data == nil {
 			existing.Data = map[string]string{}
 		}
-		existing.Data[bootstrapapi.KubeConfigKey] = cm.Data[bootstrapapi.KubeConfigKey]
-		existing.Data[sigKey] = sig
+		for k, v := range cm.Data {
+			existing.Data[k] = v
+		}
 		_, err = cms.Update(ctx, existing, metav1.UpdateOptions{})
 	}
 	if err != nil {

@@ -11,12 +11,16 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"math/big"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes/fake"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
@@ -196,5 +200,86 @@ func TestPublishClusterInfo(t *testing.T) {
 	role, err := cs.RbacV1().Roles("kube-public").Get(ctx, "kone:bootstrap-signer-clusterinfo", metav1.GetOptions{})
 	if err != nil || strings.Join(role.Rules[0].ResourceNames, ",") != "cluster-info" || strings.Join(role.Rules[0].Verbs, ",") != "get" {
 		t.Fatalf("anonymous may read more than cluster-info: %+v, %v", role, err)
+	}
+}
+
+// The server's token is created in the cluster at the first start only: deleted, it stays
+// deleted across restarts; rotated, the old one is gone and the new one is in the token file.
+func TestServerToken(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset()
+	caPEM, _ := testCA(t)
+	dir := t.TempDir()
+	files := ServerFiles{Token: filepath.Join(dir, "token"), Published: filepath.Join(dir, "token.published")}
+	tok, err := Generate()
+	if err == nil {
+		tok, err = tok.WithCA(caPEM)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(files.Token, []byte(tok.String()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	secretOf := func(id string) error {
+		_, err := cs.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+id, metav1.GetOptions{})
+		return err
+	}
+	for start := range 2 {
+		if usable, err := files.Publish(ctx, cs, tok, time.Now()); err != nil || !usable {
+			t.Fatalf("start %d: usable %v, %v", start, usable, err)
+		}
+	}
+	if err := secretOf(tok.ID); err != nil {
+		t.Fatalf("the server's token is not in the cluster: %v", err)
+	}
+	if err := Delete(ctx, cs, tok.ID); err != nil {
+		t.Fatal(err)
+	}
+	if usable, err := files.Publish(ctx, cs, tok, time.Now()); err != nil || usable {
+		t.Errorf("after delete: usable %v, %v", usable, err)
+	}
+	if err := secretOf(tok.ID); !apierrors.IsNotFound(err) {
+		t.Errorf("a deleted server token came back at the next start: %v", err)
+	}
+
+	// A start killed after the Secret was made but before it was recorded: the next one records it.
+	if err := os.Remove(files.Published); err != nil {
+		t.Fatal(err)
+	}
+	// As the apiserver stores it: StringData becomes Data, which the fake client does not do.
+	if _, err := cs.CoreV1().Secrets("kube-system").Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: "bootstrap-token-" + tok.ID, Namespace: "kube-system"},
+		Type:       bootstrapapi.SecretTypeBootstrapToken,
+		Data:       map[string][]byte{bootstrapapi.BootstrapTokenIDKey: []byte(tok.ID), bootstrapapi.BootstrapTokenSecretKey: []byte(tok.Secret)},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if usable, err := files.Publish(ctx, cs, tok, time.Now()); err != nil || !usable {
+		t.Fatalf("after an unrecorded publish: usable %v, %v", usable, err)
+	}
+
+	rotated, err := files.Rotate(ctx, cs, caPEM, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rotated.ID == tok.ID || rotated.CheckCA(caPEM) != nil {
+		t.Fatalf("rotated token %s does not replace %s, or does not pin the CA", rotated.ID, tok.ID)
+	}
+	if data, _ := os.ReadFile(files.Token); strings.TrimSpace(string(data)) != rotated.String() {
+		t.Error("the token file does not hold the new token")
+	}
+	if err := secretOf(tok.ID); !apierrors.IsNotFound(err) {
+		t.Errorf("the old token survives its rotation: %v", err)
+	}
+	if usable, err := files.Publish(ctx, cs, rotated, time.Now()); err != nil || !usable || secretOf(rotated.ID) != nil {
+		t.Errorf("the new token at the next start: usable %v, %v", usable, err)
+	}
+	otherCA, _ := testCA(t)
+	if _, err := files.Rotate(ctx, cs, otherCA, time.Now()); err == nil || !strings.Contains(err.Error(), "does not belong to the cluster") {
+		t.Errorf("rotate against another cluster's CA: %v", err)
+	}
+	if data, _ := os.ReadFile(files.Token); strings.TrimSpace(string(data)) != rotated.String() {
+		t.Error("a refused rotation changed the token file")
 	}
 }

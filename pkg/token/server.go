@@ -1,0 +1,88 @@
+package token
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	bootstraputil "k8s.io/cluster-bootstrap/token/util"
+
+	"github.com/kone-dev/kone/pkg/pki"
+)
+
+// ServerDescription is the description of a server's own token in `kone token list`.
+const ServerDescription = "kone server token"
+
+// ServerFiles are where a server keeps its own join token: the token file that users read, and
+// the id of the token the server has published to the cluster, so that a server token deleted
+// on purpose is not created again at the next start.
+type ServerFiles struct{ Token, Published string }
+
+// Publish makes the server's token t a bootstrap-token Secret the first time the server starts
+// with it, and only then. It reports whether t can join nodes: false once it has been deleted
+// (`kone token delete`), which sticks across restarts.
+func (f ServerFiles) Publish(ctx context.Context, cs kubernetes.Interface, t Token, now time.Time) (bool, error) {
+	published, err := os.ReadFile(f.Published)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("read %s: %w", f.Published, err)
+	}
+	if strings.TrimSpace(string(published)) == t.ID {
+		_, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, bootstraputil.BootstrapTokenSecretName(t.ID), metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			return false, nil
+		}
+		if err != nil {
+			return false, fmt.Errorf("read token %s: %w", t.ID, err)
+		}
+		return true, nil
+	}
+	// Recorded only once the Secret exists: a start killed before that creates it next time.
+	if err := Ensure(ctx, cs, t, Options{Description: ServerDescription}, now); err != nil {
+		return false, err
+	}
+	return true, pki.WriteFile(f.Published, []byte(t.ID+"\n"), 0o600)
+}
+
+// Rotate gives the server a new token: it creates it in the cluster, writes it to the token file
+// and deletes the old one, after which the old token joins nothing. Nodes that have joined keep
+// their own credentials. caPEM is the cluster CA the new token pins.
+func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM []byte, now time.Time) (Token, error) {
+	data, err := os.ReadFile(f.Token)
+	if err != nil {
+		return Token{}, fmt.Errorf("the server's token file: %w; run this on a server, or give its --data-dir", err)
+	}
+	old, err := Parse(string(data))
+	if err != nil {
+		return Token{}, fmt.Errorf("the server's token file %s: %w", f.Token, err)
+	}
+	if err := old.CheckCA(caPEM); err != nil {
+		return Token{}, fmt.Errorf("the server's token file %s does not belong to the cluster of this kubeconfig: %w", f.Token, err)
+	}
+	t, err := Generate()
+	if err == nil {
+		t, err = t.WithCA(caPEM)
+	}
+	if err != nil {
+		return Token{}, err
+	}
+	if err := Create(ctx, cs, t, Options{Description: ServerDescription}, now); err != nil {
+		return Token{}, err
+	}
+	if err := pki.WriteFile(f.Token, []byte(t.String()+"\n"), 0o600); err != nil {
+		return Token{}, err
+	}
+	if err := pki.WriteFile(f.Published, []byte(t.ID+"\n"), 0o600); err != nil {
+		return Token{}, err
+	}
+	err = cs.CoreV1().Secrets(metav1.NamespaceSystem).Delete(ctx, bootstraputil.BootstrapTokenSecretName(old.ID), metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return Token{}, fmt.Errorf("the new token is in %s, but the old one (%s) is not deleted yet: %w; delete it with `kone token delete %s`", f.Token, old.ID, err, old.ID)
+	}
+	return t, nil
+}
