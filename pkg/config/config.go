@@ -57,6 +57,9 @@ type Config struct {
 
 	DisableAgent bool
 
+	// SecretsEncryption encrypts Secrets in etcd (on by default; k3s has it off).
+	SecretsEncryption bool
+
 	// FlannelBackend is the cross-node overlay a server chooses for the whole cluster.
 	FlannelBackend string
 
@@ -130,6 +133,7 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.Var(&argsValue{p: &c.SchedulerArgs}, "kube-scheduler-arg", "extra kube-scheduler flag as key=value (repeatable)")
 	fs.Var(&argsValue{p: &c.EtcdArgs}, "etcd-arg", "extra etcd setting as key=value, keys as in etcd's config file (repeatable)")
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
+	fs.BoolVar(&c.SecretsEncryption, "secrets-encryption", true, "encrypt Secrets in etcd (false: store new ones in plain text; encrypted ones stay readable)")
 	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns (repeatable)")
 	fs.StringVar(&c.FlannelBackend, "flannel-backend", FlannelVXLAN, "how pod traffic crosses nodes: vxlan, host-gw (nodes share a layer-2 network) or none (bring your own)")
 	bindNodeFlags(fs, &c.Node)
@@ -428,6 +432,18 @@ func (c *Config) ServerDir() string { return filepath.Join(c.DataDir, "server") 
 func (c *Config) ServerToken() token.ServerFiles {
 	return token.ServerFiles{Token: filepath.Join(c.ServerDir(), "token"), Published: filepath.Join(c.ServerDir(), "token.published")}
 }
+
+// EncryptionConfig is the apiserver's encryption configuration, keys included; EncryptionDone
+// records the writer every stored Secret was last brought to.
+func (c *Config) EncryptionConfig() string {
+	return filepath.Join(c.ServerDir(), "cred", "encryption-config.yaml")
+}
+func (c *Config) EncryptionDone() string {
+	return filepath.Join(c.ServerDir(), "cred", "encryption-done")
+}
+
+// EtcdURL is where the server's etcd serves its clients.
+func (c *Config) EtcdURL() string { return fmt.Sprintf("https://127.0.0.1:%d", c.EtcdClientPort) }
 
 // TLSDir holds the cluster's PKI.
 func (c *Config) TLSDir() string { return filepath.Join(c.ServerDir(), "tls") }

@@ -14,6 +14,7 @@ import (
 type Files struct {
 	EtcdURL                     string
 	AuthenticationConfig        string
+	EncryptionConfig            string
 	ControllerManagerKubeconfig string
 	SchedulerKubeconfig         string
 	CertDir                     string // where kube-apiserver may keep generated certificates
@@ -29,18 +30,21 @@ const (
 func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 	issuer := "https://kubernetes.default.svc." + c.ClusterDomain
 	a := map[string]string{
-		"bind-address":                c.BindAddress.String(),
-		"secure-port":                 fmt.Sprint(c.HTTPSPort),
-		"allow-privileged":            "true",
-		"authorization-mode":          "Node,RBAC",
-		"enable-admission-plugins":    nodeRestriction,
-		"authentication-config":       f.AuthenticationConfig,
-		"enable-bootstrap-token-auth": "true",
-		"client-ca-file":              p.ClientCA,
-		"etcd-servers":                f.EtcdURL,
-		"etcd-cafile":                 p.EtcdServerCA,
-		"etcd-certfile":               p.APIServerEtcd.Cert,
-		"etcd-keyfile":                p.APIServerEtcd.Key,
+		"bind-address":               c.BindAddress.String(),
+		"secure-port":                fmt.Sprint(c.HTTPSPort),
+		"allow-privileged":           "true",
+		"authorization-mode":         "Node,RBAC",
+		"enable-admission-plugins":   nodeRestriction,
+		"authentication-config":      f.AuthenticationConfig,
+		"encryption-provider-config": f.EncryptionConfig,
+		// `kone secrets-encrypt rotate-keys` changes the keys while the apiserver serves.
+		"encryption-provider-config-automatic-reload": "true",
+		"enable-bootstrap-token-auth":                 "true",
+		"client-ca-file":                              p.ClientCA,
+		"etcd-servers":                                f.EtcdURL,
+		"etcd-cafile":                                 p.EtcdServerCA,
+		"etcd-certfile":                               p.APIServerEtcd.Cert,
+		"etcd-keyfile":                                p.APIServerEtcd.Key,
 		// Edge nodes' host names are rarely in DNS; their addresses always reach them.
 		"kubelet-preferred-address-types": "InternalIP,ExternalIP,Hostname",
 		"kubelet-client-certificate":      p.APIServerKubelet.Cert,

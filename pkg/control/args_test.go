@@ -154,7 +154,7 @@ jwt:
 		t.Error("kone changed the user's authentication configuration file")
 	}
 	for content, want := range map[string]string{
-		jwt + "anonymous:\n  enabled: true\n": "sets anonymous, which kone sets itself",
+		jwt + "anonymous:\n  enabled: true\n":                                              "sets anonymous, which kone sets itself",
 		"apiVersion: apiserver.config.k8s.io/v1beta1\nkind: AuthenticationConfiguration\n": "kone merges an AuthenticationConfiguration of apiserver.config.k8s.io/v1",
 		jwt + "bogus: 1\n": "unknown field",
 	} {

@@ -1,7 +1,8 @@
 // Package server assembles a kone server from its components: it prepares the data dir (lock,
-// free ports, PKI, join token, kubeconfigs) and then hands etcd, kube-apiserver, the cluster
-// bootstrap, kube-controller-manager, kube-scheduler, the join approver, the cloud node
-// controller and (unless --disable-agent) its own node side to the supervisor, in that order.
+// free ports, PKI, join token, encryption keys, kubeconfigs) and then hands etcd,
+// kube-apiserver, the cluster bootstrap, kube-controller-manager, kube-scheduler, the secrets
+// rewrite, the join approver, the cloud node controller and (unless --disable-agent) its own
+// node side to the supervisor, in that order. It also serves `kone secrets-encrypt`.
 package server
 
 import (
@@ -14,13 +15,13 @@ import (
 	"time"
 
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 
 	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/cloud"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/control"
 	"github.com/kone-dev/kone/pkg/datadir"
+	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/etcd"
 	"github.com/kone-dev/kone/pkg/host"
 	"github.com/kone-dev/kone/pkg/join"
@@ -45,8 +46,9 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 
 	files := control.Files{
-		EtcdURL:                     fmt.Sprintf("https://127.0.0.1:%d", cfg.EtcdClientPort),
+		EtcdURL:                     cfg.EtcdURL(),
 		AuthenticationConfig:        filepath.Join(dir, "cred", "authentication-config.yaml"),
+		EncryptionConfig:            cfg.EncryptionConfig(),
 		ControllerManagerKubeconfig: filepath.Join(dir, "cred", "controller-manager.kubeconfig"),
 		SchedulerKubeconfig:         filepath.Join(dir, "cred", "scheduler.kubeconfig"),
 		CertDir:                     filepath.Join(dir, "tls", "temporary-certs"),
@@ -73,15 +75,17 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if err != nil {
 		return err
 	}
+	secrets, err := encryption.Ensure(files.EncryptionConfig, cfg.SecretsEncryption)
+	if err != nil {
+		return err
+	}
 	local := fmt.Sprintf("https://%s", net.JoinHostPort("127.0.0.1", fmt.Sprint(cfg.HTTPSPort)))
 	if err := writeKubeconfigs(cfg, ca, files, local); err != nil {
 		return err
 	}
 	log.Infof("certificates and kubeconfigs ready in %s", time.Since(t0).Round(10*time.Millisecond))
 
-	admin := &rest.Config{Host: local, TLSClientConfig: rest.TLSClientConfig{
-		CAFile: ca.ServerCA, CertFile: ca.Admin.Cert, KeyFile: ca.Admin.Key,
-	}}
+	admin := adminConfig(cfg, ca)
 	apiserver, err := control.NewAPIServer(apiArgs, control.UserAuthenticationConfig(cfg), admin)
 	if err != nil {
 		return err
@@ -132,6 +136,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	chain := []supervisor.Component{
 		store, apiserver, newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
+		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),
 		join.NewApprover(adminClient, log.Logger, servers, own...), cloud.NewController(adminClient),
 	}
 	return node.Supervisor(log, notify).Run(ctx, append(chain, nodeSide...)...)

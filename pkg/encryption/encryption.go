@@ -1,0 +1,155 @@
+// Package encryption keeps the cluster's Secrets encrypted at rest: the apiserver's
+// EncryptionConfiguration with kone's keys, the rewrite that brings every stored Secret to the
+// current key, and what etcd holds, key by key.
+//
+// kone uses secretbox (XSalsa20 and Poly1305), not AES-CBC: it is authenticated, so a changed
+// value in etcd is refused instead of decrypted to garbage, it has none of CBC's padding-oracle
+// weakness (upstream advises against aescbc), and it is fast on the ARM boards of the edge that
+// lack AES instructions. The keys live in the configuration file itself, mode 0600 in the
+// server's data dir, as the apiserver reads them.
+package encryption
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	apiserverv1 "k8s.io/apiserver/pkg/apis/apiserver/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/kone-dev/kone/pkg/pki"
+)
+
+// Identity names plain text, the writer when encryption is off.
+const Identity = "identity"
+
+const keyPrefix = "kone-"
+
+// Config is kone's encryption configuration: the keys, newest first, and whether new writes are
+// encrypted. With encryption off the keys stay, so that what was encrypted still reads.
+type Config struct {
+	Keys    []apiserverv1.Key
+	Enabled bool
+}
+
+// Writer is what the apiserver writes Secrets with: the newest key, or Identity.
+func (c Config) Writer() string {
+	if !c.Enabled || len(c.Keys) == 0 {
+		return Identity
+	}
+	return c.Keys[0].Name
+}
+
+// KeyNames are the names of the keys, newest first.
+func (c Config) KeyNames() []string {
+	names := make([]string, len(c.Keys))
+	for i, k := range c.Keys {
+		names[i] = k.Name
+	}
+	return names
+}
+
+// Load reads the configuration kone wrote to path.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("secrets encryption configuration: %w", err)
+	}
+	var file apiserverv1.EncryptionConfiguration
+	if err := yaml.UnmarshalStrict(data, &file); err != nil {
+		return Config{}, fmt.Errorf("secrets encryption configuration %s: %w", path, err)
+	}
+	var c Config
+	for _, r := range file.Resources {
+		if !slices.Equal(r.Resources, []string{"secrets"}) {
+			continue
+		}
+		for i, p := range r.Providers {
+			switch {
+			case p.Secretbox != nil:
+				c.Keys = p.Secretbox.Keys
+				c.Enabled = i == 0
+			case p.Identity == nil:
+				return Config{}, fmt.Errorf("secrets encryption configuration %s: a provider kone does not write; restore the file from a backup", path)
+			}
+		}
+	}
+	if len(c.Keys) == 0 {
+		return Config{}, fmt.Errorf("secrets encryption configuration %s holds no key; restore it from a backup (without its keys, the Secrets they encrypted are lost)", path)
+	}
+	return c, nil
+}
+
+// Ensure makes sure path holds kone's configuration with encryption on or off: the first time
+// with a new key, afterwards with the keys it has. It returns the configuration.
+func Ensure(path string, enabled bool) (Config, error) {
+	c, err := Load(path)
+	if errors.Is(err, os.ErrNotExist) {
+		c = Config{}
+		if c, err = c.WithNewKey(); err != nil {
+			return Config{}, err
+		}
+	} else if err != nil {
+		return Config{}, err
+	}
+	c.Enabled = enabled
+	return c, c.Write(path)
+}
+
+// WithNewKey returns c with a new random key first, which the apiserver then writes with.
+func (c Config) WithNewKey() (Config, error) {
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return Config{}, err
+	}
+	next := 1
+	for _, k := range c.Keys {
+		if n, err := strconv.Atoi(strings.TrimPrefix(k.Name, keyPrefix)); err == nil && n >= next {
+			next = n + 1
+		}
+	}
+	key := apiserverv1.Key{Name: keyPrefix + strconv.Itoa(next), Secret: base64.StdEncoding.EncodeToString(secret)}
+	c.Keys = append([]apiserverv1.Key{key}, c.Keys...)
+	return c, nil
+}
+
+// Write writes c to path as the apiserver reads it, unless it holds that already: the apiserver
+// reloads the file when it changes.
+func (c Config) Write(path string) error {
+	providers := []apiserverv1.ProviderConfiguration{
+		{Secretbox: &apiserverv1.SecretboxConfiguration{Keys: c.Keys}},
+		{Identity: &apiserverv1.IdentityConfiguration{}},
+	}
+	if !c.Enabled {
+		slices.Reverse(providers)
+	}
+	data, err := yaml.Marshal(apiserverv1.EncryptionConfiguration{
+		TypeMeta:  metav1.TypeMeta{APIVersion: apiserverv1.SchemeGroupVersion.String(), Kind: "EncryptionConfiguration"},
+		Resources: []apiserverv1.ResourceConfiguration{{Resources: []string{"secrets"}, Providers: providers}},
+	})
+	if err != nil {
+		return err
+	}
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	return pki.WriteFile(path, data, 0o600)
+}
+
+// storedWith says which key encrypted a value as etcd holds it, or Identity for plain text.
+func storedWith(value []byte) string {
+	const prefix = "k8s:enc:secretbox:v1:"
+	rest, ok := bytes.CutPrefix(value, []byte(prefix))
+	if !ok {
+		return Identity
+	}
+	name, _, _ := bytes.Cut(rest, []byte(":"))
+	return string(name)
+}

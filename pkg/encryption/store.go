@@ -1,0 +1,96 @@
+package encryption
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kone-dev/kone/pkg/pki"
+)
+
+// secretsPrefix is where the apiserver keeps Secrets in etcd (its default --etcd-prefix).
+const secretsPrefix = "/registry/secrets/"
+
+// Rewrite writes every Secret back unchanged through the apiserver, which stores each one it
+// holds with anything but its current writer anew with that writer (a no-op update of a value
+// that is up to date writes nothing). It returns how many Secrets there were.
+func Rewrite(ctx context.Context, cs kubernetes.Interface) (int, error) {
+	secrets := cs.CoreV1().Secrets(metav1.NamespaceAll)
+	n, cont := 0, ""
+	for {
+		list, err := secrets.List(ctx, metav1.ListOptions{Limit: 250, Continue: cont})
+		if err != nil {
+			return n, fmt.Errorf("list Secrets: %w", err)
+		}
+		for i := range list.Items {
+			s := &list.Items[i]
+			_, err := cs.CoreV1().Secrets(s.Namespace).Update(ctx, s, metav1.UpdateOptions{})
+			// Changed or deleted since the list: whoever did it wrote with the current writer.
+			if err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
+				return n, fmt.Errorf("rewrite Secret %s/%s: %w", s.Namespace, s.Name, err)
+			}
+			n++
+		}
+		if cont = list.Continue; cont == "" {
+			return n, nil
+		}
+	}
+}
+
+// Etcd is how to reach the server's etcd as the apiserver does.
+type Etcd struct {
+	URL    string
+	CA     string
+	Client pki.File
+}
+
+// Stored counts the Secrets in etcd by what they are stored with: a key's name, or Identity.
+func (e Etcd) Stored(ctx context.Context) (map[string]int, error) {
+	resp, err := e.get(ctx, secretsPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, err
+	}
+	count := map[string]int{}
+	for _, kv := range resp.Kvs {
+		count[storedWith(kv.Value)]++
+	}
+	return count, nil
+}
+
+// StoredWith says what one Secret is stored with.
+func (e Etcd) StoredWith(ctx context.Context, namespace, name string) (string, error) {
+	resp, err := e.get(ctx, secretsPrefix+namespace+"/"+name)
+	if err != nil {
+		return "", err
+	}
+	if len(resp.Kvs) == 0 {
+		return "", fmt.Errorf("no Secret %s/%s in etcd", namespace, name)
+	}
+	return storedWith(resp.Kvs[0].Value), nil
+}
+
+func (e Etcd) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
+	tlsConfig, err := transport.TLSInfo{CertFile: e.Client.Cert, KeyFile: e.Client.Key, TrustedCAFile: e.CA}.ClientConfig()
+	if err != nil {
+		return nil, fmt.Errorf("etcd client certificate: %w", err)
+	}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.URL}, TLS: tlsConfig, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("etcd at %s: %w", e.URL, err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, key, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("read Secrets from etcd at %s: %w; is the server running?", e.URL, err)
+	}
+	return resp, nil
+}
