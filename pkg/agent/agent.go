@@ -39,7 +39,7 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 		return err
 	}
 	defer lock.Release()
-	if err := host.Missing(host.Check()); err != nil {
+	if err := host.Missing(host.Check(cfg.Node.Profile == config.ProfileCIS)); err != nil {
 		return err
 	}
 	id, err := node.ResolveIdentity(&cfg.Node)

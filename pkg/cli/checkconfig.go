@@ -6,16 +6,21 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/host"
 )
 
 func newCheckConfigCommand() *cobra.Command {
-	return &cobra.Command{
+	var profile string
+	cmd := &cobra.Command{
 		Use:   "check-config",
 		Short: "List what this host lacks for running pods, with a fix for each",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			findings := host.Check()
+			if profile != "" && profile != config.ProfileCIS {
+				return fmt.Errorf("--profile %q: kone knows only %s", profile, config.ProfileCIS)
+			}
+			findings := host.Check(profile == config.ProfileCIS)
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 			for _, f := range findings {
 				status := "ok"
@@ -36,4 +41,6 @@ func newCheckConfigCommand() *cobra.Command {
 			return host.Missing(findings)
 		},
 	}
+	cmd.Flags().StringVar(&profile, "profile", "", "check for the hardening profile too: cis")
+	return cmd
 }

@@ -60,6 +60,10 @@ type Config struct {
 	// SecretsEncryption encrypts Secrets in etcd (on by default; k3s has it off).
 	SecretsEncryption bool
 
+	// PodSecurityExempt are the namespaces --profile=cis does not hold to Pod Security's
+	// restricted level.
+	PodSecurityExempt []string
+
 	// FlannelBackend is the cross-node overlay a server chooses for the whole cluster.
 	FlannelBackend string
 
@@ -92,7 +96,12 @@ type Node struct {
 	ProxyArgs   []string
 	// Disable names the parts kone would otherwise run that the user replaces with their own.
 	Disable []string
+	// Profile is a hardening profile: "" or ProfileCIS.
+	Profile string
 }
+
+// ProfileCIS hardens kone along the CIS Kubernetes Benchmark (k3s's --profile=cis).
+const ProfileCIS = "cis"
 
 // Disabled reports whether the user turned off a part of kone with --disable.
 func (n *Node) Disabled(part string) bool { return slices.Contains(n.Disable, part) }
@@ -134,6 +143,7 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.Var(&argsValue{p: &c.EtcdArgs}, "etcd-arg", "extra etcd setting as key=value, keys as in etcd's config file (repeatable)")
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
 	fs.BoolVar(&c.SecretsEncryption, "secrets-encryption", true, "encrypt Secrets in etcd (false: store new ones in plain text; encrypted ones stay readable)")
+	fs.StringSliceVar(&c.PodSecurityExempt, "pod-security-exempt-namespace", []string{"kube-system"}, "namespace that --profile=cis leaves out of Pod Security's restricted level (repeatable)")
 	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns (repeatable)")
 	fs.StringVar(&c.FlannelBackend, "flannel-backend", FlannelVXLAN, "how pod traffic crosses nodes: vxlan, host-gw (nodes share a layer-2 network) or none (bring your own)")
 	bindNodeFlags(fs, &c.Node)
@@ -161,6 +171,7 @@ func bindNodeFlags(fs *pflag.FlagSet, n *Node) {
 	fs.StringSliceVar(&n.Taints, "node-taint", nil, "taint to register the node with, key=value:Effect (repeatable)")
 	fs.Var(&argsValue{p: &n.KubeletArgs}, "kubelet-arg", "extra kubelet flag as key=value (repeatable)")
 	fs.Var(&argsValue{p: &n.ProxyArgs}, "kube-proxy-arg", "extra kube-proxy flag as key=value (repeatable)")
+	fs.StringVar(&n.Profile, "profile", "", "hardening profile: cis (Pod Security restricted, audit log, event rate limit, kubelet protects kernel defaults)")
 }
 
 // Load applies the config file, its drop-ins and the environment to the flags in fs that were
@@ -362,8 +373,24 @@ func (c *Config) validate() error {
 	if c.WriteKubeconfig != "" && !filepath.IsAbs(c.WriteKubeconfig) {
 		return fmt.Errorf("--write-kubeconfig %q: expected an absolute path such as %s", c.WriteKubeconfig, DefaultKubeconfig)
 	}
+	for _, ns := range c.PodSecurityExempt {
+		if !dnsLabel.MatchString(ns) {
+			return fmt.Errorf("--pod-security-exempt-namespace %q is not a namespace name", ns)
+		}
+	}
+	if c.Node.Profile == ProfileCIS {
+		for _, a := range c.APIServerArgs {
+			if k, _, _ := strings.Cut(a, "="); strings.TrimLeft(k, "-") == "admission-control-config-file" {
+				return errors.New("--kube-apiserver-arg admission-control-config-file: --profile=cis writes the admission configuration itself (Pod Security, event rate limit); " +
+					"choose the namespaces it leaves out with --pod-security-exempt-namespace, or drop --profile=cis to use your own file")
+			}
+		}
+	}
 	return c.Node.validate()
 }
+
+// dnsLabel is a namespace name.
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
 func (c *Config) validateAgent() error {
 	if !filepath.IsAbs(c.DataDir) {
@@ -401,6 +428,9 @@ func (c *Config) validateAgent() error {
 var labelKey = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)
 
 func (n *Node) validate() error {
+	if n.Profile != "" && n.Profile != ProfileCIS {
+		return fmt.Errorf("--profile %q: kone knows only %s", n.Profile, ProfileCIS)
+	}
 	if n.Name != "" && !dnsName.MatchString(n.Name) {
 		return fmt.Errorf("--node-name %q is not a valid node name; use lower-case letters, digits, '-' and '.'", n.Name)
 	}

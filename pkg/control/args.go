@@ -15,6 +15,8 @@ type Files struct {
 	EtcdURL                     string
 	AuthenticationConfig        string
 	EncryptionConfig            string
+	AdmissionConfig             string // written only with --profile=cis
+	AuditPolicy, AuditLog       string // likewise
 	ControllerManagerKubeconfig string
 	SchedulerKubeconfig         string
 	CertDir                     string // where kube-apiserver may keep generated certificates
@@ -63,6 +65,8 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"service-account-key-file":           p.ServiceAccountKey,
 		"service-account-signing-key-file":   p.ServiceAccountKey,
 		"service-cluster-ip-range":           c.ServiceCIDR.String(),
+		"tls-min-version":                    tlsMinVersion,
+		"tls-cipher-suites":                  tlsCipherSuites(),
 		"tls-cert-file":                      p.APIServerServing.Cert,
 		"tls-private-key-file":               p.APIServerServing.Key,
 		"cert-dir":                           f.CertDir,
@@ -74,6 +78,15 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 	}
 	if c.AdvertiseAddress != nil {
 		a["advertise-address"] = c.AdvertiseAddress.String()
+	}
+	if c.Node.Profile == config.ProfileCIS {
+		a["enable-admission-plugins"] += ",PodSecurity,EventRateLimit"
+		a["admission-control-config-file"] = f.AdmissionConfig
+		a["audit-policy-file"] = f.AuditPolicy
+		a["audit-log-path"] = f.AuditLog
+		// Edge disks are small: at most 4 files of 10 MB, the rotated ones compressed.
+		a["audit-log-maxsize"], a["audit-log-maxbackup"], a["audit-log-maxage"], a["audit-log-compress"] = "10", "3", "30", "true"
+		a["service-account-extend-token-expiration"] = "false"
 	}
 	// A user's admission plugins and authorizers are added to kone's, which its security rests
 	// on, never put in their place; the user's authentication configuration is merged into
@@ -152,6 +165,8 @@ func ControllerManagerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"leader-elect":           "false",
 		"configure-cloud-routes": "false",
 		"profiling":              "false",
+		"tls-min-version":        tlsMinVersion,
+		"tls-cipher-suites":      tlsCipherSuites(),
 	}
 	return args.Merge(a, c.ControllerManagerArgs)
 }
@@ -166,6 +181,13 @@ func SchedulerArgs(c *config.Config, f Files) []string {
 		"secure-port":               SchedulerPort,
 		"leader-elect":              "false",
 		"profiling":                 "false",
+		"tls-min-version":           tlsMinVersion,
+		"tls-cipher-suites":         tlsCipherSuites(),
 	}
 	return args.Merge(a, c.SchedulerArgs)
 }
+
+// Every port kone serves speaks TLS 1.2 or newer, with strong cipher suites only.
+const tlsMinVersion = "VersionTLS12"
+
+func tlsCipherSuites() string { return strings.Join(pki.StrongCipherSuites(), ",") }

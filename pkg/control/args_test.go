@@ -169,3 +169,56 @@ jwt:
 		t.Errorf("a missing user file: %v", err)
 	}
 }
+
+// Every port serves TLS 1.2 or newer with strong suites; --profile=cis adds Pod Security,
+// the event rate limit, the audit log with a size cap, and files the apiserver can read.
+func TestProfileCIS(t *testing.T) {
+	p := pki.Layout("/d/tls")
+	f := files
+	f.AdmissionConfig, f.AuditPolicy, f.AuditLog = "/d/admission.yaml", "/d/audit-policy.yaml", "/d/logs/audit.log"
+	plain := testConfig()
+	for name, a := range map[string][]string{
+		"kube-apiserver": APIServerArgs(plain, p, f), "kube-controller-manager": ControllerManagerArgs(plain, p, f), "kube-scheduler": SchedulerArgs(plain, f),
+	} {
+		has(t, a, "--tls-min-version=VersionTLS12")
+		if suites := args.Value(a, "tls-cipher-suites"); suites == "" || strings.Contains(suites, "CBC") || strings.Contains(suites, "TLS_RSA_") {
+			t.Errorf("%s: cipher suites %q", name, suites)
+		}
+	}
+	if a := APIServerArgs(plain, p, f); args.Value(a, "audit-log-path") != "" || args.Value(a, "admission-control-config-file") != "" {
+		t.Errorf("audit or admission configuration without the profile: %v", a)
+	}
+	if files, err := ProfileFiles(plain, f); err != nil || files != nil {
+		t.Errorf("profile files without the profile: %v %v", files, err)
+	}
+
+	cis := testConfig()
+	cis.Node.Profile = config.ProfileCIS
+	cis.PodSecurityExempt = []string{"kube-system", "edge-tools"}
+	a := APIServerArgs(cis, p, f)
+	has(t, a, "--enable-admission-plugins=NodeRestriction,PodSecurity,EventRateLimit", "--admission-control-config-file=/d/admission.yaml",
+		"--audit-policy-file=/d/audit-policy.yaml", "--audit-log-path=/d/logs/audit.log", "--audit-log-maxsize=10", "--audit-log-maxbackup=3",
+		"--service-account-extend-token-expiration=false")
+	written, err := ProfileFiles(cis, f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admission := string(written[f.AdmissionConfig])
+	for _, want := range []string{"enforce: restricted", "- kube-system", "- edge-tools", "EventRateLimit"} {
+		if !strings.Contains(admission, want) {
+			t.Errorf("admission configuration lacks %q:\n%s", want, admission)
+		}
+	}
+	dir := t.TempDir()
+	for path, data := range written {
+		real := filepath.Join(dir, filepath.Base(path))
+		if err := os.WriteFile(real, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		a = append(a, "--"+map[string]string{f.AdmissionConfig: "admission-control-config-file", f.AuditPolicy: "audit-policy-file"}[path]+"="+real)
+	}
+	// The apiserver's own flag set takes all of it.
+	if _, err := NewAPIServer(a, "", nil); err != nil {
+		t.Errorf("kube-apiserver with --profile=cis: %v", err)
+	}
+}

@@ -75,6 +75,7 @@ func Settings(c Config) (*embed.Config, error) {
 	cfg.ClusterState = embed.ClusterStateFlagNew
 	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: c.Serving.Cert, KeyFile: c.Serving.Key, TrustedCAFile: c.ServerCA, ClientCertAuth: true}
 	cfg.PeerTLSInfo = transport.TLSInfo{CertFile: c.Peer.Cert, KeyFile: c.Peer.Key, TrustedCAFile: c.PeerCA, ClientCertAuth: true}
+	cfg.TlsMinVersion, cfg.CipherSuites = "TLS1.2", pki.StrongCipherSuites()
 	// etcd keeps this many raft entries in memory between snapshots; its default of 10000 costs
 	// tens of MiB that a small cluster never needs.
 	cfg.SnapshotCount = 5000

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"k8s.io/component-helpers/node/util/sysctl"
 )
 
 // Finding is the result of one check of what the node side needs from the host.
@@ -21,9 +23,10 @@ type Finding struct {
 }
 
 // Check looks at what the node side needs from this host: cgroup controllers, overlayfs,
-// iptables, bridge netfilter, forwarding, network namespaces. It changes nothing.
-func Check() []Finding {
-	return []Finding{
+// iptables, bridge netfilter, forwarding, network namespaces, and the kernel settings that
+// kubelet protects under --profile=cis (essential only with cis). It changes nothing.
+func Check(cis bool) []Finding {
+	return append([]Finding{
 		checkCgroups(),
 		checkFilesystem("overlay", "overlayfs", "containerd's snapshotter needs it: enable CONFIG_OVERLAY_FS or load the overlay module (modprobe overlay)"),
 		checkCommand("iptables", true, "kone and kube-proxy write their rules with it: install iptables (apt-get install iptables, apk add iptables)"),
@@ -32,7 +35,42 @@ func Check() []Finding {
 			"Services need bridged pod traffic to pass through iptables: enable CONFIG_BRIDGE_NETFILTER or load br_netfilter (modprobe br_netfilter)"),
 		checkFile("network namespaces", "/proc/self/ns/net", true, "enable CONFIG_NET_NS in the kernel"),
 		checkForwarding(),
+	}, kernelDefaults(cis)...)
+}
+
+// kernelDefaults are the settings kubelet requires of the kernel when it protects them
+// (protectKernelDefaults, which --profile=cis turns on): it then refuses to start rather than
+// change them itself.
+func kernelDefaults(essential bool) []Finding {
+	want := []struct {
+		name  string
+		value int
+	}{
+		{sysctl.VMOvercommitMemory, sysctl.VMOvercommitMemoryAlways},
+		{sysctl.VMPanicOnOOM, sysctl.VMPanicOnOOMInvokeOOMKiller},
+		{sysctl.KernelPanic, sysctl.KernelPanicRebootTimeout},
+		{sysctl.KernelPanicOnOops, sysctl.KernelPanicOnOopsAlways},
+		{sysctl.RootMaxKeys, sysctl.RootMaxKeysSetting},
+		{sysctl.RootMaxBytes, sysctl.RootMaxBytesSetting},
 	}
+	s := sysctl.New()
+	var findings []Finding
+	for _, w := range want {
+		key := strings.ReplaceAll(w.name, "/", ".")
+		f := Finding{Name: key, Essential: essential,
+			Fix: fmt.Sprintf("--profile=cis needs it: sysctl -w %s=%d, and the same line in /etc/sysctl.d/90-kone-cis.conf", key, w.value)}
+		got, err := s.GetSysctl(w.name)
+		switch {
+		case err != nil:
+			f.Detail = err.Error()
+		case got != w.value:
+			f.Detail = fmt.Sprintf("%d (kubelet's protectKernelDefaults wants %d)", got, w.value)
+		default:
+			f.OK, f.Detail = true, fmt.Sprint(got)
+		}
+		findings = append(findings, f)
+	}
+	return findings
 }
 
 // Missing returns an error that lists every essential finding that failed, with its fix.

@@ -11,6 +11,8 @@ import (
 	kubeletv1beta1 "k8s.io/kubelet/config/v1beta1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/yaml"
+
+	"github.com/kone-dev/kone/pkg/pki"
 )
 
 // Config is what kone tells kubelet about this node.
@@ -25,8 +27,11 @@ type Config struct {
 	// ServingCert and ServingKey are kubelet's serving certificate; when empty, kubelet asks the
 	// cluster for one through the CSR API.
 	ServingCert string
-	ServingKey  string
-	CertDir     string // where kubelet keeps the client certificates it rotates
+	// ProtectKernelDefaults makes kubelet refuse to start on kernel settings other than its own
+	// (--profile=cis) rather than change them.
+	ProtectKernelDefaults bool
+	ServingKey            string
+	CertDir               string // where kubelet keeps the client certificates it rotates
 
 	RuntimeSocket string // containerd's CRI socket
 	CgroupDriver  string // cgroupfs or systemd
@@ -58,6 +63,9 @@ func Configuration(c Config) ([]byte, error) {
 		},
 		Authorization:            kubeletv1beta1.KubeletAuthorization{Mode: kubeletv1beta1.KubeletAuthorizationModeWebhook},
 		TLSCertFile:              c.ServingCert,
+		TLSMinVersion:            "VersionTLS12",
+		TLSCipherSuites:          pki.StrongCipherSuites(),
+		ProtectKernelDefaults:    c.ProtectKernelDefaults,
 		TLSPrivateKeyFile:        c.ServingKey,
 		RotateCertificates:       true,
 		ServerTLSBootstrap:       c.ServingCert == "",

@@ -128,3 +128,23 @@ func TestOnlyLoopback(t *testing.T) {
 		}
 	}
 }
+
+// kubelet serves TLS 1.2 or newer with strong suites, and protects the kernel's settings only
+// when asked (--profile=cis).
+func TestKubeletTLSAndKernelDefaults(t *testing.T) {
+	c := testConfig()
+	for _, protect := range []bool{false, true} {
+		c.ProtectKernelDefaults = protect
+		data, err := Configuration(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kc kubeletv1beta1.KubeletConfiguration
+		if err := yaml.UnmarshalStrict(data, &kc); err != nil {
+			t.Fatal(err)
+		}
+		if kc.ProtectKernelDefaults != protect || kc.TLSMinVersion != "VersionTLS12" || len(kc.TLSCipherSuites) == 0 {
+			t.Errorf("protect %v: protectKernelDefaults %v, TLS %s %v", protect, kc.ProtectKernelDefaults, kc.TLSMinVersion, kc.TLSCipherSuites)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -364,4 +365,19 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
+}
+
+// StrongCipherSuites are the TLS 1.2 cipher suites kone's ports accept (none serves TLS older
+// than 1.2): forward secrecy
+// (ECDHE) and authenticated encryption (GCM, ChaCha20-Poly1305) only. TLS 1.3's own suites are
+// all strong and need no list.
+func StrongCipherSuites() []string {
+	var names []string
+	for _, c := range tls.CipherSuites() {
+		if strings.HasPrefix(c.Name, "TLS_ECDHE_") && (strings.Contains(c.Name, "_GCM_") || strings.Contains(c.Name, "CHACHA20_POLY1305")) &&
+			slices.Contains(c.SupportedVersions, tls.VersionTLS12) {
+			names = append(names, c.Name)
+		}
+	}
+	return names
 }

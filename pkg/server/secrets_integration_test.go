@@ -68,6 +68,7 @@ func TestSecretsEncryption(t *testing.T) {
 	n.extra = []string{"--secrets-encryption=false"}
 	n.start()
 	cs := n.client()
+	checkTLS(t, n) // without --profile=cis too
 	const plain = "kone-it-plain-7d1c0e5a"
 	createSecret(t, cs, "plain", plain)
 	if found := inEtcdFiles(t, n, plain); len(found) == 0 {

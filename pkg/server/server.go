@@ -49,6 +49,9 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		EtcdURL:                     cfg.EtcdURL(),
 		AuthenticationConfig:        filepath.Join(dir, "cred", "authentication-config.yaml"),
 		EncryptionConfig:            cfg.EncryptionConfig(),
+		AdmissionConfig:             filepath.Join(dir, "cred", "admission-config.yaml"),
+		AuditPolicy:                 filepath.Join(dir, "cred", "audit-policy.yaml"),
+		AuditLog:                    filepath.Join(dir, "logs", "audit.log"),
 		ControllerManagerKubeconfig: filepath.Join(dir, "cred", "controller-manager.kubeconfig"),
 		SchedulerKubeconfig:         filepath.Join(dir, "cred", "scheduler.kubeconfig"),
 		CertDir:                     filepath.Join(dir, "tls", "temporary-certs"),
@@ -82,6 +85,15 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	local := fmt.Sprintf("https://%s", net.JoinHostPort("127.0.0.1", fmt.Sprint(cfg.HTTPSPort)))
 	if err := writeKubeconfigs(cfg, ca, files, local); err != nil {
 		return err
+	}
+	profileFiles, err := control.ProfileFiles(cfg, files)
+	if err != nil {
+		return err
+	}
+	for path, data := range profileFiles {
+		if err := pki.WriteFile(path, data, 0o600); err != nil {
+			return err
+		}
 	}
 	log.Infof("certificates and kubeconfigs ready in %s", time.Since(t0).Round(10*time.Millisecond))
 
@@ -145,7 +157,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 // nodeComponents are the server's own node side, with credentials from the cluster's CAs, and
 // the node name it holds: no joining machine may take it, even while the node is deleted.
 func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logging.Logging) ([]supervisor.Component, join.Held, error) {
-	if err := host.Missing(host.Check()); err != nil {
+	if err := host.Missing(host.Check(cfg.Node.Profile == config.ProfileCIS)); err != nil {
 		return nil, join.Held{}, err
 	}
 	id, err := node.ResolveIdentity(&cfg.Node)
