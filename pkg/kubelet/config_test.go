@@ -67,10 +67,9 @@ func TestConfiguration(t *testing.T) {
 	}
 }
 
-// An agent's kubelet asks the cluster for its serving certificate.
-func TestJoiningKubelet(t *testing.T) {
-	c := testConfig()
-	c.ServingCert, c.ServingKey = "", ""
+// configured is the kubelet configuration kone writes for c, as kubelet reads it.
+func configured(t *testing.T, c Config) kubeletv1beta1.KubeletConfiguration {
+	t.Helper()
 	data, err := Configuration(c)
 	if err != nil {
 		t.Fatal(err)
@@ -79,6 +78,14 @@ func TestJoiningKubelet(t *testing.T) {
 	if err := yaml.UnmarshalStrict(data, &kc); err != nil {
 		t.Fatal(err)
 	}
+	return kc
+}
+
+// An agent's kubelet asks the cluster for its serving certificate.
+func TestJoiningKubelet(t *testing.T) {
+	c := testConfig()
+	c.ServingCert, c.ServingKey = "", ""
+	kc := configured(t, c)
 	if !kc.ServerTLSBootstrap || kc.TLSCertFile != "" {
 		t.Errorf("serving certificate: bootstrap %v, file %q", kc.ServerTLSBootstrap, kc.TLSCertFile)
 	}
@@ -135,14 +142,7 @@ func TestKubeletTLSAndKernelDefaults(t *testing.T) {
 	c := testConfig()
 	for _, protect := range []bool{false, true} {
 		c.ProtectKernelDefaults = protect
-		data, err := Configuration(c)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var kc kubeletv1beta1.KubeletConfiguration
-		if err := yaml.UnmarshalStrict(data, &kc); err != nil {
-			t.Fatal(err)
-		}
+		kc := configured(t, c)
 		if kc.ProtectKernelDefaults != protect || kc.TLSMinVersion != "VersionTLS12" || len(kc.TLSCipherSuites) == 0 {
 			t.Errorf("protect %v: protectKernelDefaults %v, TLS %s %v", protect, kc.ProtectKernelDefaults, kc.TLSMinVersion, kc.TLSCipherSuites)
 		}
