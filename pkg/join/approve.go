@@ -17,6 +17,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
@@ -34,6 +35,15 @@ const (
 	claimKey       = "node-key-sha256"
 	// serverKey marks a name a server holds for its own node (Held).
 	serverKey = "server"
+	// claimedAtKey says when the claim was made (RFC 3339); nodeUIDKey, the UID of the Node
+	// that registered under it, once the approver has seen it.
+	claimedAtKey = "claimed-at"
+	nodeUIDKey   = "node-uid"
+	// claimGrace is how long a claim whose node has not registered yet stays its own: a
+	// machine's first join takes that long at most from its certificates to its Node, and
+	// during it another token holder, who may watch the requests, must not take the name.
+	// Once the node has registered, its deletion frees the name at once.
+	claimGrace = 10 * time.Minute
 )
 
 // Approver approves the certificate requests of joining and joined nodes that kone's join
@@ -45,6 +55,7 @@ type Approver struct {
 	log     *logrus.Logger
 	servers pki.Names
 	own     []Held
+	now     func() time.Time
 	ready   *supervisor.Latch
 }
 
@@ -56,7 +67,7 @@ type Held struct{ Name, SecretHash string }
 // kube-system secrets. servers are the names and addresses of the apiserver's certificate,
 // which no kubelet may serve under (nor under the address of any apiserver in the cluster).
 func NewApprover(cs kubernetes.Interface, log *logrus.Logger, servers pki.Names, own ...Held) *Approver {
-	return &Approver{cs: cs, log: log, servers: servers, own: own, ready: supervisor.NewLatch()}
+	return &Approver{cs: cs, log: log, servers: servers, own: own, now: time.Now, ready: supervisor.NewLatch()}
 }
 
 func (a *Approver) Name() string { return "join approver" }
@@ -170,6 +181,9 @@ func (a *Approver) decide(ctx context.Context, req *certificatesv1.CertificateSi
 		if !ok {
 			return undecided, nil
 		}
+		if errs := validation.IsDNS1123Subdomain(nodeName); len(errs) > 0 {
+			return verdict{deny: fmt.Sprintf("%q is not a node name: %s", nodeName, strings.Join(errs, "; "))}, nil
+		}
 		own := slices.ContainsFunc(components, func(c string) bool {
 			want := Subject(c, nodeName)
 			return x.Subject.CommonName == want.CommonName && slices.Equal(x.Subject.Organization, want.Organization)
@@ -196,9 +210,10 @@ func (a *Approver) proveAndClaim(ctx context.Context, req *certificatesv1.Certif
 	return a.claim(ctx, nodeName, hash, self)
 }
 
-// claim gives nodeName to the node secret whose hash is given, unless another secret holds it
-// while the node exists. self says the request comes with the node's own credentials, which it
-// got by proving itself when it joined.
+// claim gives nodeName to the node secret whose hash is given, unless another secret holds it:
+// while the node exists, and while a claim whose node has not registered yet is fresh. self
+// says the request comes with the node's own credentials, which it got by proving itself when
+// it joined.
 func (a *Approver) claim(ctx context.Context, nodeName, hash string, self bool) (verdict, error) {
 	secrets := a.cs.CoreV1().Secrets(metav1.NamespaceSystem)
 	held, err := secrets.Get(ctx, claimPrefix+nodeName, metav1.GetOptions{})
@@ -212,8 +227,8 @@ func (a *Approver) claim(ctx context.Context, nodeName, hash string, self bool) 
 	if found && len(held.Data[serverKey]) > 0 {
 		return verdict{deny: fmt.Sprintf("node name %q belongs to a server of this cluster; give this machine another name with --node-name", nodeName)}, nil
 	}
-	// A claim of an earlier kone holds no key: the node itself adopts its key.
-	adopt := found && self && len(held.Data[claimKey]) == 0
+	// A claim of an earlier kone holds no key, or the claim was lost: the node itself adopts its key.
+	adopt := self && (!found || len(held.Data[claimKey]) == 0)
 	if !adopt {
 		// Another secret's claim, or a node that joined without one: the name is taken for as
 		// long as the node exists.
@@ -224,11 +239,39 @@ func (a *Approver) claim(ctx context.Context, nodeName, hash string, self bool) 
 		} else if !apierrors.IsNotFound(err) {
 			return undecided, err
 		}
+		if found && len(held.Data[claimKey]) > 0 && len(held.Data[nodeUIDKey]) == 0 {
+			at, _ := time.Parse(time.RFC3339, string(held.Data[claimedAtKey]))
+			if left := at.Add(claimGrace).Sub(a.now()); left > 0 {
+				return verdict{deny: fmt.Sprintf("node name %q was claimed by another machine at %s, whose node has not registered yet; "+
+					"give this machine another name with --node-name, or try again in %s if that machine is gone", nodeName, at.Format(time.RFC3339), left.Round(time.Second))}, nil
+			}
+		}
 	}
 	if err := a.hold(ctx, nodeName, hash, false); err != nil {
 		return undecided, err
 	}
 	return verdict{approve: true}, nil
+}
+
+// registered records in node's claim that the node has registered: its deletion then frees
+// the name at once. kubelet asks for its serving certificate right after it registers.
+func (a *Approver) registered(ctx context.Context, node *corev1.Node) error {
+	secrets := a.cs.CoreV1().Secrets(metav1.NamespaceSystem)
+	held, err := secrets.Get(ctx, claimPrefix+node.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) || err == nil && string(held.Data[nodeUIDKey]) == string(node.UID) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if held.Data == nil {
+		held.Data = map[string][]byte{}
+	}
+	held.Data[nodeUIDKey] = []byte(node.UID)
+	if _, err := secrets.Update(ctx, held, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("record node %s in its claim: %w", node.Name, err)
+	}
+	return nil
 }
 
 // hold records that the node secret with hash holds nodeName, for a server's node for good.
@@ -237,7 +280,7 @@ func (a *Approver) hold(ctx context.Context, nodeName, hash string, server bool)
 	claim := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: claimPrefix + nodeName, Namespace: metav1.NamespaceSystem},
 		Type:       claimType,
-		Data:       map[string][]byte{claimKey: []byte(hash)},
+		Data:       map[string][]byte{claimKey: []byte(hash), claimedAtKey: []byte(a.now().UTC().Format(time.RFC3339))},
 	}
 	if server {
 		claim.Data[serverKey] = []byte("true")
@@ -264,6 +307,9 @@ func (a *Approver) decideServing(ctx context.Context, req *certificatesv1.Certif
 	if apierrors.IsNotFound(err) {
 		return undecided, errors.New("node " + name + " is not registered yet")
 	} else if err != nil {
+		return undecided, err
+	}
+	if err := a.registered(ctx, node); err != nil {
 		return undecided, err
 	}
 	names, ips := map[string]bool{}, map[string]bool{}
@@ -293,6 +339,23 @@ func (a *Approver) decideServing(ctx context.Context, req *certificatesv1.Certif
 	for _, ip := range x.IPAddresses {
 		if slices.ContainsFunc(serverIPs, ip.Equal) {
 			return verdict{deny: fmt.Sprintf("IP %s belongs to the cluster's servers; a kubelet may not serve under it", ip)}, nil
+		}
+	}
+	// Nor under another node's: the apiserver would take this kubelet for that node's.
+	nodes, err := a.cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return undecided, err
+	}
+	for _, other := range nodes.Items {
+		if other.Name == name {
+			continue
+		}
+		for _, addr := range append([]corev1.NodeAddress{{Type: corev1.NodeHostName, Address: other.Name}}, other.Status.Addresses...) {
+			taken := slices.Contains(x.DNSNames, addr.Address) ||
+				slices.ContainsFunc(x.IPAddresses, func(ip net.IP) bool { return ip.Equal(net.ParseIP(addr.Address)) })
+			if taken {
+				return verdict{deny: fmt.Sprintf("%s belongs to node %s; a kubelet may serve only under its own node's names and addresses", addr.Address, other.Name)}, nil
+			}
 		}
 	}
 	for _, n := range x.DNSNames {

@@ -232,7 +232,23 @@ func TestApprover(t *testing.T) {
 		r.Annotations = map[string]string{NodeNameAnnotation: "edge-1"}
 		denied(fmt.Sprintf("node edge-1 asking for %+v", subject), decide(proven(r, "edge-1", &nodeA)), "only for the client certificates of its own")
 	}
-	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-1"},
+	// Between a machine's first join and its Node's registration, another token holder, who
+	// may watch the requests, cannot take the name; once the claim is stale it can.
+	denied("another secret before the node registered", decide(kubeletClient("edge-1", &nodeB)), "whose node has not registered yet")
+	clock := time.Now()
+	a.now = func() time.Time { return clock }
+	late := secretFor(t)
+	if _, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Create(ctx, &corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{Name: claimPrefix + "edge-stale", Namespace: metav1.NamespaceSystem}, Type: claimType,
+		Data: map[string][]byte{claimKey: []byte(nodeB.Hash()), claimedAtKey: []byte(clock.Add(-claimGrace - time.Second).UTC().Format(time.RFC3339))},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if v := decide(kubeletClient("edge-stale", &late)); !v.approve {
+		t.Errorf("a claim whose node never registered, past its grace: %+v", v)
+	}
+
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-1", UID: "edge-1-first"},
 		// A node may publish any address on its Node, the servers' too.
 		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.10"}, {Type: corev1.NodeHostName, Address: "edge-1"},
 			{Type: corev1.NodeExternalIP, Address: "10.43.0.1"}, {Type: corev1.NodeExternalIP, Address: "192.168.1.5"}, {Type: corev1.NodeExternalDNS, Address: "kone.example.com"}}}},
@@ -272,6 +288,22 @@ func TestApprover(t *testing.T) {
 	if v := decide(serving("system:node:edge-1", net.ParseIP("192.168.1.10"))); !v.approve {
 		t.Errorf("kubelet serving certificate for the node's own addresses: %+v", v)
 	}
+	// Another node's address or name, published on this node's own Node, is refused too.
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-9", UID: "edge-9"},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "192.168.1.99"}}}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n1, _ := cs.CoreV1().Nodes().Get(ctx, "edge-1", metav1.GetOptions{})
+	n1.Status.Addresses = append(n1.Status.Addresses, corev1.NodeAddress{Type: corev1.NodeExternalIP, Address: "192.168.1.99"},
+		corev1.NodeAddress{Type: corev1.NodeExternalDNS, Address: "edge-9"})
+	if _, err := cs.CoreV1().Nodes().UpdateStatus(ctx, n1, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	denied("kubelet serving certificate for another node's address", decide(serving("system:node:edge-1", net.ParseIP("192.168.1.99"))), "belongs to node edge-9")
+	denied("kubelet serving certificate for another node's name", decide(servingFor("system:node:edge-1", []string{"edge-9"})), "belongs to node edge-9")
+	if err := cs.CoreV1().Nodes().Delete(ctx, "edge-9", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	for _, ip := range []string{"10.43.0.1", "192.168.1.1", "192.168.1.5"} {
 		denied("kubelet serving certificate for the servers' address "+ip, decide(serving("system:node:edge-1", net.ParseIP(ip))), "belongs to the cluster's servers")
 	}
@@ -309,14 +341,27 @@ func TestApprover(t *testing.T) {
 		t.Errorf("the upgraded node joining again with the key it recorded: %+v", v)
 	}
 
-	// Once the node is deleted, its name is free for whoever joins next.
+	// A node whose claim was lost records its key again with its own credentials.
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-lost", UID: "edge-lost"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	lost := component("self", DNSGroup, "edge-lost", nil)
+	lost.Spec.Username, lost.Spec.Groups = "system:node:edge-lost", []string{"system:nodes", "system:authenticated"}
+	if v := decide(proven(lost, "edge-lost", &old)); !v.approve {
+		t.Errorf("a node whose claim was lost, with its own credentials: %+v", v)
+	}
+	denied("a joining machine after the lost claim was recorded again", decide(component("thief", DNSGroup, "edge-lost", &nodeB)), held)
+	denied("a node name that is no name", decide(component("bad", DNSGroup, "Edge_1", &nodeA)), "is not a node name")
+
+	// Once the node, which registered (its serving certificate was asked for), is deleted, its
+	// name is free for whoever joins next, at once.
 	if err := cs.CoreV1().Nodes().Delete(ctx, "edge-1", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if v := decide(component("successor", ProxyUser, "edge-1", &nodeB)); !v.approve {
 		t.Errorf("a new machine taking the name of a deleted node: %+v", v)
 	}
-	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-1"}}, metav1.CreateOptions{}); err != nil {
+	if _, err := cs.CoreV1().Nodes().Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-1", UID: "edge-1-second"}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	denied("the old machine once the new one's node exists", decide(kubeletClient("edge-1", &nodeA)), held)
