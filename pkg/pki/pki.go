@@ -53,8 +53,16 @@ func EnsureCA(dir, name string, now time.Time) (*CA, error) {
 		return nil, err
 	}
 	certOK, keyOK := exists(f.Cert), exists(f.Key)
-	// A key without its certificate is a creation that an earlier kone, which wrote the key
-	// first, did not finish: nothing was signed with it, so a new CA replaces it.
+	// A key without its certificate is most likely a creation that an earlier kone, which wrote
+	// the key first, did not finish; but it may be a CA whose certificate was lost. It is kept
+	// aside, never overwritten, and a new CA is made.
+	if keyOK && !certOK {
+		aside := fmt.Sprintf("%s.orphaned-%d", f.Key, now.Unix())
+		if err := os.Rename(f.Key, aside); err != nil {
+			return nil, fmt.Errorf("certificate authority %s: move its key without a certificate aside: %w", name, err)
+		}
+		keyOK = false
+	}
 	if certOK && !keyOK {
 		return nil, fmt.Errorf("certificate authority %s: only one of %s and %s exists; restore the other from a backup, or remove both to create a new CA (every certificate it signed must then be re-issued)", name, f.Cert, f.Key)
 	}
@@ -284,10 +292,20 @@ func next(path string) string { return path + ".next" }
 // its certificate. Both are first written beside their places; the certificate's file there
 // is the commit point, after which the key and then the certificate are moved into place.
 func WritePair(f File, certPEM, keyPEM []byte) error {
+	// An earlier write's key beside its place must not be paired with this write's certificate.
+	if err := RecoverPair(f); err != nil {
+		return err
+	}
 	if err := WriteFile(next(f.Key), keyPEM, 0o600); err != nil {
 		return err
 	}
+	if err := syncDir(filepath.Dir(f.Key)); err != nil {
+		return err
+	}
 	if err := WriteFile(next(f.Cert), certPEM, 0o644); err != nil {
+		return err
+	}
+	if err := syncDir(filepath.Dir(f.Cert)); err != nil {
 		return err
 	}
 	return RecoverPair(f)

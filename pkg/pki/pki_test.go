@@ -338,6 +338,9 @@ func TestLeftoversOfAnEarlierCrash(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a CA key without its certificate: %v", err)
 	}
+	if aside, _ := filepath.Glob(filepath.Join(dir, "ca.key.orphaned-*")); len(aside) != 1 {
+		t.Errorf("the lone CA key was not kept aside: %v", aside)
+	}
 	f := File{Cert: filepath.Join(dir, "leaf.crt"), Key: filepath.Join(dir, "leaf.key")}
 	if err := os.WriteFile(f.Key, []byte("half"), 0o600); err != nil {
 		t.Fatal(err)
@@ -357,5 +360,37 @@ func TestLeftoversOfAnEarlierCrash(t *testing.T) {
 	}
 	if _, err := os.Stat(stale); err == nil {
 		t.Error("a killed write's temporary file is still there")
+	}
+}
+
+// A write on top of an earlier one that was committed but not finished finishes that one first,
+// and ends with its own pair.
+func TestWritePairOverAnUnfinishedOne(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := EnsureCA(dir, "ca", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair := func(cn string) (cert, key []byte) {
+		tmp := t.TempDir()
+		f := File{Cert: filepath.Join(tmp, "x.crt"), Key: filepath.Join(tmp, "x.key")}
+		if _, err := ca.EnsureLeaf(f, LeafSpec{CommonName: cn, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, now); err != nil {
+			t.Fatal(err)
+		}
+		cert, _ = os.ReadFile(f.Cert)
+		key, _ = os.ReadFile(f.Key)
+		return cert, key
+	}
+	f := File{Cert: filepath.Join(dir, "leaf.crt"), Key: filepath.Join(dir, "leaf.key")}
+	c1, k1 := pair("one")
+	os.WriteFile(next(f.Key), k1, 0o600)
+	os.WriteFile(next(f.Cert), c1, 0o644)
+	c2, k2 := pair("two")
+	if err := WritePair(f, c2, k2); err != nil {
+		t.Fatal(err)
+	}
+	cert, key, err := load(f)
+	if err != nil || cert.Subject.CommonName != "two" || key == nil {
+		t.Fatalf("after a write over an unfinished one: %v, %v", cert, err)
 	}
 }
