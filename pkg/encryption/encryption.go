@@ -16,12 +16,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	apiserverv1 "k8s.io/apiserver/pkg/apis/apiserver/v1"
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/yaml"
 
 	"github.com/kone-dev/kone/pkg/pki"
@@ -87,9 +89,32 @@ func Load(path string) (Config, error) {
 	return c, nil
 }
 
+// Lock keeps the configuration at path to one writer at a time, a starting server or a key
+// rotation: two of them interleaved could drop a key that the other has made the writer. It
+// does not wait; unlock releases it, and so does the process's end.
+func Lock(path string) (unlock func(), err error) {
+	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock the secrets encryption configuration: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("the secrets encryption configuration %s is being changed (a `kone secrets-encrypt rotate-keys` is running): wait for it to finish", path)
+	}
+	return func() { f.Close() }, nil
+}
+
 // Ensure makes sure path holds kone's configuration with encryption on or off: the first time
 // with a new key, afterwards with the keys it has. It returns the configuration.
 func Ensure(path string, enabled bool) (Config, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return Config{}, err
+	}
+	unlock, err := Lock(path)
+	if err != nil {
+		return Config{}, err
+	}
+	defer unlock()
 	c, err := Load(path)
 	if errors.Is(err, os.ErrNotExist) {
 		c = Config{}

@@ -3,6 +3,7 @@ package encryption
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -20,10 +21,13 @@ const secretsPrefix = "/registry/secrets/"
 
 // Rewrite writes every Secret back unchanged through the apiserver, which stores each one it
 // holds with anything but its current writer anew with that writer (a no-op update of a value
-// that is up to date writes nothing). It returns how many Secrets there were.
+// that is up to date writes nothing). It returns how many Secrets there were; a Secret that
+// cannot be written (a webhook that refuses it) does not stop the others.
 func Rewrite(ctx context.Context, cs kubernetes.Interface) (int, error) {
 	secrets := cs.CoreV1().Secrets(metav1.NamespaceAll)
 	n, cont := 0, ""
+	var failed []string
+	var first error
 	for {
 		list, err := secrets.List(ctx, metav1.ListOptions{Limit: 250, Continue: cont})
 		if err != nil {
@@ -34,14 +38,21 @@ func Rewrite(ctx context.Context, cs kubernetes.Interface) (int, error) {
 			_, err := cs.CoreV1().Secrets(s.Namespace).Update(ctx, s, metav1.UpdateOptions{})
 			// Changed or deleted since the list: whoever did it wrote with the current writer.
 			if err != nil && !apierrors.IsConflict(err) && !apierrors.IsNotFound(err) {
-				return n, fmt.Errorf("rewrite Secret %s/%s: %w", s.Namespace, s.Name, err)
+				failed = append(failed, s.Namespace+"/"+s.Name)
+				if first == nil {
+					first = err
+				}
 			}
 			n++
 		}
 		if cont = list.Continue; cont == "" {
-			return n, nil
+			break
 		}
 	}
+	if len(failed) > 0 {
+		return n, fmt.Errorf("%d of %d Secrets could not be stored anew (%s): %w", len(failed), n, strings.Join(failed[:min(len(failed), 5)], ", "), first)
+	}
+	return n, nil
 }
 
 // Etcd is how to reach the server's etcd as the apiserver does.

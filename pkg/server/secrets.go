@@ -79,6 +79,11 @@ func SecretsStatus(ctx context.Context, cfg *config.Config, w io.Writer) error {
 // with it, and retires the old keys, while the cluster serves throughout.
 func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) error {
 	path := cfg.EncryptionConfig()
+	unlock, err := encryption.Lock(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	c, err := encryption.Load(path)
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -83,8 +84,15 @@ func TestSecretsEncryption(t *testing.T) {
 	// the disk in plain text.
 	n.extra = nil
 	n.start()
-	if out := secretsEncrypt(n, "status"); !strings.Contains(out, "Every Secret is encrypted with the current key, kone-1") {
-		t.Errorf("status after the start with encryption on:\n%s", out)
+	// The rewrite runs in the background once the server is ready.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		out := secretsEncrypt(n, "status")
+		if strings.Contains(out, "Every Secret is encrypted with the current key, kone-1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status a minute after the start with encryption on:\n%s", out)
+		}
 	}
 	checkSecret(t, cs, "plain", plain, "after encryption was turned on")
 	const secret = "kone-it-secret-5f3b9a21"
