@@ -460,7 +460,8 @@ func (c *Config) ServerDir() string { return filepath.Join(c.DataDir, "server") 
 
 // ServerToken are the files of the server's own join token.
 func (c *Config) ServerToken() token.ServerFiles {
-	return token.ServerFiles{Token: filepath.Join(c.ServerDir(), "token"), Published: filepath.Join(c.ServerDir(), "token.published")}
+	return token.ServerFiles{Token: filepath.Join(c.ServerDir(), "token"), Published: filepath.Join(c.ServerDir(), "token.published"),
+		Superseded: filepath.Join(c.ServerDir(), "token.superseded")}
 }
 
 // EncryptionConfig is the apiserver's encryption configuration, keys included; EncryptionDone

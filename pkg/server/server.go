@@ -74,7 +74,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		log.WithField("certificates", len(issued)).Debugf("issued certificates: %v", issued)
 	}
 	tokenFiles := cfg.ServerToken()
-	tok, err := loadToken(tokenFiles.Token, cfg.Token, ca.ServerCA)
+	tok, err := loadToken(tokenFiles, cfg.Token, ca.ServerCA, log.Logger)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/token"
 )
@@ -12,7 +14,8 @@ import (
 // loadToken returns the server's join token, creating it on first start from --token or at
 // random. The token file is the source of truth afterwards: a --token that disagrees with it is
 // an error rather than a silent change of the cluster's secret.
-func loadToken(path, given, caFile string) (token.Token, error) {
+func loadToken(files token.ServerFiles, given, caFile string, log *logrus.Logger) (token.Token, error) {
+	path := files.Token
 	caPEM, err := os.ReadFile(caFile)
 	if err != nil {
 		return token.Token{}, fmt.Errorf("read cluster CA: %w", err)
@@ -37,6 +40,10 @@ func loadToken(path, given, caFile string) (token.Token, error) {
 			return token.Token{}, fmt.Errorf("token file %s: %w; restore it from a backup", path, err)
 		}
 		if given != "" && (want.ID != stored.ID || want.Secret != stored.Secret) {
+			if files.WasSuperseded(want.ID) {
+				log.Warnf("--token is a token that `kone token rotate` replaced; the server uses the one in %s: update --token, or drop it", path)
+				return stored, nil
+			}
 			return token.Token{}, fmt.Errorf("--token differs from the server's token in %s (set up with it, or made by `kone token rotate`): drop --token, or give that token", path)
 		}
 		return stored, nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,15 +20,29 @@ import (
 // ServerDescription is the description of a server's own token in `kone token list`.
 const ServerDescription = "kone server token"
 
-// ServerFiles are where a server keeps its own join token: the token file that users read, and
-// the id of the token the server has published to the cluster, so that a server token deleted
-// on purpose is not created again at the next start.
-type ServerFiles struct{ Token, Published string }
+// ServerFiles are where a server keeps its own join token: the token file that users read, the
+// id of the token the server has published to the cluster, so that a server token deleted on
+// purpose is not created again at the next start, and the ids of the tokens Rotate replaced.
+type ServerFiles struct{ Token, Published, Superseded string }
+
+// WasSuperseded reports whether Rotate replaced the token with this id.
+func (f ServerFiles) WasSuperseded(id string) bool {
+	data, _ := os.ReadFile(f.Superseded)
+	return slices.Contains(strings.Fields(string(data)), id)
+}
 
 // Publish makes the server's token t a bootstrap-token Secret the first time the server starts
 // with it, and only then. It reports whether t can join nodes: false once it has been deleted
 // (`kone token delete`), which sticks across restarts.
 func (f ServerFiles) Publish(ctx context.Context, cs kubernetes.Interface, t Token, now time.Time) (bool, error) {
+	// A rotation killed before it deleted the token it replaced: that token joins nothing either.
+	superseded, _ := os.ReadFile(f.Superseded)
+	for _, id := range strings.Fields(string(superseded)) {
+		err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Delete(ctx, bootstraputil.BootstrapTokenSecretName(id), metav1.DeleteOptions{})
+		if err != nil && !apierrors.IsNotFound(err) {
+			return false, fmt.Errorf("delete the replaced token %s: %w", id, err)
+		}
+	}
 	published, err := os.ReadFile(f.Published)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("read %s: %w", f.Published, err)
@@ -69,6 +84,11 @@ func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM 
 		t, err = t.WithCA(caPEM)
 	}
 	if err != nil {
+		return Token{}, err
+	}
+	// Recorded first: whatever happens next, the old token is deleted by the next start at the latest.
+	superseded, _ := os.ReadFile(f.Superseded)
+	if err := pki.WriteFile(f.Superseded, append(superseded, []byte(old.ID+"\n")...), 0o600); err != nil {
 		return Token{}, err
 	}
 	if err := Create(ctx, cs, t, Options{Description: ServerDescription}, now); err != nil {

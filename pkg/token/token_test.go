@@ -210,7 +210,7 @@ func TestServerToken(t *testing.T) {
 	cs := fake.NewClientset()
 	caPEM, _ := testCA(t)
 	dir := t.TempDir()
-	files := ServerFiles{Token: filepath.Join(dir, "token"), Published: filepath.Join(dir, "token.published")}
+	files := ServerFiles{Token: filepath.Join(dir, "token"), Published: filepath.Join(dir, "token.published"), Superseded: filepath.Join(dir, "token.superseded")}
 	tok, err := Generate()
 	if err == nil {
 		tok, err = tok.WithCA(caPEM)
@@ -272,8 +272,18 @@ func TestServerToken(t *testing.T) {
 	if err := secretOf(tok.ID); !apierrors.IsNotFound(err) {
 		t.Errorf("the old token survives its rotation: %v", err)
 	}
+	if !files.WasSuperseded(tok.ID) || files.WasSuperseded(rotated.ID) {
+		t.Error("the rotation did not record which token it replaced")
+	}
+	// A rotation killed before it deleted the old token: the next start deletes it.
+	if err := Create(ctx, cs, tok, Options{}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	if usable, err := files.Publish(ctx, cs, rotated, time.Now()); err != nil || !usable || secretOf(rotated.ID) != nil {
 		t.Errorf("the new token at the next start: usable %v, %v", usable, err)
+	}
+	if err := secretOf(tok.ID); !apierrors.IsNotFound(err) {
+		t.Errorf("the replaced token survives the next start: %v", err)
 	}
 	otherCA, _ := testCA(t)
 	if _, err := files.Rotate(ctx, cs, otherCA, time.Now()); err == nil || !strings.Contains(err.Error(), "does not belong to the cluster") {
