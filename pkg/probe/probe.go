@@ -28,11 +28,11 @@ func Until(ctx context.Context, every time.Duration, check func() error) error {
 // HTTP GETs url until it answers 200 OK, or ctx ends; then it returns ctx's error joined with
 // the last failure, which says what the component was doing instead of answering.
 func HTTP(ctx context.Context, client *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
 	return Until(ctx, 100*time.Millisecond, func() error {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		if err != nil {
-			return err
-		}
 		resp, err := client.Do(req)
 		if err != nil {
 			return err

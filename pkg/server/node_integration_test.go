@@ -76,6 +76,7 @@ func TestNodeSide(t *testing.T) {
 	cs := n.client()
 	ctx := context.Background()
 	nodeName := waitNodesReady(t, cs, 1)[0]
+	checkPortTLS(t, "kubelet", "10250", nil)
 	checkNodeAddresses(t, cs, nodeName, "InternalIP="+nodeInternalIP(t, cs, nodeName)+" Hostname="+nodeName)
 
 	ns := "kone-node-it"

@@ -20,12 +20,21 @@ import (
 // one.
 func checkTLS(t *testing.T, n *node) {
 	t.Helper()
+	// etcd asks for a client certificate before it completes a handshake.
 	cert, err := tls.LoadX509KeyPair(filepath.Join(n.dataDir, "server", "tls", "etcd", "client.crt"), filepath.Join(n.dataDir, "server", "tls", "etcd", "client.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dial := func(port string, c *tls.Config) error {
-		c.InsecureSkipVerify, c.Certificates = true, []tls.Certificate{cert}
+	for name, port := range map[string]string{"kube-apiserver": n.https, "etcd": n.etcdClient, "kube-controller-manager": n.cm, "kube-scheduler": n.sch} {
+		checkPortTLS(t, name, port, []tls.Certificate{cert})
+	}
+}
+
+// checkPortTLS: the port on loopback refuses TLS 1.1 and weak TLS 1.2 suites, and takes TLS 1.2.
+func checkPortTLS(t *testing.T, name, port string, certs []tls.Certificate) {
+	t.Helper()
+	dial := func(c *tls.Config) error {
+		c.InsecureSkipVerify, c.Certificates = true, certs
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", "127.0.0.1:"+port, c)
 		if err == nil {
 			err = conn.Handshake()
@@ -34,16 +43,14 @@ func checkTLS(t *testing.T, n *node) {
 		return err
 	}
 	weak := []uint16{tls.TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, tls.TLS_RSA_WITH_AES_128_GCM_SHA256}
-	for name, port := range map[string]string{"kube-apiserver": n.https, "etcd": n.etcdClient, "kube-controller-manager": n.cm, "kube-scheduler": n.sch} {
-		if err := dial(port, &tls.Config{MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}); err == nil {
-			t.Errorf("%s accepts TLS 1.1", name)
-		}
-		if err := dial(port, &tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: weak}); err == nil {
-			t.Errorf("%s accepts weak TLS 1.2 cipher suites", name)
-		}
-		if err := dial(port, &tls.Config{MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12}); err != nil {
-			t.Errorf("%s refuses a strong TLS 1.2 client: %v", name, err)
-		}
+	if err := dial(&tls.Config{MinVersion: tls.VersionTLS10, MaxVersion: tls.VersionTLS11}); err == nil {
+		t.Errorf("%s accepts TLS 1.1", name)
+	}
+	if err := dial(&tls.Config{MaxVersion: tls.VersionTLS12, CipherSuites: weak}); err == nil {
+		t.Errorf("%s accepts weak TLS 1.2 cipher suites", name)
+	}
+	if err := dial(&tls.Config{MinVersion: tls.VersionTLS12, MaxVersion: tls.VersionTLS12}); err != nil {
+		t.Errorf("%s refuses a strong TLS 1.2 client: %v", name, err)
 	}
 }
 
