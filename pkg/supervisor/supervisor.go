@@ -42,14 +42,18 @@ type running struct {
 }
 
 // Run starts the components in order and blocks until ctx is done or one of them fails; then it
-// stops the ones it started, last first. It returns the first failure, or nil after a requested stop.
+// stops the ones it started, last first. It returns the first failure, or nil after a requested
+// stop in which every component stopped in time.
 func (s *Supervisor) Run(ctx context.Context, components ...Component) error {
 	begin := time.Now()
 	exited := make(chan *running, len(components))
 	var started []*running
+	var hung error
 	stopAll := func() {
 		for i := len(started) - 1; i >= 0; i-- {
-			s.stop(started[i])
+			if err := s.stop(started[i]); err != nil && hung == nil {
+				hung = err
+			}
 		}
 	}
 	for _, c := range components {
@@ -65,7 +69,7 @@ func (s *Supervisor) Run(ctx context.Context, components ...Component) error {
 		t0 := time.Now()
 		if err := s.waitReady(ctx, r); err != nil {
 			stopAll()
-			return err
+			return errors.Join(err, hung)
 		}
 		s.Log.Infof("%s ready in %s", c.Name(), time.Since(t0).Round(10*time.Millisecond))
 	}
@@ -87,7 +91,7 @@ func (s *Supervisor) Run(ctx context.Context, components ...Component) error {
 	t0 := time.Now()
 	stopAll()
 	s.Log.Infof("stopped in %s", time.Since(t0).Round(10*time.Millisecond))
-	return failure
+	return errors.Join(failure, hung)
 }
 
 func (s *Supervisor) waitReady(ctx context.Context, r *running) error {
@@ -112,7 +116,9 @@ func (s *Supervisor) waitReady(ctx context.Context, r *running) error {
 	}
 }
 
-func (s *Supervisor) stop(r *running) {
+// stop stops one component; a component that does not stop in time is left, the others are
+// stopped still, and the supervisor's Run says so.
+func (s *Supervisor) stop(r *running) error {
 	r.cancel()
 	select {
 	case <-r.done:
@@ -120,8 +126,10 @@ func (s *Supervisor) stop(r *running) {
 			s.Log.WithError(r.err).Warnf("%s stopped with an error", r.c.Name())
 		}
 		s.Log.Debugf("%s stopped", r.c.Name())
+		return nil
 	case <-time.After(s.StopTimeout):
 		s.Log.Warnf("%s did not stop within %s; leaving it", r.c.Name(), s.StopTimeout)
+		return fmt.Errorf("%s did not stop within %s", r.c.Name(), s.StopTimeout)
 	}
 }
 

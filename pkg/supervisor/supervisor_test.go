@@ -19,7 +19,17 @@ type fake struct {
 	mu        *sync.Mutex
 	readyErr  error
 	exitAfter time.Duration // > 0: Run returns on its own after this long
-	ready     chan struct{}
+	// neverReady: Ready waits until its context ends; hangOnStop: Run does not return when asked to.
+	neverReady, hangOnStop bool
+	ready                  chan struct{}
+}
+
+func eventsOf(c Component) *[]string {
+	f := c.(*fake)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	copied := append([]string(nil), *f.events...)
+	return &copied
 }
 
 func (f *fake) Name() string { return f.name }
@@ -41,12 +51,19 @@ func (f *fake) Run(ctx context.Context) error {
 		}
 	}
 	<-ctx.Done()
+	if f.hangOnStop {
+		select {}
+	}
 	f.record("stop")
 	return nil
 }
 
 func (f *fake) Ready(ctx context.Context) error {
 	<-f.ready
+	if f.neverReady {
+		<-ctx.Done()
+		return ctx.Err()
+	}
 	if f.readyErr != nil {
 		return f.readyErr
 	}
@@ -110,11 +127,44 @@ func TestCrashAfterReadyStopsTheRest(t *testing.T) {
 	}
 }
 
+// TestReadyTimeout: a component that never becomes ready (its Ready waits for as long as it
+// is let) is given up after ReadyTimeout, and the ones started are stopped.
 func TestReadyTimeout(t *testing.T) {
-	s, cs, _ := setup("slow")
-	cs[0].(*fake).readyErr = context.DeadlineExceeded
-	s.ReadyTimeout = 10 * time.Millisecond
-	if err := s.Run(context.Background(), cs...); err == nil || !strings.Contains(err.Error(), "not ready within") {
+	s, cs, events := setup("first", "slow")
+	cs[1].(*fake).neverReady = true
+	s.ReadyTimeout = 50 * time.Millisecond
+	done := make(chan error, 1)
+	go func() { done <- s.Run(context.Background(), cs...) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "slow was not ready within 50ms") {
+			t.Fatalf("got %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the supervisor did not give up on a component that never became ready")
+	}
+	if got := strings.Join(*events, ","); got != "first start,first ready,slow start,slow stop,first stop" {
+		t.Errorf("events: %s", got)
+	}
+}
+
+// TestHungStopIsAFailure: a component that does not stop in time is left, the others still
+// stop, and Run says which one hung instead of reporting a clean stop.
+func TestHungStopIsAFailure(t *testing.T) {
+	s, cs, events := setup("first", "hung")
+	cs[1].(*fake).hangOnStop = true
+	s.StopTimeout = 50 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx, cs...) }()
+	for !strings.Contains(strings.Join(*eventsOf(cs[1]), ","), "hung ready") {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "hung did not stop within 50ms") {
 		t.Fatalf("got %v", err)
+	}
+	if !strings.Contains(strings.Join(*events, ","), "first stop") {
+		t.Errorf("the component before the hung one was not stopped: %v", *events)
 	}
 }
