@@ -261,14 +261,7 @@ func TestPairSurvivesACrashAtEveryStep(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tmp := t.TempDir()
-		f := File{Cert: filepath.Join(tmp, "x.crt"), Key: filepath.Join(tmp, "x.key")}
-		if _, err := ca.EnsureLeaf(f, LeafSpec{CommonName: cn, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, now); err != nil {
-			t.Fatal(err)
-		}
-		cert, _ = os.ReadFile(f.Cert)
-		key, _ = os.ReadFile(f.Key)
-		return cert, key
+		return leafPEM(t, ca, cn)
 	}
 	// Each step of WritePair, as a crash right after it would leave the files.
 	steps := []struct {
@@ -371,21 +364,11 @@ func TestWritePairOverAnUnfinishedOne(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pair := func(cn string) (cert, key []byte) {
-		tmp := t.TempDir()
-		f := File{Cert: filepath.Join(tmp, "x.crt"), Key: filepath.Join(tmp, "x.key")}
-		if _, err := ca.EnsureLeaf(f, LeafSpec{CommonName: cn, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, now); err != nil {
-			t.Fatal(err)
-		}
-		cert, _ = os.ReadFile(f.Cert)
-		key, _ = os.ReadFile(f.Key)
-		return cert, key
-	}
 	f := File{Cert: filepath.Join(dir, "leaf.crt"), Key: filepath.Join(dir, "leaf.key")}
-	c1, k1 := pair("one")
+	c1, k1 := leafPEM(t, ca, "one")
 	os.WriteFile(next(f.Key), k1, 0o600)
 	os.WriteFile(next(f.Cert), c1, 0o644)
-	c2, k2 := pair("two")
+	c2, k2 := leafPEM(t, ca, "two")
 	if err := WritePair(f, c2, k2); err != nil {
 		t.Fatal(err)
 	}
@@ -393,4 +376,17 @@ func TestWritePairOverAnUnfinishedOne(t *testing.T) {
 	if err != nil || cert.Subject.CommonName != "two" || key == nil {
 		t.Fatalf("after a write over an unfinished one: %v, %v", cert, err)
 	}
+}
+
+// leafPEM issues a client certificate for cn from ca and returns it and its key as PEM.
+func leafPEM(t *testing.T, ca *CA, cn string) (cert, key []byte) {
+	t.Helper()
+	tmp := t.TempDir()
+	f := File{Cert: filepath.Join(tmp, "x.crt"), Key: filepath.Join(tmp, "x.key")}
+	if _, err := ca.EnsureLeaf(f, LeafSpec{CommonName: cn, Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, now); err != nil {
+		t.Fatal(err)
+	}
+	cert, _ = os.ReadFile(f.Cert)
+	key, _ = os.ReadFile(f.Key)
+	return cert, key
 }
