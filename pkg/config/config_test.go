@@ -288,3 +288,30 @@ func TestFlannelBackend(t *testing.T) {
 		t.Errorf("an unknown backend: %v", err)
 	}
 }
+
+// Every address and network flag refuses IPv6 up front, naming the flag, from the command line
+// and from the config file alike: the node side is IPv4 only and would fail later.
+// --node-external-ip is only published on the Node, and may be IPv6.
+func TestIPv6IsRefusedUpFront(t *testing.T) {
+	dir := t.TempDir()
+	empty := filepath.Join(dir, "config.yaml")
+	write(t, empty, "")
+	for flag, value := range map[string]string{
+		"cluster-cidr": "fd00:42::/56", "service-cidr": "fd00:43::/112", "cluster-dns": "fd00:43::a",
+		"bind-address": "::", "advertise-address": "fd00::1", "node-ip": "fd00::2",
+	} {
+		_, err := load(t, []string{"--config", empty, "--" + flag, value}, nil)
+		if err == nil || !strings.Contains(err.Error(), "--"+flag) || !strings.Contains(err.Error(), "IPv6 is not supported yet") {
+			t.Errorf("--%s %s: %v", flag, value, err)
+		}
+		file := filepath.Join(dir, flag+".yaml")
+		write(t, file, flag+": \""+value+"\"\n")
+		if _, err := load(t, []string{"--config", file}, nil); err == nil || !strings.Contains(err.Error(), flag) || !strings.Contains(err.Error(), "IPv6 is not supported yet") {
+			t.Errorf("%s: %s in %s: %v", flag, value, file, err)
+		}
+	}
+	if _, err := loadAgent(t, []string{"--config", empty, "--server", "https://10.0.0.1:6443", "--token", testToken, "--node-ip", "fd00::2"}, nil); err == nil ||
+		!strings.Contains(err.Error(), "IPv6 is not supported yet") {
+		t.Errorf("agent --node-ip fd00::2: %v", err)
+	}
+}

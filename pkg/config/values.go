@@ -7,7 +7,11 @@ import (
 	"strings"
 )
 
-// cidrValue is a pflag.Value for one IPv4 or IPv6 network such as 10.42.0.0/16.
+// ipv6 is the error for an IPv6 value: the node side (bridge, flannel, kube-proxy's rules,
+// kone's own) is IPv4 only, and would fail only later, at run time.
+const ipv6 = "IPv6 is not supported yet: kone's node side is IPv4 only; give an IPv4 "
+
+// cidrValue is a pflag.Value for one IPv4 network such as 10.42.0.0/16.
 type cidrValue struct{ p **net.IPNet }
 
 func (v cidrValue) String() string {
@@ -21,6 +25,9 @@ func (v cidrValue) Set(s string) error {
 	ip, n, err := net.ParseCIDR(strings.TrimSpace(s))
 	if err != nil {
 		return fmt.Errorf("%q is not a CIDR; expected a network such as 10.42.0.0/16", s)
+	}
+	if ip.To4() == nil {
+		return fmt.Errorf("%q: %snetwork such as 10.42.0.0/16", s, ipv6)
 	}
 	if !ip.Equal(n.IP) {
 		return fmt.Errorf("%q has host bits set; expected the network address %s", s, n)
@@ -50,6 +57,9 @@ func (v ipValue) Set(s string) error {
 	ip := net.ParseIP(s)
 	if ip == nil {
 		return fmt.Errorf("%q is not an IP address; expected an address such as 192.168.1.10", s)
+	}
+	if ip.To4() == nil {
+		return fmt.Errorf("%q: %saddress such as 192.168.1.10", s, ipv6)
 	}
 	*v.p = ip
 	return nil

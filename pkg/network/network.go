@@ -136,6 +136,9 @@ func (n *Network) waitForPodCIDR(ctx context.Context, cs kubernetes.Interface) (
 			if err != nil {
 				return nil, fmt.Errorf("node %s has a bad pod CIDR %q: %w", n.cfg.NodeName, node.Spec.PodCIDR, err)
 			}
+			if cidr.IP.To4() == nil {
+				return nil, fmt.Errorf("node %s has the IPv6 pod CIDR %s; kone's node side is IPv4 only", n.cfg.NodeName, cidr)
+			}
 			return cidr, nil
 		case err == nil:
 			last = fmt.Errorf("node %s has no pod CIDR yet", n.cfg.NodeName)
