@@ -106,6 +106,12 @@ func TestAgents(t *testing.T) {
 	waitNodesReady(t, cs, 3)
 	checkNodeAddresses(t, cs, "agent-1", "InternalIP="+nodeNet+"2 Hostname=agent-1")
 	checkNodeAddresses(t, cs, "agent-2", "InternalIP="+nodeNet+"3 ExternalIP=203.0.113.20 Hostname=agent-2")
+	// Agents have no role; the server's node is the control plane.
+	for _, line := range strings.Split(n.kubectl("get", "nodes", "--no-headers"), "\n") {
+		if f := strings.Fields(line); len(f) > 2 && strings.HasPrefix(f[0], "agent-") && f[2] != "<none>" {
+			t.Errorf("agent node with roles: %s", line)
+		}
+	}
 	for _, a := range agents {
 		a.waitReady()
 		// An agent runs no control plane.

@@ -76,6 +76,10 @@ func TestNodeSide(t *testing.T) {
 	cs := n.client()
 	ctx := context.Background()
 	nodeName := waitNodesReady(t, cs, 1)[0]
+	// The server's node carries its roles, as k3s's does.
+	if out := n.kubectl("get", "node", nodeName); !strings.Contains(out, " control-plane,etcd ") {
+		t.Errorf("kubectl get node: the server's node lacks its roles:\n%s", out)
+	}
 	checkPortTLS(t, "kubelet", "10250", nil)
 	checkNodeAddresses(t, cs, nodeName, "InternalIP="+nodeInternalIP(t, cs, nodeName)+" Hostname="+nodeName)
 

@@ -145,6 +145,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 			return err
 		}
 		own = append(own, held)
+		nodeSide = append(nodeSide, newRoles(adminClient, held.Name))
 	}
 	chain := []supervisor.Component{
 		store, apiserver, newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
