@@ -7,12 +7,18 @@ import (
 	"strings"
 )
 
+// Split splits a key=value override into its key, without leading dashes, and its value.
+func Split(override string) (key, value string) {
+	k, v, _ := strings.Cut(override, "=")
+	return strings.TrimLeft(k, "-"), v
+}
+
 // Merge applies key=value overrides to defaults and returns --key=value flags in a stable order.
 // An override's key may carry leading dashes.
 func Merge(defaults map[string]string, overrides []string) []string {
 	for _, o := range overrides {
-		k, v, _ := strings.Cut(o, "=")
-		defaults[strings.TrimLeft(k, "-")] = v
+		k, v := Split(o)
+		defaults[k] = v
 	}
 	out := make([]string, 0, len(defaults))
 	for k, v := range defaults {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -380,7 +381,7 @@ func (c *Config) validate() error {
 	}
 	if c.Node.Profile == ProfileCIS {
 		for _, a := range c.APIServerArgs {
-			if k, _, _ := strings.Cut(a, "="); strings.TrimLeft(k, "-") == "admission-control-config-file" {
+			if k, _ := args.Split(a); k == "admission-control-config-file" {
 				return errors.New("--kube-apiserver-arg admission-control-config-file: --profile=cis writes the admission configuration itself (Pod Security, event rate limit); " +
 					"choose the namespaces it leaves out with --pod-security-exempt-namespace, or drop --profile=cis to use your own file")
 			}

@@ -93,8 +93,7 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 	// kone's own file by the apiserver component (UserAuthenticationConfig).
 	var overrides []string
 	for _, o := range c.APIServerArgs {
-		k, v, _ := strings.Cut(o, "=")
-		switch k = strings.TrimLeft(k, "-"); k {
+		switch k, v := args.Split(o); k {
 		case "enable-admission-plugins", "authorization-mode":
 			a[k] = union(a[k], v)
 		case "authentication-config":
@@ -113,7 +112,7 @@ const nodeRestriction = "NodeRestriction"
 func UserAuthenticationConfig(c *config.Config) string {
 	file := ""
 	for _, o := range c.APIServerArgs {
-		if k, v, _ := strings.Cut(o, "="); strings.TrimLeft(k, "-") == "authentication-config" {
+		if k, v := args.Split(o); k == "authentication-config" {
 			file = v
 		}
 	}

@@ -51,10 +51,9 @@ func SecretsStatus(ctx context.Context, cfg *config.Config, w io.Writer) error {
 		keys[0] += " (current)"
 	}
 	fmt.Fprintf(w, "Keys: %s\n", strings.Join(keys, ", "))
-	total, current := 0, stored[c.Writer()]
+	total, current := sumOf(stored), stored[c.Writer()]
 	var by []string
 	for with, n := range stored {
-		total += n
 		name := with
 		if with == encryption.Identity {
 			name = "plain text"

@@ -82,7 +82,8 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if err != nil {
 		return err
 	}
-	local := fmt.Sprintf("https://%s", net.JoinHostPort("127.0.0.1", fmt.Sprint(cfg.HTTPSPort)))
+	admin := adminConfig(cfg, ca)
+	local := admin.Host
 	if err := writeKubeconfigs(cfg, ca, files, local); err != nil {
 		return err
 	}
@@ -97,7 +98,6 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	log.Infof("certificates and kubeconfigs ready in %s", time.Since(t0).Round(10*time.Millisecond))
 
-	admin := adminConfig(cfg, ca)
 	apiserver, err := control.NewAPIServer(apiArgs, control.UserAuthenticationConfig(cfg), admin)
 	if err != nil {
 		return err
