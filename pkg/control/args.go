@@ -2,6 +2,7 @@ package control
 
 import (
 	"fmt"
+	"net"
 	"slices"
 	"strings"
 
@@ -10,8 +11,11 @@ import (
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
-// Files are the paths the components read besides the PKI.
+// Files are the paths the components read besides the PKI, and the server's address.
 type Files struct {
+	// Advertise is the address the apiserver gives the cluster for itself (the kubernetes
+	// Service's endpoint); nil, the apiserver picks the default route's.
+	Advertise                   net.IP
 	EtcdURL                     string
 	AuthenticationConfig        string
 	EncryptionConfig            string
@@ -76,8 +80,8 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		// (kubelet, kube-proxy and CoreDNS cannot be stopped from outside).
 		"shutdown-send-retry-after": "true",
 	}
-	if c.AdvertiseAddress != nil {
-		a["advertise-address"] = c.AdvertiseAddress.String()
+	if f.Advertise != nil {
+		a["advertise-address"] = f.Advertise.String()
 	}
 	if c.Node.Profile == config.ProfileCIS {
 		a["enable-admission-plugins"] += ",PodSecurity,EventRateLimit"
@@ -160,7 +164,7 @@ func ControllerManagerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"cluster-signing-kubelet-serving-key-file":        p.KubeletServingCAKey,
 		// No legacy-unknown signer: nothing kone runs needs it, and it would sign with a CA
 		// that something trusts.
-		// One server: no one to elect. A lost lease would also make the upstream code exit the process.
+		// kone elects for it (pkg/leader): upstream would end the whole process on a lost lease.
 		"leader-elect":           "false",
 		"configure-cloud-routes": "false",
 		"profiling":              "false",
@@ -178,7 +182,7 @@ func SchedulerArgs(c *config.Config, f Files) []string {
 		"authorization-kubeconfig":  f.SchedulerKubeconfig,
 		"bind-address":              "127.0.0.1",
 		"secure-port":               SchedulerPort,
-		"leader-elect":              "false",
+		"leader-elect":              "false", // as for the controller-manager
 		"profiling":                 "false",
 		"tls-min-version":           tlsMinVersion,
 		"tls-cipher-suites":         tlsCipherSuites(),

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"k8s.io/component-base/configz"
 	"net"
 	"net/http"
 	"os"
@@ -142,33 +143,46 @@ func authenticationConfig(userFile string) ([]byte, error) {
 
 // ControllerManager is kube-controller-manager.
 type ControllerManager struct {
-	opts *cmoptions.KubeControllerManagerOptions
-	port string
+	flags []string
+	port  string
 }
 
+// NewControllerManager checks flags; Run parses them afresh each time it runs, since upstream's
+// options keep what one run opened (its listener) and a server that regains the lease runs it
+// again.
 func NewControllerManager(flags []string) (*ControllerManager, error) {
+	if _, err := controllerManagerOptions(flags); err != nil {
+		return nil, err
+	}
+	return &ControllerManager{flags: flags, port: args.Value(flags, "secure-port")}, nil
+}
+
+func controllerManagerOptions(flags []string) (*cmoptions.KubeControllerManagerOptions, error) {
 	s, err := cmoptions.NewKubeControllerManagerOptions()
 	if err != nil {
 		return nil, err
 	}
 	sets := s.Flags(cmapp.KnownControllers(), cmapp.ControllersDisabledByDefault(), cmapp.ControllerAliases())
 	s.ParsedFlags = &sets
-	if err := parse("kube-controller-manager", sets, flags); err != nil {
-		return nil, err
-	}
-	return &ControllerManager{opts: s, port: args.Value(flags, "secure-port")}, nil
+	return s, parse("kube-controller-manager", sets, flags)
 }
 
 func (c *ControllerManager) Name() string { return "kube-controller-manager" }
 
 func (c *ControllerManager) Run(ctx context.Context) error {
-	if err := c.opts.ComponentGlobalsRegistry.Set(); err != nil {
-		return err
-	}
-	cfg, err := c.opts.Config(ctx, cmapp.KnownControllers(), cmapp.ControllersDisabledByDefault(), cmapp.ControllerAliases())
+	opts, err := controllerManagerOptions(c.flags)
 	if err != nil {
 		return err
 	}
+	if err := opts.ComponentGlobalsRegistry.Set(); err != nil {
+		return err
+	}
+	cfg, err := opts.Config(ctx, cmapp.KnownControllers(), cmapp.ControllersDisabledByDefault(), cmapp.ControllerAliases())
+	if err != nil {
+		return err
+	}
+	// Run registers its configuration process-wide, once.
+	defer configz.Delete(cmapp.ConfigzName)
 	return cmapp.Run(ctx, cfg.Complete())
 }
 
@@ -178,28 +192,39 @@ func (c *ControllerManager) Ready(ctx context.Context) error {
 
 // Scheduler is kube-scheduler.
 type Scheduler struct {
-	opts *schedoptions.Options
-	port string
+	flags []string
+	port  string
 }
 
+// NewScheduler checks flags; Run parses them afresh, as for the controller-manager.
 func NewScheduler(flags []string) (*Scheduler, error) {
-	opts := schedoptions.NewOptions()
-	if err := parse("kube-scheduler", *opts.Flags, flags); err != nil {
+	if _, err := schedulerOptions(flags); err != nil {
 		return nil, err
 	}
-	return &Scheduler{opts: opts, port: args.Value(flags, "secure-port")}, nil
+	return &Scheduler{flags: flags, port: args.Value(flags, "secure-port")}, nil
+}
+
+func schedulerOptions(flags []string) (*schedoptions.Options, error) {
+	opts := schedoptions.NewOptions()
+	return opts, parse("kube-scheduler", *opts.Flags, flags)
 }
 
 func (s *Scheduler) Name() string { return "kube-scheduler" }
 
 func (s *Scheduler) Run(ctx context.Context) error {
-	if err := s.opts.ComponentGlobalsRegistry.Set(); err != nil {
-		return err
-	}
-	cc, sched, err := schedapp.Setup(ctx, s.opts)
+	opts, err := schedulerOptions(s.flags)
 	if err != nil {
 		return err
 	}
+	if err := opts.ComponentGlobalsRegistry.Set(); err != nil {
+		return err
+	}
+	cc, sched, err := schedapp.Setup(ctx, opts)
+	if err != nil {
+		return err
+	}
+	// As for the controller-manager; the name is upstream's, which it does not export.
+	defer configz.Delete("componentconfig")
 	err = schedapp.Run(ctx, cc, sched)
 	if ctx.Err() != nil {
 		return nil // a requested stop, which upstream reports as an error
