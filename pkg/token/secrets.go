@@ -22,10 +22,22 @@ import (
 // NodeGroup is the extra group kone's join tokens authenticate as; join rules key on it.
 const NodeGroup = "system:bootstrappers:kone:default-node-token"
 
+// ServerGroup is the extra group of the server token, which alone may fetch what a joining
+// server needs (the cluster's CA keys among it). Agent tokens never carry it.
+const ServerGroup = "system:bootstrappers:kone:server-token"
+
 // Options describe a bootstrap token Secret. A zero TTL never expires.
 type Options struct {
 	TTL         time.Duration
 	Description string
+	Server      bool // the token joins servers too (ServerGroup)
+}
+
+func (o Options) groups() string {
+	if o.Server {
+		return NodeGroup + "," + ServerGroup
+	}
+	return NodeGroup
 }
 
 // Info is what `kone token list` shows of a token: never its secret.
@@ -45,7 +57,7 @@ func Create(ctx context.Context, cs kubernetes.Interface, t Token, o Options, no
 		bootstrapapi.BootstrapTokenSecretKey:           t.Secret,
 		bootstrapapi.BootstrapTokenUsageSigningKey:     "true",
 		bootstrapapi.BootstrapTokenUsageAuthentication: "true",
-		bootstrapapi.BootstrapTokenExtraGroupsKey:      NodeGroup,
+		bootstrapapi.BootstrapTokenExtraGroupsKey:      o.groups(),
 	}
 	if o.Description != "" {
 		data[bootstrapapi.BootstrapTokenDescriptionKey] = o.Description
@@ -56,7 +68,10 @@ func Create(ctx context.Context, cs kubernetes.Interface, t Token, o Options, no
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: bootstraputil.BootstrapTokenSecretName(t.ID), Namespace: metav1.NamespaceSystem},
 		Type:       bootstrapapi.SecretTypeBootstrapToken,
-		StringData: data,
+		Data:       map[string][]byte{},
+	}
+	for k, v := range data {
+		secret.Data[k] = []byte(v)
 	}
 	if _, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Create(ctx, secret, metav1.CreateOptions{}); err != nil {
 		if apierrors.IsAlreadyExists(err) {
@@ -68,7 +83,8 @@ func Create(ctx context.Context, cs kubernetes.Interface, t Token, o Options, no
 }
 
 // Ensure is Create that leaves an existing token with the same id and secret alone, so that a
-// server restart keeps its token. A token with the same id and another secret is an error.
+// server restart keeps its token, but for its groups: a server token that an earlier kone
+// created gains ServerGroup. A token with the same id and another secret is an error.
 func Ensure(ctx context.Context, cs kubernetes.Interface, t Token, o Options, now time.Time) error {
 	s, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, bootstraputil.BootstrapTokenSecretName(t.ID), metav1.GetOptions{})
 	switch {
@@ -78,6 +94,11 @@ func Ensure(ctx context.Context, cs kubernetes.Interface, t Token, o Options, no
 		return fmt.Errorf("read token %s: %w", t.ID, err)
 	case string(s.Data[bootstrapapi.BootstrapTokenSecretKey]) != t.Secret:
 		return fmt.Errorf("token %s in the cluster has another secret than the server's token file; delete it with `kone token delete %s` or restore the token file", t.ID, t.ID)
+	case string(s.Data[bootstrapapi.BootstrapTokenExtraGroupsKey]) != o.groups():
+		s.Data[bootstrapapi.BootstrapTokenExtraGroupsKey] = []byte(o.groups())
+		if _, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Update(ctx, s, metav1.UpdateOptions{}); err != nil {
+			return fmt.Errorf("update the groups of token %s: %w", t.ID, err)
+		}
 	}
 	return nil
 }

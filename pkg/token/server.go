@@ -20,6 +20,9 @@ import (
 // ServerDescription is the description of a server's own token in `kone token list`.
 const ServerDescription = "kone server token"
 
+// serverOptions make the server's token: it joins servers as well as agents, as k3s's does.
+func serverOptions() Options { return Options{Description: ServerDescription, Server: true} }
+
 // ServerFiles are where a server keeps its own join token: the token file that users read, the
 // id of the token the server has published to the cluster, so that a server token deleted on
 // purpose is not created again at the next start, and the ids of the tokens Rotate replaced.
@@ -55,10 +58,10 @@ func (f ServerFiles) Publish(ctx context.Context, cs kubernetes.Interface, t Tok
 		if err != nil {
 			return false, fmt.Errorf("read token %s: %w", t.ID, err)
 		}
-		return true, nil
+		return true, Ensure(ctx, cs, t, serverOptions(), now)
 	}
 	// Recorded only once the Secret exists: a start killed before that creates it next time.
-	if err := Ensure(ctx, cs, t, Options{Description: ServerDescription}, now); err != nil {
+	if err := Ensure(ctx, cs, t, serverOptions(), now); err != nil {
 		return false, err
 	}
 	return true, pki.WriteFile(f.Published, []byte(t.ID+"\n"), 0o600)
@@ -91,7 +94,7 @@ func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM 
 	if err := pki.WriteFile(f.Superseded, append(superseded, []byte(old.ID+"\n")...), 0o600); err != nil {
 		return Token{}, err
 	}
-	if err := Create(ctx, cs, t, Options{Description: ServerDescription}, now); err != nil {
+	if err := Create(ctx, cs, t, serverOptions(), now); err != nil {
 		return Token{}, err
 	}
 	if err := pki.WriteFile(f.Token, []byte(t.String()+"\n"), 0o600); err != nil {

@@ -133,21 +133,13 @@ func TestSecrets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s.Type != bootstrapapi.SecretTypeBootstrapToken || s.StringData["token-secret"] != "0123456789abcdef" ||
-		s.StringData["usage-bootstrap-authentication"] != "true" || s.StringData["usage-bootstrap-signing"] != "true" ||
-		s.StringData["expiration"] != "2026-01-01T01:00:00Z" || s.StringData["auth-extra-groups"] != NodeGroup {
+	if s.Type != bootstrapapi.SecretTypeBootstrapToken || string(s.Data["token-secret"]) != "0123456789abcdef" ||
+		string(s.Data["usage-bootstrap-authentication"]) != "true" || string(s.Data["usage-bootstrap-signing"]) != "true" ||
+		string(s.Data["expiration"]) != "2026-01-01T01:00:00Z" || string(s.Data["auth-extra-groups"]) != NodeGroup {
 		t.Fatalf("secret %+v", s)
 	}
 	if err := Create(ctx, cs, tok, Options{}, now); err == nil || !strings.Contains(err.Error(), "already exists") {
 		t.Fatalf("duplicate: %v", err)
-	}
-	// The fake clientset does not turn StringData into Data as the apiserver does.
-	s.Data = map[string][]byte{}
-	for k, v := range s.StringData {
-		s.Data[k] = []byte(v)
-	}
-	if _, err := cs.CoreV1().Secrets("kube-system").Update(ctx, s, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
 	}
 	if err := Ensure(ctx, cs, tok, Options{}, now); err != nil {
 		t.Fatalf("Ensure of the same token: %v", err)
@@ -232,6 +224,22 @@ func TestServerToken(t *testing.T) {
 	}
 	if err := secretOf(tok.ID); err != nil {
 		t.Fatalf("the server's token is not in the cluster: %v", err)
+	}
+	// The server token alone joins servers. One that an earlier kone made gains the group.
+	groupsOf := func() string {
+		s, _ := cs.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+tok.ID, metav1.GetOptions{})
+		return string(s.Data["auth-extra-groups"])
+	}
+	if g := groupsOf(); g != NodeGroup+","+ServerGroup {
+		t.Errorf("the server token's groups: %q", g)
+	}
+	older, _ := cs.CoreV1().Secrets("kube-system").Get(ctx, "bootstrap-token-"+tok.ID, metav1.GetOptions{})
+	older.Data["auth-extra-groups"] = []byte(NodeGroup)
+	if _, err := cs.CoreV1().Secrets("kube-system").Update(ctx, older, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if usable, err := files.Publish(ctx, cs, tok, time.Now()); err != nil || !usable || groupsOf() != NodeGroup+","+ServerGroup {
+		t.Errorf("a server token from an earlier kone: usable %v, %v, groups %q", usable, err, groupsOf())
 	}
 	if err := Delete(ctx, cs, tok.ID); err != nil {
 		t.Fatal(err)
