@@ -1,17 +1,22 @@
 // Package etcd runs kone's datastore: etcd, embedded in the kone process through
-// go.etcd.io/etcd/server/v3/embed, with TLS for clients and peers, listening on loopback.
+// go.etcd.io/etcd/server/v3/embed, with mutual TLS for clients and peers. Clients (the local
+// apiserver) reach it on loopback only; other servers' members reach it on the node's address.
+// It also lets new servers become members (Members, RequestMembership).
 package etcd
 
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"reflect"
 	"strings"
+	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 	"go.uber.org/zap"
 	"sigs.k8s.io/yaml"
 
@@ -20,20 +25,36 @@ import (
 
 // Config is what the datastore needs from kone's configuration.
 type Config struct {
-	Name       string
+	Name       string // the member's name: the server's node name
 	DataDir    string // etcd's own data directory
+	Address    net.IP // where other members reach this one; loopback when nil
 	ClientPort int
 	PeerPort   int
-	ServerCA   string
-	PeerCA     string
-	Serving    pki.File
-	Peer       pki.File
+	// Join is the initial cluster (name=peer-URL,...) of the cluster this member was added to,
+	// itself included, for its first start; empty for a member that starts a cluster of its
+	// own or has joined before (its data says which cluster it belongs to).
+	Join     string
+	ServerCA string
+	PeerCA   string
+	Serving  pki.File
+	Peer     pki.File
 	// Args are --etcd-arg key=value settings, keys as in etcd's config file, applied last.
 	Args []string
 }
 
 // ClientURL is where etcd serves clients.
 func (c Config) ClientURL() string { return fmt.Sprintf("https://127.0.0.1:%d", c.ClientPort) }
+
+// PeerURL is where other members reach this one.
+func (c Config) PeerURL() string { return PeerURL(c.Address, c.PeerPort) }
+
+// PeerURL is the peer URL of a member at address and port; loopback when address is nil.
+func PeerURL(address net.IP, port int) string {
+	if address == nil {
+		address = net.IPv4(127, 0, 0, 1)
+	}
+	return "https://" + net.JoinHostPort(address.String(), fmt.Sprint(port))
+}
 
 // guarded are the settings an --etcd-arg may not change: where etcd listens and who it is, its
 // TLS, and its durability. Giving them up would leave the cluster's data unprotected or lose it
@@ -65,14 +86,20 @@ func guard(c *embed.Config) guarded {
 // is refused. Every other key of etcd's config file may be overridden.
 func Settings(c Config) (*embed.Config, error) {
 	client := url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", c.ClientPort)}
-	peer := url.URL{Scheme: "https", Host: fmt.Sprintf("127.0.0.1:%d", c.PeerPort)}
+	peer, err := url.Parse(c.PeerURL())
+	if err != nil {
+		return nil, err
+	}
 	cfg := embed.NewConfig()
 	cfg.Name = c.Name
 	cfg.Dir = c.DataDir
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{client}, []url.URL{client}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{peer}, []url.URL{peer}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*peer}, []url.URL{*peer}
 	cfg.InitialCluster = c.Name + "=" + peer.String()
 	cfg.ClusterState = embed.ClusterStateFlagNew
+	if c.Join != "" {
+		cfg.InitialCluster, cfg.ClusterState = c.Join, embed.ClusterStateFlagExisting
+	}
 	cfg.ClientTLSInfo = transport.TLSInfo{CertFile: c.Serving.Cert, KeyFile: c.Serving.Key, TrustedCAFile: c.ServerCA, ClientCertAuth: true}
 	cfg.PeerTLSInfo = transport.TLSInfo{CertFile: c.Peer.Cert, KeyFile: c.Peer.Key, TrustedCAFile: c.PeerCA, ClientCertAuth: true}
 	cfg.TlsMinVersion, cfg.CipherSuites = "TLS1.2", pki.StrongCipherSuites()
@@ -82,8 +109,9 @@ func Settings(c Config) (*embed.Config, error) {
 	// A restarted single member skips all but one tick of its election timeout, but raft draws
 	// the timeout at random from one to two times the setting: with etcd's 1 s, a restart
 	// waited 0.1 to 1 s for its own election. The shortest timeout etcd allows for its 100 ms
-	// heartbeat (five beats) halves that. Servers that join each other over slow links will want
-	// more (--etcd-arg election-timeout=…).
+	// heartbeat (five beats) halves that. It also keeps a failover among servers short: the
+	// members elect a new leader within a second of losing theirs. Servers that join each other
+	// over slow links will want more (--etcd-arg election-timeout=…).
 	cfg.ElectionMs = 5 * cfg.TickMs
 	for _, arg := range c.Args {
 		key, raw, _ := strings.Cut(arg, "=")
@@ -150,7 +178,9 @@ func (e *Etcd) Run(ctx context.Context) error {
 	}
 }
 
-// Ready waits for etcd to join its cluster and serve.
+// Ready waits for etcd to join its cluster and serve, to advertise its current peer URL, and,
+// for a member that has just joined, to be promoted to a voting member: a learner serves no
+// writes, so the apiserver could not use it.
 func (e *Etcd) Ready(ctx context.Context) error {
 	select {
 	case <-e.started:
@@ -159,8 +189,36 @@ func (e *Etcd) Ready(ctx context.Context) error {
 	}
 	select {
 	case <-e.server.Server.ReadyNotify():
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	if err := e.advertise(ctx); err != nil {
+		return err
+	}
+	for e.server.Server.IsLearner() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// advertise records the peer URL this member listens on in the cluster's membership when it
+// differs: an earlier kone advertised loopback, which no other server can reach, and a server
+// whose address changed must tell the others.
+func (e *Etcd) advertise(ctx context.Context) error {
+	s := e.server.Server
+	self := s.Cluster().Member(s.MemberID())
+	want := e.cfg.AdvertisePeerUrls[0].String()
+	if self == nil || (len(self.PeerURLs) == 1 && self.PeerURLs[0] == want) {
+		return nil
+	}
+	updated := *self
+	updated.RaftAttributes = membership.RaftAttributes{PeerURLs: []string{want}, IsLearner: self.IsLearner}
+	if _, err := s.UpdateMember(ctx, updated); err != nil {
+		return fmt.Errorf("etcd: advertise the peer URL %s: %w", want, err)
+	}
+	return nil
 }

@@ -1,8 +1,13 @@
 package etcd
 
 import (
+	"net"
 	"strings"
 	"testing"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/types"
+	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 )
 
 func TestSettings(t *testing.T) {
@@ -54,5 +59,42 @@ func TestSettings(t *testing.T) {
 		if _, err := Settings(c); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("--etcd-arg %s: got %v, want an error mentioning %q", arg, err, want)
 		}
+	}
+}
+
+// A server's member serves its peers on the node's address, with clients on loopback still;
+// a member that joins starts into the cluster it was added to.
+func TestSettingsForPeers(t *testing.T) {
+	c := Config{Name: "s2", DataDir: "/d/etcd", Address: net.ParseIP("192.0.2.12"), ClientPort: 2379, PeerPort: 2380,
+		Join: "s1=https://192.0.2.11:2380,s2=https://192.0.2.12:2380"}
+	cfg, err := Settings(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ListenClientUrls[0].String() != "https://127.0.0.1:2379" || cfg.ListenPeerUrls[0].String() != "https://192.0.2.12:2380" ||
+		cfg.AdvertisePeerUrls[0].String() != "https://192.0.2.12:2380" {
+		t.Errorf("clients on %v, peers on %v (advertised %v)", cfg.ListenClientUrls, cfg.ListenPeerUrls, cfg.AdvertisePeerUrls)
+	}
+	if cfg.InitialCluster != c.Join || cfg.ClusterState != "existing" || cfg.Validate() != nil {
+		t.Errorf("initial cluster %q, state %q (%v)", cfg.InitialCluster, cfg.ClusterState, cfg.Validate())
+	}
+}
+
+// The initial cluster of a joining member names every member by its peer URL: the joiner by
+// its own name, a member added but never started by its id.
+func TestInitialCluster(t *testing.T) {
+	now := time.Now()
+	member := func(name, peer string) *membership.Member {
+		urls, err := types.NewURLs([]string{peer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return membership.NewMember(name, urls, "", &now)
+	}
+	s1, joiner, stale := member("s1", "https://192.0.2.11:2380"), member("", "https://192.0.2.12:2380"), member("", "https://192.0.2.13:2380")
+	got := InitialCluster([]*membership.Member{stale, joiner, s1}, "s2", "https://192.0.2.12:2380")
+	want := stale.ID.String() + "=https://192.0.2.13:2380,s1=https://192.0.2.11:2380,s2=https://192.0.2.12:2380"
+	if got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -76,9 +77,9 @@ func InClusterNames(clusterDomain string) []string {
 // Ensure creates or renews everything in the layout. apiserver are the serving certificate's
 // names (InClusterNames, host names, node IPs, the first service IP, --tls-san); etcd are the
 // names of etcd's serving and peer certificates. It returns the leaves it issued.
-func (c *Cluster) Ensure(apiserver, etcd Names, now time.Time) ([]string, error) {
+func (c *Cluster) Ensure(apiserver, etcd, peer Names, now time.Time) ([]string, error) {
 	cas := map[string]*CA{}
-	for _, name := range []string{"server-ca", "client-ca", "kubelet-serving-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca"} {
+	for _, name := range caNames() {
 		ca, err := EnsureCA(c.Dir, name, now)
 		if err != nil {
 			return nil, fmt.Errorf("certificate authority %s: %w", name, err)
@@ -104,7 +105,7 @@ func (c *Cluster) Ensure(apiserver, etcd Names, now time.Time) ([]string, error)
 		{"request-header-ca", c.AuthProxy, LeafSpec{CommonName: "system:auth-proxy", Usages: client}},
 		{"etcd/server-ca", c.APIServerEtcd, LeafSpec{CommonName: "kube-apiserver-etcd-client", Usages: client}},
 		{"etcd/server-ca", c.EtcdServing, LeafSpec{CommonName: "etcd-server", DNSNames: etcd.DNSNames, IPs: etcd.IPs, Usages: both}},
-		{"etcd/peer-ca", c.EtcdPeer, LeafSpec{CommonName: "etcd-peer", DNSNames: etcd.DNSNames, IPs: etcd.IPs, Usages: both}},
+		{"etcd/peer-ca", c.EtcdPeer, LeafSpec{CommonName: "etcd-peer", DNSNames: peer.DNSNames, IPs: peer.IPs, Usages: both}},
 	}
 	var issued []string
 	for _, l := range leaves {
@@ -117,4 +118,22 @@ func (c *Cluster) Ensure(apiserver, etcd Names, now time.Time) ([]string, error)
 		}
 	}
 	return issued, nil
+}
+
+// caNames are the cluster's CAs, by their file name under the PKI directory.
+func caNames() []string {
+	return []string{"server-ca", "client-ca", "kubelet-serving-ca", "request-header-ca", "etcd/server-ca", "etcd/peer-ca"}
+}
+
+// Shared are the files every server of a cluster holds alike, by a name without slashes: the
+// CAs with their keys and the service-account key. Each server issues its own leaf
+// certificates from them.
+func (c *Cluster) Shared() map[string]string {
+	files := map[string]string{"service.key": c.ServiceAccountKey}
+	for _, name := range caNames() {
+		key := strings.ReplaceAll(name, "/", "-")
+		files[key+".crt"] = filepath.Join(c.Dir, name+".crt")
+		files[key+".key"] = filepath.Join(c.Dir, name+".key")
+	}
+	return files
 }

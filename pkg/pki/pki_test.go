@@ -34,7 +34,7 @@ func readCert(t *testing.T, path string) *x509.Certificate {
 
 func ensure(t *testing.T, c *Cluster, at time.Time) []string {
 	t.Helper()
-	issued, err := c.Ensure(apiNames, etcdNames, at)
+	issued, err := c.Ensure(apiNames, etcdNames, etcdNames, at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestNewSANReissuesServingCertOnly(t *testing.T) {
 	ensure(t, c, now)
 	more := apiNames
 	more.DNSNames = append(slices.Clone(more.DNSNames), "new.example")
-	issued, err := c.Ensure(more, etcdNames, now)
+	issued, err := c.Ensure(more, etcdNames, etcdNames, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestCorruptFilesAreRefusedAndKept(t *testing.T) {
 			ensure(t, c, now)
 			damaged := tc.corrupt(c)
 			before, _ := os.ReadFile(damaged)
-			_, err := c.Ensure(apiNames, etcdNames, now)
+			_, err := c.Ensure(apiNames, etcdNames, etcdNames, now)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
 			}
