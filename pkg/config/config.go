@@ -69,7 +69,9 @@ type Config struct {
 	FlannelBackend string
 
 	// Agent is set for `kone agent`: a node that joins Server with Token and runs no control plane.
-	Agent     bool
+	Agent bool
+	// Server is the cluster an agent joins, or, for a server, a server of the cluster it joins as
+	// another server; empty, a server starts a cluster of its own.
 	Server    string
 	TokenFile string
 
@@ -133,11 +135,12 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.Var(cidrValue{&c.ServiceCIDR}, "service-cidr", "network Service cluster IPs are allocated from")
 	fs.Var(ipValue{&c.ClusterDNS}, "cluster-dns", "cluster IP of the DNS Service, inside --service-cidr")
 	fs.StringVar(&c.ClusterDomain, "cluster-domain", "cluster.local", "DNS domain of the cluster")
-	fs.StringVarP(&c.Token, "token", "t", "", "join token or the secret to build it from (default: generated on first start)")
+	fs.StringVarP(&c.Token, "token", "t", "", "server token, or the secret to build it from (default: generated on first start); with --server, the server token of the cluster to join")
+	fs.StringVarP(&c.Server, "server", "s", "", "URL of a server of an existing cluster, such as https://10.0.0.1:6443, to join as another server (with the cluster's server token)")
 	fs.StringVarP(&c.WriteKubeconfig, "write-kubeconfig", "o", DefaultKubeconfig, "where to write the admin kubeconfig")
 	fs.Var(modeValue{&c.WriteKubeconfigMode}, "write-kubeconfig-mode", "file mode of the admin kubeconfig, in octal")
 	fs.Var(portValue{&c.EtcdClientPort}, "etcd-client-port", "port embedded etcd serves clients on (loopback)")
-	fs.Var(portValue{&c.EtcdPeerPort}, "etcd-peer-port", "port embedded etcd serves peers on (loopback)")
+	fs.Var(portValue{&c.EtcdPeerPort}, "etcd-peer-port", "port embedded etcd serves the other servers' members on (the node's address)")
 	fs.Var(&argsValue{p: &c.APIServerArgs}, "kube-apiserver-arg", "extra kube-apiserver flag as key=value (repeatable)")
 	fs.Var(&argsValue{p: &c.ControllerManagerArgs}, "kube-controller-manager-arg", "extra kube-controller-manager flag as key=value (repeatable)")
 	fs.Var(&argsValue{p: &c.SchedulerArgs}, "kube-scheduler-arg", "extra kube-scheduler flag as key=value (repeatable)")
@@ -368,6 +371,14 @@ func (c *Config) validate() error {
 			return fmt.Errorf("--token: %w", err)
 		}
 	}
+	if c.Server != "" {
+		if err := checkServerURL(c.Server); err != nil {
+			return err
+		}
+		if c.Token == "" {
+			return errors.New("--server without --token: a server joins with the cluster's server token, in server/token of the data dir of one of its servers")
+		}
+	}
 	if !slices.Contains(flannelBackends, c.FlannelBackend) {
 		return fmt.Errorf("--flannel-backend %q: expected one of %s", c.FlannelBackend, strings.Join(flannelBackends, ", "))
 	}
@@ -400,9 +411,8 @@ func (c *Config) validateAgent() error {
 	if c.Server == "" {
 		return errors.New("no server to join: give --server https://HOST:6443 (or KONE_URL, or server: in the config file)")
 	}
-	u, err := url.Parse(c.Server)
-	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
-		return fmt.Errorf("--server %q: expected the server's URL, such as https://10.0.0.1:6443", c.Server)
+	if err := checkServerURL(c.Server); err != nil {
+		return err
 	}
 	if c.Token != "" && c.TokenFile != "" {
 		return errors.New("both --token and --token-file are set; give only one")
@@ -424,6 +434,14 @@ func (c *Config) validateAgent() error {
 		return fmt.Errorf("--token: %w", err)
 	}
 	return c.Node.validate()
+}
+
+func checkServerURL(server string) error {
+	u, err := url.Parse(server)
+	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
+		return fmt.Errorf("--server %q: expected the server's URL, such as https://10.0.0.1:6443", server)
+	}
+	return nil
 }
 
 var labelKey = regexp.MustCompile(`^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$`)

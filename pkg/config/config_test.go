@@ -148,6 +148,8 @@ func TestErrors(t *testing.T) {
 		{name: "bad token", args: []string{"--token", "short"}, want: []string{"--token", "too short"}},
 		{name: "same ports", args: []string{"--etcd-client-port", "6443"}, want: []string{"must all differ"}},
 		{name: "bad san", args: []string{"--tls-san", "a b"}, want: []string{"--tls-san", "neither"}},
+		{name: "join without token", args: []string{"--server", "https://10.0.0.1:6443"}, want: []string{"--server without --token", "server token"}},
+		{name: "join no URL", args: []string{"--server", "10.0.0.1", "--token", "abcdef.0123456789abcdef"}, want: []string{"--server", "expected the server's URL"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

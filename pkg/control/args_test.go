@@ -52,7 +52,7 @@ func TestAPIServerArgs(t *testing.T) {
 		}
 	}
 	c := testConfig("--secure-port=7443", "audit-log-maxage=3")
-	c.AdvertiseAddress = net.ParseIP("192.0.2.7")
+	files.Advertise = net.ParseIP("192.0.2.7")
 	has(t, APIServerArgs(c, p, files), "--secure-port=7443", "--audit-log-maxage=3", "--advertise-address=192.0.2.7")
 }
 

@@ -69,9 +69,9 @@ func (a *agentNode) start() { a.run(append([]string{"start", a.name, "--"}, a.ar
 // waitReady waits for the agent's ready line, which may follow its node's Ready condition.
 func (a *agentNode) waitReady() {
 	a.t.Helper()
-	for deadline := time.Now().Add(time.Minute); !strings.Contains(a.log(), "kone is ready"); time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(3 * time.Minute); !strings.Contains(a.log(), "kone is ready"); time.Sleep(200 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			a.t.Fatalf("%s is not ready within a minute:\n%s", a.name, a.log())
+			a.t.Fatalf("%s is not ready within 3 minutes:\n%s", a.name, a.log())
 		}
 	}
 }

@@ -1,8 +1,11 @@
 // Package server assembles a kone server from its components: it prepares the data dir (lock,
-// free ports, PKI, join token, encryption keys, kubeconfigs) and then hands etcd,
-// kube-apiserver, the cluster bootstrap, kube-controller-manager, kube-scheduler, the secrets
-// rewrite, the join approver, the cloud node controller and (unless --disable-agent) its own
-// node side to the supervisor, in that order. It also serves `kone secrets-encrypt`.
+// free ports, PKI, join token, encryption keys, kubeconfigs; for a server that joins another
+// with --server, the cluster's CAs and keys and its etcd membership, first) and then hands
+// etcd, kube-apiserver, the cluster bootstrap, etcd membership, kube-controller-manager,
+// kube-scheduler, the secrets rewrite, the join approver, the cloud node controller and
+// (unless --disable-agent) its own node side to the supervisor, in that order. The controllers
+// run under leader election (pkg/leader): one of each is active among the servers. It also
+// serves `kone secrets-encrypt`.
 package server
 
 import (
@@ -25,6 +28,7 @@ import (
 	"github.com/kone-dev/kone/pkg/etcd"
 	"github.com/kone-dev/kone/pkg/host"
 	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/leader"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
@@ -45,7 +49,9 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		return fmt.Errorf("data dir: %w; check --data-dir and that it is writable by this user", err)
 	}
 
+	self := serverIdentity(cfg)
 	files := control.Files{
+		Advertise:                   self.IP,
 		EtcdURL:                     cfg.EtcdURL(),
 		AuthenticationConfig:        filepath.Join(dir, "cred", "authentication-config.yaml"),
 		EncryptionConfig:            cfg.EncryptionConfig(),
@@ -60,13 +66,18 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	apiArgs := control.APIServerArgs(cfg, ca, files)
 	cmArgs := control.ControllerManagerArgs(cfg, ca, files)
 	schedArgs := control.SchedulerArgs(cfg, files)
-	if err := checkPorts(cfg, cmArgs, schedArgs); err != nil {
+	if err := checkPorts(cfg, self, cmArgs, schedArgs); err != nil {
 		return err
+	}
+	if cfg.Server != "" {
+		if err := fetchServerData(ctx, cfg, ca, log.Logger); err != nil {
+			return fmt.Errorf("join %s as a server: %w", cfg.Server, err)
+		}
 	}
 
 	t0 := time.Now()
 	servers := apiserverNames(cfg)
-	issued, err := ca.Ensure(servers, etcdNames(), t0)
+	issued, err := ca.Ensure(servers, etcdNames(), peerNames(self), t0)
 	if err != nil {
 		return fmt.Errorf("certificates: %w", err)
 	}
@@ -98,6 +109,11 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	log.Infof("certificates and kubeconfigs ready in %s", time.Since(t0).Round(10*time.Millisecond))
 
+	peer := etcd.PeerURL(self.IP, cfg.EtcdPeerPort)
+	initial, err := etcdJoin(ctx, cfg, ca, self.Name, peer)
+	if err != nil {
+		return err
+	}
 	apiserver, err := control.NewAPIServer(apiArgs, control.UserAuthenticationConfig(cfg), admin)
 	if err != nil {
 		return err
@@ -111,10 +127,12 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		return err
 	}
 	store, err := etcd.New(etcd.Config{
-		Name:       "kone",
+		Name:       self.Name,
 		DataDir:    filepath.Join(dir, "db", "etcd"),
+		Address:    self.IP,
 		ClientPort: cfg.EtcdClientPort,
 		PeerPort:   cfg.EtcdPeerPort,
+		Join:       initial,
 		ServerCA:   ca.EtcdServerCA,
 		PeerCA:     ca.EtcdPeerCA,
 		Serving:    ca.EtcdServing,
@@ -125,8 +143,8 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		return err
 	}
 
-	settings, err := clusterSettings(cfg, ca.ClientCA)
-	if err != nil {
+	settings := clusterSettings(cfg)
+	if settings.ClientCA, err = readFile(ca.ClientCA); err != nil {
 		return err
 	}
 	var dnsIP net.IP
@@ -147,10 +165,18 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		own = append(own, held)
 		nodeSide = append(nodeSide, newRoles(adminClient, held.Name))
 	}
+	// One of each controller runs in the cluster, on the server that holds its lease.
+	elect := func(c supervisor.Component, lease string) supervisor.Component {
+		return leader.Run(c, adminClient, lease, self.Name, log.Logger)
+	}
 	chain := []supervisor.Component{
-		store, apiserver, newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP), cm, sched,
+		store, apiserver,
+		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca)),
+		etcd.NewMembers(store, adminClient, log.Logger),
+		elect(cm, "kube-controller-manager"), elect(sched, "kube-scheduler"),
 		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),
-		join.NewApprover(adminClient, log.Logger, servers, own...), cloud.NewController(adminClient),
+		elect(join.NewApprover(adminClient, log.Logger, servers, own...), "kone-join-approver"),
+		elect(cloud.NewController(adminClient), "kone-cloud-node-controller"),
 	}
 	return node.Supervisor(log, notify).Run(ctx, append(chain, nodeSide...)...)
 }
@@ -182,17 +208,31 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 	return chain, join.Held{Name: id.Name, SecretHash: secret.Hash()}, err
 }
 
-// clusterSettings are what this server tells joining agents.
-func clusterSettings(cfg *config.Config, clientCAFile string) (join.Settings, error) {
-	clientCA, err := os.ReadFile(clientCAFile)
-	if err != nil {
-		return join.Settings{}, fmt.Errorf("client CA: %w", err)
-	}
+// clusterSettings are what this server tells joining agents, but for the client CA.
+func clusterSettings(cfg *config.Config) join.Settings {
 	return join.Settings{
 		ClusterCIDR: cfg.ClusterCIDR.String(), ServiceCIDR: cfg.ServiceCIDR.String(), ClusterDNS: cfg.ClusterDNS.String(),
 		ClusterDomain: cfg.ClusterDomain, FlannelBackend: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
-		ClientCA: string(clientCA),
-	}, nil
+	}
+}
+
+func readFile(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	return string(data), err
+}
+
+// serverIdentity is this server's name, as etcd member, lease holder and node, and the address
+// other servers reach it at: the node's name and address, or the advertise address. A server
+// without a node that finds no address serves its etcd peers on loopback, alone.
+func serverIdentity(cfg *config.Config) node.Identity {
+	id, err := node.ResolveIdentity(&cfg.Node)
+	if err != nil && id.Name == "" {
+		id.Name = "kone"
+	}
+	if cfg.AdvertiseAddress != nil {
+		id.IP = cfg.AdvertiseAddress
+	}
+	return id
 }
 
 func writeKubeconfigs(cfg *config.Config, ca *pki.Cluster, files control.Files, local string) error {
@@ -239,6 +279,17 @@ func etcdNames() pki.Names {
 	return pki.Names{DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}}
 }
 
+// peerNames are the names on the etcd peer certificate: the server's name and the address
+// other members reach it at.
+func peerNames(self node.Identity) pki.Names {
+	n := etcdNames()
+	n.DNSNames = append(n.DNSNames, self.Name)
+	if self.IP != nil {
+		n.IPs = append(n.IPs, self.IP)
+	}
+	return n
+}
+
 // hostIPs are loopback and interfaceIPs.
 func hostIPs() []net.IP {
 	return append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, interfaceIPs()...)
@@ -263,11 +314,15 @@ func firstServiceIP(n *net.IPNet) net.IP {
 }
 
 // checkPorts fails early, naming the flag to change, when a port kone needs is taken.
-func checkPorts(cfg *config.Config, cmArgs, schedArgs []string) error {
+func checkPorts(cfg *config.Config, self node.Identity, cmArgs, schedArgs []string) error {
+	peer := "127.0.0.1"
+	if self.IP != nil {
+		peer = self.IP.String()
+	}
 	ports := []struct{ host, port, flag string }{
 		{cfg.BindAddress.String(), fmt.Sprint(cfg.HTTPSPort), "--https-listen-port"},
 		{"127.0.0.1", fmt.Sprint(cfg.EtcdClientPort), "--etcd-client-port"},
-		{"127.0.0.1", fmt.Sprint(cfg.EtcdPeerPort), "--etcd-peer-port"},
+		{peer, fmt.Sprint(cfg.EtcdPeerPort), "--etcd-peer-port"},
 		{"127.0.0.1", args.Value(cmArgs, "secure-port"), "--kube-controller-manager-arg=secure-port=PORT"},
 		{"127.0.0.1", args.Value(schedArgs, "secure-port"), "--kube-scheduler-arg=secure-port=PORT"},
 	}

@@ -109,18 +109,7 @@ func added(before, now []string) []string {
 // restarts (the pod bridge, kone's and kube-proxy's rules, kubelet's cgroups and directories),
 // as `kone-killall.sh` does, and checks that the host is left as it was.
 func teardownNode(t *testing.T, n *node, before hostState) {
-	if n.cmd != nil && n.cmd.Process != nil && n.cmd.ProcessState == nil {
-		cs := n.client()
-		ctx := context.Background()
-		_ = cs.CoreV1().Namespaces().Delete(ctx, "kone-node-it", metav1.DeleteOptions{})
-		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-			pods, err := cs.CoreV1().Pods("kone-node-it").List(ctx, metav1.ListOptions{})
-			if err == nil && len(pods.Items) == 0 {
-				break
-			}
-		}
-		n.stop()
-	}
+	drainAndStop(n)
 	killUnder(n.dataDir)
 	now := snapshotHost(t)
 	left := map[string][]string{
@@ -166,6 +155,23 @@ func teardownNode(t *testing.T, n *node, before hostState) {
 			t.Errorf("%s left behind: %v", kind, extra)
 		}
 	}
+}
+
+// drainAndStop deletes the test's pods and stops kone, unless it has stopped already.
+func drainAndStop(n *node) {
+	if n.cmd == nil || n.cmd.Process == nil || n.cmd.ProcessState != nil {
+		return
+	}
+	cs := n.client()
+	ctx := context.Background()
+	_ = cs.CoreV1().Namespaces().Delete(ctx, "kone-node-it", metav1.DeleteOptions{})
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		pods, err := cs.CoreV1().Pods("kone-node-it").List(ctx, metav1.ListOptions{})
+		if err == nil && len(pods.Items) == 0 {
+			break
+		}
+	}
+	n.stop()
 }
 
 // removeChains deletes iptables chains (named proto/table/chain), after the rules in other

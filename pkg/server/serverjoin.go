@@ -1,0 +1,144 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+
+	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/etcd"
+	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/token"
+)
+
+// sharedFiles are the files every server of a cluster holds alike, by their key in the server
+// data that joining servers fetch (join.ServerDataName).
+func sharedFiles(cfg *config.Config, ca *pki.Cluster) map[string]string {
+	files := ca.Shared()
+	files["encryption-config.yaml"] = cfg.EncryptionConfig()
+	files["token"] = cfg.ServerToken().Token
+	return files
+}
+
+// fetchServerData gives a server that joins the cluster of cfg.Server what every server of it
+// shares, unless its data dir holds a cluster already. It pins the cluster's CA with the
+// token, reads the server data with it (only the server token may), and checks that this
+// server's settings are the cluster's, before it writes anything. The CA certificate is
+// written last: a data dir with it holds all of them.
+func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, log *logrus.Logger) error {
+	tok, err := token.Parse(cfg.Token)
+	if err != nil {
+		return fmt.Errorf("--token: %w", err)
+	}
+	if own, err := os.ReadFile(ca.ServerCA); err == nil {
+		if err := tok.CheckCA(own); err != nil {
+			return fmt.Errorf("--data-dir %s belongs to another cluster than the one of --server %s (%w); to join that cluster, start with an empty --data-dir", cfg.DataDir, cfg.Server, err)
+		}
+		return nil
+	}
+	caPEM, err := join.Discover(ctx, cfg.Server, tok, func(w error) { log.Warn(w.Error()) })
+	if err != nil {
+		return err
+	}
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: cfg.Server, BearerToken: tok.Bootstrap(),
+		TLSClientConfig: rest.TLSClientConfig{CAData: caPEM}, Timeout: 15 * time.Second})
+	if err != nil {
+		return err
+	}
+	data, err := join.FetchServerData(ctx, cs)
+	if err != nil {
+		return err
+	}
+	theirs, err := join.ReadSettings(ctx, cs)
+	if err != nil {
+		return err
+	}
+	if err := sameSettings(clusterSettings(cfg), theirs); err != nil {
+		return err
+	}
+	files := sharedFiles(cfg, ca)
+	for key := range files {
+		if len(data[key]) == 0 {
+			return fmt.Errorf("the server data of %s lacks %s; is every server of the cluster running this kone version?", cfg.Server, key)
+		}
+	}
+	var last string
+	for key, path := range files {
+		if path == ca.ServerCA {
+			last = key
+			continue
+		}
+		if err := pki.WriteFile(path, data[key], 0o600); err != nil {
+			return err
+		}
+	}
+	// The server token joined this server; it is the cluster's, published already.
+	if err := pki.WriteFile(cfg.ServerToken().Published, []byte(tok.ID+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := pki.WriteFile(ca.ServerCA, data[last], 0o644); err != nil {
+		return err
+	}
+	log.WithField("server", cfg.Server).Info("fetched the cluster's certificate authorities and keys to join as a server")
+	return nil
+}
+
+// sameSettings refuses to join a cluster whose settings differ from this server's flags.
+func sameSettings(ours, theirs join.Settings) error {
+	var diffs []string
+	for _, d := range []struct{ flag, ours, theirs string }{
+		{"--cluster-cidr", ours.ClusterCIDR, theirs.ClusterCIDR},
+		{"--service-cidr", ours.ServiceCIDR, theirs.ServiceCIDR},
+		{"--cluster-dns", ours.ClusterDNS, theirs.ClusterDNS},
+		{"--cluster-domain", ours.ClusterDomain, theirs.ClusterDomain},
+		{"--flannel-backend", ours.FlannelBackend, theirs.FlannelBackend},
+		{"--disable=coredns", fmt.Sprint(!ours.CoreDNS), fmt.Sprint(!theirs.CoreDNS)},
+	} {
+		if d.ours != d.theirs {
+			diffs = append(diffs, fmt.Sprintf("%s is %s here but %s in the cluster", d.flag, d.ours, d.theirs))
+		}
+	}
+	if len(diffs) > 0 {
+		return fmt.Errorf("this server's settings differ from the cluster's: %s; give it the cluster's", strings.Join(diffs, "; "))
+	}
+	return nil
+}
+
+// etcdJoin is the initial cluster this server's etcd member starts into: the answer to its
+// membership request, kept in a file so that a member whose first start failed never starts
+// a cluster of its own instead. It is empty for a server that started the cluster, or one
+// whose etcd holds data from before this file existed.
+func etcdJoin(ctx context.Context, cfg *config.Config, ca *pki.Cluster, name, peerURL string) (string, error) {
+	file := filepath.Join(cfg.ServerDir(), "db", "etcd-join")
+	data, err := os.ReadFile(file)
+	switch {
+	case err == nil:
+		return strings.TrimSpace(string(data)), nil
+	case !errors.Is(err, os.ErrNotExist):
+		return "", err
+	case cfg.Server == "":
+		return "", nil
+	}
+	if _, err := os.Stat(filepath.Join(cfg.ServerDir(), "db", "etcd", "member")); err == nil {
+		return "", nil
+	}
+	cs, err := kubernetes.NewForConfig(&rest.Config{Host: cfg.Server, Timeout: 15 * time.Second,
+		TLSClientConfig: rest.TLSClientConfig{CAFile: ca.ServerCA, CertFile: ca.Admin.Cert, KeyFile: ca.Admin.Key}})
+	if err != nil {
+		return "", err
+	}
+	initial, err := etcd.RequestMembership(ctx, cs, name, peerURL)
+	if err != nil {
+		return "", fmt.Errorf("join the etcd cluster through %s: %w", cfg.Server, err)
+	}
+	return initial, pki.WriteFile(file, []byte(initial+"\n"), 0o600)
+}
