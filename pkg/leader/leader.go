@@ -37,18 +37,20 @@ type Elected struct {
 	lease    string
 	identity string
 	log      *logrus.Logger
+	settled  *supervisor.Latch // this server runs the component, ready, or another one holds the lease
 }
 
-// Run wraps inner in an election for the Lease kube-system/lease, as identity (the server's
+// Elect wraps inner in an election for the Lease kube-system/lease, as identity (the server's
 // name). cs may read and write Leases in kube-system.
-func Run(inner supervisor.Component, cs kubernetes.Interface, lease, identity string, log *logrus.Logger) *Elected {
-	return &Elected{inner: inner, cs: cs, lease: lease, identity: identity, log: log}
+func Elect(inner supervisor.Component, cs kubernetes.Interface, lease, identity string, log *logrus.Logger) *Elected {
+	return &Elected{inner: inner, cs: cs, lease: lease, identity: identity, log: log, settled: supervisor.NewLatch()}
 }
 
 func (e *Elected) Name() string { return e.inner.Name() }
 
-// Ready is at once: a server that stands by is ready too.
-func (e *Elected) Ready(context.Context) error { return nil }
+// Ready waits until this server runs the component and the component is ready, or until
+// another server is seen to hold the lease: a server that stands by is ready too.
+func (e *Elected) Ready(ctx context.Context) error { return e.settled.Wait(ctx) }
 
 // Run campaigns for the lease until ctx is done, running the component while it holds it. The
 // component failing while it leads is the component's failure; losing the lease is not: the
@@ -57,7 +59,7 @@ func (e *Elected) Run(ctx context.Context) error {
 	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, "kube-system", e.lease,
 		e.cs.CoreV1(), e.cs.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: e.identity})
 	if err != nil {
-		return err
+		return fmt.Errorf("lease %s: %w", e.lease, err)
 	}
 	log := e.log.WithField("lease", e.lease)
 	for {
@@ -69,11 +71,16 @@ func (e *Elected) Run(ctx context.Context) error {
 			Callbacks: leaderelection.LeaderCallbacks{
 				OnStartedLeading: func(leading context.Context) { started <- leading },
 				OnStoppedLeading: func() {},
+				OnNewLeader: func(holder string) {
+					if holder != e.identity {
+						e.settled.Open()
+					}
+				},
 			},
 		})
 		if err != nil {
 			cancel()
-			return err
+			return fmt.Errorf("lease %s: %w", e.lease, err)
 		}
 		campaign := make(chan struct{})
 		go func() { elector.Run(round); close(campaign) }()
@@ -81,6 +88,11 @@ func (e *Elected) Run(ctx context.Context) error {
 		case <-campaign:
 		case leading := <-started:
 			log.Debug("holding the lease")
+			go func() {
+				if e.inner.Ready(leading) == nil {
+					e.settled.Open()
+				}
+			}()
 			err := e.inner.Run(leading)
 			byItself := leading.Err() == nil
 			cancel() // gives the lease up when the component stopped by itself
@@ -96,6 +108,12 @@ func (e *Elected) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		log.Warn("lost the lease; another server runs " + e.inner.Name() + " now, and this one stands by")
+		log.Warn("lost the lease (it could not be renewed, or another server holds it); " + e.inner.Name() + " stopped here and this server stands by")
+		// The stopped component may still be letting go of what it held (its port).
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(RetryPeriod):
+		}
 	}
 }
