@@ -6,15 +6,19 @@ package etcd
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
+	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
 	"go.uber.org/zap"
@@ -141,19 +145,21 @@ func Settings(c Config) (*embed.Config, error) {
 // Etcd is the datastore component.
 type Etcd struct {
 	cfg     *embed.Config
+	log     *logrus.Logger
 	dataDir string
 	started chan struct{}
 	server  *embed.Etcd
 }
 
 // New checks c, --etcd-arg included, and returns the component; nothing starts until Run.
-func New(c Config, log *zap.Logger) (*Etcd, error) {
+// etcd logs to etcdLog; kone's own lines about it go to log.
+func New(c Config, etcdLog *zap.Logger, log *logrus.Logger) (*Etcd, error) {
 	cfg, err := Settings(c)
 	if err != nil {
 		return nil, err
 	}
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(log)
-	return &Etcd{cfg: cfg, dataDir: c.DataDir, started: make(chan struct{})}, nil
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(etcdLog)
+	return &Etcd{cfg: cfg, log: log, dataDir: c.DataDir, started: make(chan struct{})}, nil
 }
 
 func (e *Etcd) Name() string { return "etcd" }
@@ -170,12 +176,31 @@ func (e *Etcd) Run(ctx context.Context) error {
 	e.server = server
 	close(e.started)
 	defer server.Close()
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-server.Err():
-		return fmt.Errorf("etcd: %w", err)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var leader leadership
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-server.Err():
+			return fmt.Errorf("etcd: %w", err)
+		case <-server.Server.StopNotify():
+			return e.stopped()
+		case now := <-tick.C:
+			leader.observe(server.Server.Leader(), server.Server.MemberID(), now, e.log)
+		}
 	}
+}
+
+// stopped explains why etcd stopped by itself: mostly, because this member was removed.
+func (e *Etcd) stopped() error {
+	s := e.server.Server
+	if !s.IsMemberExist(s.MemberID()) {
+		return fmt.Errorf("etcd: this server was removed from the cluster's etcd (its node was deleted), so it cannot start back into the cluster as it is; "+
+			"to join again, stop kone, move %s away and start kone with --server https://ANOTHER-SERVER:6443 and the server token", filepath.Dir(e.dataDir))
+	}
+	return errors.New("etcd stopped; its log above says why")
 }
 
 // Ready waits for etcd to join its cluster and serve, to advertise its current peer URL, and,
@@ -189,16 +214,23 @@ func (e *Etcd) Ready(ctx context.Context) error {
 	}
 	select {
 	case <-e.server.Server.ReadyNotify():
+	case <-e.server.Server.StopNotify():
+		return e.stopped()
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	if err := e.advertise(ctx); err != nil {
 		return err
 	}
+	if e.server.Server.IsLearner() {
+		e.log.Info("etcd member joined as a learner; waiting to be promoted once it has caught up")
+	}
 	for e.server.Server.IsLearner() {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-e.server.Server.StopNotify():
+			return e.stopped()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -221,4 +253,37 @@ func (e *Etcd) advertise(ctx context.Context) error {
 		return fmt.Errorf("etcd: advertise the peer URL %s: %w", want, err)
 	}
 	return nil
+}
+
+// leaderless is how long a cluster may have no etcd leader before a server says that it has
+// lost its quorum: an election takes a second at most.
+const leaderless = 3 * time.Second
+
+// leadership tells the log when this member leads, and when the cluster has lost its quorum
+// and found it again: writes stop in between.
+type leadership struct {
+	last         types.ID
+	noneSince    time.Time
+	quorumLogged bool
+}
+
+func (l *leadership) observe(leader, self types.ID, now time.Time, log *logrus.Logger) {
+	if leader == 0 {
+		if l.noneSince.IsZero() {
+			l.noneSince = now
+		}
+		if !l.quorumLogged && now.Sub(l.noneSince) >= leaderless {
+			log.Warn("etcd has no leader: a majority of the servers cannot be reached (quorum lost), so the cluster takes no writes until enough of them are back")
+			l.quorumLogged = true
+		}
+		return
+	}
+	if l.quorumLogged {
+		log.Info("etcd has a leader again: the cluster takes writes")
+	}
+	l.noneSince, l.quorumLogged = time.Time{}, false
+	if leader != l.last && leader == self {
+		log.WithField("member", self.String()).Info("this server's etcd member leads the cluster")
+	}
+	l.last = leader
 }

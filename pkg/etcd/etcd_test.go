@@ -1,13 +1,21 @@
 package etcd
 
 import (
+	"crypto/x509"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	logtest "github.com/sirupsen/logrus/hooks/test"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
+	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
+
+	"github.com/kone-dev/kone/pkg/pki"
 )
 
 func TestSettings(t *testing.T) {
@@ -96,5 +104,70 @@ func TestInitialCluster(t *testing.T) {
 	want := stale.ID.String() + "=https://192.0.2.13:2380,s1=https://192.0.2.11:2380,s2=https://192.0.2.12:2380"
 	if got != want {
 		t.Errorf("got %q, want %q", got, want)
+	}
+}
+
+// The log says when this member takes the lead, and once, not at every round, when the cluster
+// has had no leader for a while and when it has one again.
+func TestLeadership(t *testing.T) {
+	log, hook := logtest.NewNullLogger()
+	var l leadership
+	t0 := time.Now()
+	l.observe(2, 1, t0, log)
+	l.observe(1, 1, t0.Add(time.Second), log)
+	l.observe(1, 1, t0.Add(2*time.Second), log)
+	for i := range 10 {
+		l.observe(0, 1, t0.Add(time.Duration(3+i)*time.Second), log)
+	}
+	l.observe(3, 1, t0.Add(20*time.Second), log)
+	var got []string
+	for _, e := range hook.AllEntries() {
+		got = append(got, e.Message)
+	}
+	if len(got) != 3 || !strings.Contains(got[0], "leads") || !strings.Contains(got[1], "quorum lost") || !strings.Contains(got[2], "leader again") {
+		t.Errorf("log: %q", got)
+	}
+}
+
+// A membership request proves that its server holds the cluster's keys: the peer certificate
+// for its address, issued by the cluster's peer CA. One for another address, or from another
+// CA, is refused.
+func TestCheckPeerCert(t *testing.T) {
+	now := time.Now()
+	issue := func(dir string, ip string) []byte {
+		t.Helper()
+		ca, err := pki.EnsureCA(dir, "peer-ca", now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := pki.File{Cert: filepath.Join(dir, ip+".crt"), Key: filepath.Join(dir, ip+".key")}
+		if _, err := ca.EnsureLeaf(f, pki.LeafSpec{CommonName: "etcd-peer", IPs: []net.IP{net.ParseIP(ip)},
+			Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}}, now); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(f.Cert)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	cluster, other := t.TempDir(), t.TempDir()
+	cert := issue(cluster, "192.0.2.12")
+	forged := issue(other, "192.0.2.12")
+	m := &Members{store: &Etcd{cfg: &embed.Config{PeerTLSInfo: transport.TLSInfo{TrustedCAFile: filepath.Join(cluster, "peer-ca.crt")}}}}
+	if err := m.checkPeerCert("https://192.0.2.12:2380", cert); err != nil {
+		t.Errorf("the cluster's certificate: %v", err)
+	}
+	for name, c := range map[string]struct {
+		peer string
+		cert []byte
+	}{
+		"another address": {"https://192.0.2.13:2380", cert},
+		"another CA":      {"https://192.0.2.12:2380", forged},
+		"none":            {"https://192.0.2.12:2380", nil},
+	} {
+		if err := m.checkPeerCert(c.peer, c.cert); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kone-dev/kone/pkg/etcd"
 	"github.com/kone-dev/kone/pkg/probe"
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
@@ -18,7 +19,7 @@ import (
 // shows under ROLES.
 var roleLabels = map[string]string{
 	"node-role.kubernetes.io/control-plane": "true",
-	"node-role.kubernetes.io/etcd":          "true",
+	etcd.RoleLabel:                          "true",
 }
 
 // roles labels the server's own node with its roles once it has registered: kubelet may not set
