@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"time"
@@ -23,6 +25,7 @@ import (
 	"github.com/kone-dev/kone/pkg/datadir"
 	"github.com/kone-dev/kone/pkg/host"
 	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/loadbalancer"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
@@ -51,7 +54,7 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 		return fmt.Errorf("--token: %w", err)
 	}
 	t0 := time.Now()
-	j := joiner{server: cfg.Server, tok: tok, id: id, paths: node.Paths{Agent: cfg.AgentDir()}, log: logs.Logger}
+	j := joiner{server: cfg.Server, local: loadbalancer.URL(cfg.Node.LoadBalancer()), tok: tok, id: id, paths: node.Paths{Agent: cfg.AgentDir()}, log: logs.Logger}
 	creds, settings, err := j.join(ctx, t0)
 	if err != nil {
 		return fmt.Errorf("join %s as node %s: %w", cfg.Server, id.Name, err)
@@ -65,16 +68,24 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 		ClusterCIDR: parsed.ClusterCIDR, ClusterDNS: parsed.ClusterDNS, ClusterDomain: settings.ClusterDomain,
 		Overlay: settings.FlannelBackend, CoreDNS: settings.CoreDNS,
 	}
-	chain, err := node.Components(cfg, cluster, id, creds, logs)
+	server, err := url.Parse(cfg.Server)
+	if err != nil {
+		return err
+	}
+	upstream := node.Upstream{Default: hostPort(server), CAFile: j.serverCA()}
+	chain, err := node.Components(cfg, cluster, id, creds, upstream, logs)
 	if err != nil {
 		return err
 	}
 	return node.Supervisor(logs, notify).Run(ctx, chain...)
 }
 
-// joiner obtains the node's credentials and the cluster's settings.
+// joiner obtains the node's credentials and the cluster's settings. It talks to server; the
+// kubeconfigs it writes name local, the node side's load balancer, which runs only once it
+// has joined.
 type joiner struct {
 	server string
+	local  string
 	tok    token.Token
 	id     node.Identity
 	paths  node.Paths
@@ -82,6 +93,7 @@ type joiner struct {
 }
 
 func (j joiner) file(name string) string { return filepath.Join(j.paths.Agent, name) }
+func (j joiner) serverCA() string        { return filepath.Join(j.paths.TLSDir(), "server-ca.crt") }
 func (j joiner) tls(name string) pki.File {
 	dir := j.paths.TLSDir()
 	return pki.File{Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
@@ -95,7 +107,7 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		Flannel:  j.file("flannel.kubeconfig"),
 		ClientCA: filepath.Join(j.paths.TLSDir(), "client-ca.crt"),
 	}
-	serverCA := filepath.Join(j.paths.TLSDir(), "server-ca.crt")
+	serverCA := j.serverCA()
 	settingsFile := filepath.Join(j.paths.Agent, "etc", "cluster.json")
 	joined := exists(serverCA) && exists(creds.Kubelet) && exists(settingsFile)
 
@@ -132,9 +144,9 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 	identified := joined && join.Valid(pki.File{Cert: kubeletCert, Key: kubeletCert}, join.KubeletSubject(j.id.Name), now, 0)
 	var cs kubernetes.Interface
 	if identified {
-		cs, err = client(creds.Kubelet, nil)
+		cs, err = client(creds.Kubelet, j.server)
 	} else {
-		cs, err = client("", &rest.Config{Host: j.server, BearerToken: j.tok.Bootstrap(),
+		cs, err = kubernetes.NewForConfig(&rest.Config{Host: j.server, BearerToken: j.tok.Bootstrap(),
 			TLSClientConfig: rest.TLSClientConfig{CAFile: serverCA}, Timeout: 15 * time.Second})
 	}
 	if err != nil {
@@ -166,14 +178,14 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 	}
 
 	if !identified {
-		pair, err := join.KubeletCertificate(ctx, cs, j.paths.KubeletCertDir(), j.id.Name, secret)
-		if err != nil {
+		if _, err := join.KubeletCertificate(ctx, cs, j.paths.KubeletCertDir(), j.id.Name, secret); err != nil {
 			return creds, settings, err
 		}
-		kubeconfig := pki.Kubeconfig{Server: j.server, CAFile: serverCA, Client: pki.File{Cert: pair, Key: pair}}
-		if err := kubeconfig.Write(creds.Kubelet, 0o600); err != nil {
-			return creds, settings, err
-		}
+	}
+	// Rewritten at every start: an earlier kone named the server itself.
+	kubeconfig := pki.Kubeconfig{Server: j.local, CAFile: serverCA, Client: pki.File{Cert: kubeletCert, Key: kubeletCert}}
+	if err := kubeconfig.Write(creds.Kubelet, 0o600); err != nil {
+		return creds, settings, err
 	}
 	for _, c := range []struct {
 		component, name, kubeconfig string
@@ -192,7 +204,7 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 				j.log.WithError(err).Warn("cannot renew a certificate yet; the current one stays in use")
 			}
 		}
-		if err := (pki.Kubeconfig{Server: j.server, CAFile: serverCA, Client: f}).Write(c.kubeconfig, 0o600); err != nil {
+		if err := (pki.Kubeconfig{Server: j.local, CAFile: serverCA, Client: f}).Write(c.kubeconfig, 0o600); err != nil {
 			return creds, settings, err
 		}
 	}
@@ -236,15 +248,22 @@ func dropServingFromServerCA(certDir, serverCAFile string) error {
 	return nil
 }
 
-func client(kubeconfig string, rc *rest.Config) (kubernetes.Interface, error) {
-	if rc == nil {
-		var err error
-		if rc, err = clientcmd.BuildConfigFromFlags("", kubeconfig); err != nil {
-			return nil, err
-		}
-		rc.Timeout = 15 * time.Second
+// client uses the credentials of kubeconfig with server, before the load balancer runs.
+func client(kubeconfig, server string) (kubernetes.Interface, error) {
+	rc, err := clientcmd.BuildConfigFromFlags(server, kubeconfig)
+	if err != nil {
+		return nil, err
 	}
+	rc.Timeout = 15 * time.Second
 	return kubernetes.NewForConfig(rc)
+}
+
+// hostPort is u's host and port, the port 443 when u has none.
+func hostPort(u *url.URL) string {
+	if u.Port() == "" {
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return u.Host
 }
 
 func exists(path string) bool {

@@ -101,7 +101,12 @@ type Node struct {
 	Disable []string
 	// Profile is a hardening profile: "" or ProfileCIS.
 	Profile string
+	// LBServerPort is the loopback port of the node side's load balancer to the apiservers.
+	LBServerPort int
 }
+
+// LoadBalancer is where the node side's load balancer to the apiservers listens.
+func (n *Node) LoadBalancer() string { return fmt.Sprintf("127.0.0.1:%d", n.LBServerPort) }
 
 // ProfileCIS hardens kone along the CIS Kubernetes Benchmark (k3s's --profile=cis).
 const ProfileCIS = "cis"
@@ -168,6 +173,8 @@ func BindAgentFlags(fs *pflag.FlagSet, c *Config) {
 
 // bindNodeFlags registers the node side's settings.
 func bindNodeFlags(fs *pflag.FlagSet, n *Node) {
+	n.LBServerPort = 6444
+	fs.Var(portValue{&n.LBServerPort}, "lb-server-port", "loopback port of the node's load balancer to the apiservers")
 	fs.StringVar(&n.Name, "node-name", "", "name the node registers under (default: the host name)")
 	fs.Var(ipValue{&n.IP}, "node-ip", "IP address the node advertises (default: the address of the default route)")
 	fs.IPSliceVar(&n.ExternalIPs, "node-external-ip", nil, "IP address the node is reached at from outside, published as its ExternalIP (repeatable)")

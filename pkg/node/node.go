@@ -24,6 +24,7 @@ import (
 	"github.com/kone-dev/kone/pkg/host"
 	"github.com/kone-dev/kone/pkg/images"
 	"github.com/kone-dev/kone/pkg/kubelet"
+	"github.com/kone-dev/kone/pkg/loadbalancer"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/network"
@@ -81,6 +82,11 @@ type Cluster struct {
 	CoreDNS       bool   // false when the user runs their own cluster DNS
 }
 
+// Upstream is the apiserver the node side knows first (a server's own, an agent's --server),
+// as host:port, and the CA of the apiservers. The node side reaches them all through its load
+// balancer (pkg/loadbalancer), whose URL its kubeconfigs name.
+type Upstream struct{ Default, CAFile string }
+
 // Paths are where the node side keeps its files, all derived from the data dir.
 type Paths struct{ Agent string }
 
@@ -95,11 +101,14 @@ func (p Paths) KubeletCertDir() string { return filepath.Join(p.Agent, "kubelet"
 func (p Paths) TLSDir() string         { return filepath.Join(p.Agent, "tls") }
 func (p Paths) FlannelDir() string     { return filepath.Join(p.Agent, "etc", "flannel") }
 
+// LoadBalancerState keeps the apiservers the load balancer learned.
+func (p Paths) LoadBalancerState() string { return filepath.Join(p.Agent, "etc", "loadbalancer.json") }
+
 // NodeSecret is where the node keeps the secret that holds its name (join.NodeSecret).
 func (p Paths) NodeSecret() string { return filepath.Join(p.Agent, "node-secret.key") }
 
 // Components returns the node side's chain for the supervisor, in start order.
-func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credentials, logs *logging.Logging) ([]supervisor.Component, error) {
+func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credentials, upstream Upstream, logs *logging.Logging) ([]supervisor.Component, error) {
 	log := logs.Logger
 	paths := Paths{Agent: cfg.AgentDir()}
 	moved, err := containerized.LeaveRootCgroup(host.CgroupMount)
@@ -120,6 +129,13 @@ func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credenti
 	pauseArchive, err := images.PauseArchive(pause)
 	if err != nil {
 		return nil, fmt.Errorf("pause image: %w", err)
+	}
+	lb, err := loadbalancer.New(loadbalancer.Config{
+		Listen: cfg.Node.LoadBalancer(), Default: upstream.Default, CAFile: upstream.CAFile,
+		Kubeconfig: creds.Proxy, State: paths.LoadBalancerState(), Log: log,
+	})
+	if err != nil {
+		return nil, err
 	}
 	cgroupDriver, resolvConf := host.CgroupDriver(), kubelet.ResolvConf()
 	runtime := containerd.New(containerd.Config{
@@ -166,7 +182,7 @@ func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credenti
 		return nil, err
 	}
 	chain := []supervisor.Component{
-		runtime,
+		lb, runtime,
 		images.NewImporter(cfg.ImagesDir(), ContainerdSocket, pauseArchive, log),
 		kl, cloud.NewAnnotator(creds.Kubelet, id.Name, cfg.Node.ExternalIPs), podNetwork, kubeProxy,
 	}

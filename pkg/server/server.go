@@ -15,6 +15,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
@@ -29,6 +30,7 @@ import (
 	"github.com/kone-dev/kone/pkg/host"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/leader"
+	"github.com/kone-dev/kone/pkg/loadbalancer"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
@@ -49,9 +51,16 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		return fmt.Errorf("data dir: %w; check --data-dir and that it is writable by this user", err)
 	}
 
-	self := serverIdentity(cfg)
+	self, err := serverIdentity(cfg)
+	if err != nil {
+		return err
+	}
+	advertise := cfg.AdvertiseAddress
+	if advertise == nil {
+		advertise = self.IP
+	}
 	files := control.Files{
-		Advertise:                   self.IP,
+		Advertise:                   advertise,
 		EtcdURL:                     cfg.EtcdURL(),
 		AuthenticationConfig:        filepath.Join(dir, "cred", "authentication-config.yaml"),
 		EncryptionConfig:            cfg.EncryptionConfig(),
@@ -138,14 +147,14 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		Serving:    ca.EtcdServing,
 		Peer:       ca.EtcdPeer,
 		Args:       cfg.EtcdArgs,
-	}, log.Zap("etcd"))
+	}, log.Zap("etcd"), log.Logger)
 	if err != nil {
 		return err
 	}
 
 	settings := clusterSettings(cfg)
 	if settings.ClientCA, err = readFile(ca.ClientCA); err != nil {
-		return err
+		return fmt.Errorf("client CA: %w", err)
 	}
 	var dnsIP net.IP
 	if settings.CoreDNS {
@@ -167,15 +176,15 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	// One of each controller runs in the cluster, on the server that holds its lease.
 	elect := func(c supervisor.Component, lease string) supervisor.Component {
-		return leader.Run(c, adminClient, lease, self.Name, log.Logger)
+		return leader.Elect(c, adminClient, lease, self.Name, log.Logger)
 	}
 	chain := []supervisor.Component{
 		store, apiserver,
-		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca)),
+		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), own),
 		etcd.NewMembers(store, adminClient, log.Logger),
 		elect(cm, "kube-controller-manager"), elect(sched, "kube-scheduler"),
 		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),
-		elect(join.NewApprover(adminClient, log.Logger, servers, own...), "kone-join-approver"),
+		elect(join.NewApprover(adminClient, log.Logger, servers), "kone-join-approver"),
 		elect(cloud.NewController(adminClient), "kone-cloud-node-controller"),
 	}
 	return node.Supervisor(log, notify).Run(ctx, append(chain, nodeSide...)...)
@@ -192,7 +201,9 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 		return nil, join.Held{}, err
 	}
 	paths := node.Paths{Agent: cfg.AgentDir()}
-	creds, err := nodeCredentials(ca, paths, id, local, time.Now())
+	// The node side reaches this server's apiserver, and the others once it knows them,
+	// through its load balancer.
+	creds, err := nodeCredentials(ca, paths, id, loadbalancer.URL(cfg.Node.LoadBalancer()), time.Now())
 	if err != nil {
 		return nil, join.Held{}, fmt.Errorf("node certificates: %w", err)
 	}
@@ -204,7 +215,8 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 		ClusterCIDR: cfg.ClusterCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
 		Overlay: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
 	}
-	chain, err := node.Components(cfg, cluster, id, creds, log)
+	upstream := node.Upstream{Default: strings.TrimPrefix(local, "https://"), CAFile: ca.ServerCA}
+	chain, err := node.Components(cfg, cluster, id, creds, upstream, log)
 	return chain, join.Held{Name: id.Name, SecretHash: secret.Hash()}, err
 }
 
@@ -222,17 +234,15 @@ func readFile(path string) (string, error) {
 }
 
 // serverIdentity is this server's name, as etcd member, lease holder and node, and the address
-// other servers reach it at: the node's name and address, or the advertise address. A server
-// without a node that finds no address serves its etcd peers on loopback, alone.
-func serverIdentity(cfg *config.Config) node.Identity {
+// its etcd member serves the others on: the node's name and address. A server without a node
+// side that finds no address (no default route) serves its etcd peers on loopback, alone; one
+// that joins another must have an address (etcdJoin says so).
+func serverIdentity(cfg *config.Config) (node.Identity, error) {
 	id, err := node.ResolveIdentity(&cfg.Node)
-	if err != nil && id.Name == "" {
-		id.Name = "kone"
+	if err != nil && (!cfg.DisableAgent || id.Name == "") {
+		return id, err
 	}
-	if cfg.AdvertiseAddress != nil {
-		id.IP = cfg.AdvertiseAddress
-	}
-	return id
+	return id, nil
 }
 
 func writeKubeconfigs(cfg *config.Config, ca *pki.Cluster, files control.Files, local string) error {
@@ -325,6 +335,9 @@ func checkPorts(cfg *config.Config, self node.Identity, cmArgs, schedArgs []stri
 		{peer, fmt.Sprint(cfg.EtcdPeerPort), "--etcd-peer-port"},
 		{"127.0.0.1", args.Value(cmArgs, "secure-port"), "--kube-controller-manager-arg=secure-port=PORT"},
 		{"127.0.0.1", args.Value(schedArgs, "secure-port"), "--kube-scheduler-arg=secure-port=PORT"},
+	}
+	if !cfg.DisableAgent {
+		ports = append(ports, struct{ host, port, flag string }{"127.0.0.1", fmt.Sprint(cfg.Node.LBServerPort), "--lb-server-port"})
 	}
 	for _, p := range ports {
 		l, err := net.Listen("tcp", net.JoinHostPort(p.host, p.port))
