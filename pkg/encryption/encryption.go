@@ -64,9 +64,14 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("secrets encryption configuration: %w", err)
 	}
+	return Parse(data, path)
+}
+
+// Parse reads a configuration kone wrote, from source (a file's name, or where it came from).
+func Parse(data []byte, source string) (Config, error) {
 	var file apiserverv1.EncryptionConfiguration
 	if err := yaml.UnmarshalStrict(data, &file); err != nil {
-		return Config{}, fmt.Errorf("secrets encryption configuration %s: %w", path, err)
+		return Config{}, fmt.Errorf("secrets encryption configuration %s: %w", source, err)
 	}
 	var c Config
 	for _, r := range file.Resources {
@@ -79,12 +84,12 @@ func Load(path string) (Config, error) {
 				c.Keys = p.Secretbox.Keys
 				c.Enabled = i == 0
 			case p.Identity == nil:
-				return Config{}, fmt.Errorf("secrets encryption configuration %s: a provider kone does not write; restore the file from a backup", path)
+				return Config{}, fmt.Errorf("secrets encryption configuration %s: a provider kone does not write; restore the file from a backup", source)
 			}
 		}
 	}
 	if len(c.Keys) == 0 {
-		return Config{}, fmt.Errorf("secrets encryption configuration %s holds no key; restore it from a backup (without its keys, the Secrets they encrypted are lost)", path)
+		return Config{}, fmt.Errorf("secrets encryption configuration %s holds no key; restore it from a backup (without its keys, the Secrets they encrypted are lost)", source)
 	}
 	return c, nil
 }

@@ -54,7 +54,6 @@ type Approver struct {
 	cs      kubernetes.Interface
 	log     *logrus.Logger
 	servers pki.Names
-	own     []Held
 	now     func() time.Time
 	ready   *supervisor.Latch
 }
@@ -63,21 +62,22 @@ type Approver struct {
 // the server's CAs rather than by joining: no machine that joins may take it.
 type Held struct{ Name, SecretHash string }
 
+// Hold records h's claim on its name. Every server holds its own as it starts, before the
+// approver of whichever server leads can hand the name to anyone.
+func Hold(ctx context.Context, cs kubernetes.Interface, h Held, now time.Time) error {
+	return claim(ctx, cs, h.Name, h.SecretHash, true, now)
+}
+
 // NewApprover returns the approver component; cs must be allowed to approve and to manage
 // kube-system secrets. servers are the names and addresses of the apiserver's certificate,
 // which no kubelet may serve under (nor under the address of any apiserver in the cluster).
-func NewApprover(cs kubernetes.Interface, log *logrus.Logger, servers pki.Names, own ...Held) *Approver {
-	return &Approver{cs: cs, log: log, servers: servers, own: own, now: time.Now, ready: supervisor.NewLatch()}
+func NewApprover(cs kubernetes.Interface, log *logrus.Logger, servers pki.Names) *Approver {
+	return &Approver{cs: cs, log: log, servers: servers, now: time.Now, ready: supervisor.NewLatch()}
 }
 
 func (a *Approver) Name() string { return "join approver" }
 
 func (a *Approver) Run(ctx context.Context) error {
-	for _, h := range a.own {
-		if err := a.hold(ctx, h.Name, h.SecretHash, true); err != nil {
-			return err
-		}
-	}
 	// The resync retries requests that came before what they depend on (a serving certificate
 	// asked for before the node's addresses were known).
 	factory := informers.NewSharedInformerFactory(a.cs, 10*time.Second)
@@ -247,7 +247,7 @@ func (a *Approver) claim(ctx context.Context, nodeName, hash string, self bool) 
 			}
 		}
 	}
-	if err := a.hold(ctx, nodeName, hash, false); err != nil {
+	if err := claim(ctx, a.cs, nodeName, hash, false, a.now()); err != nil {
 		return undecided, err
 	}
 	return verdict{approve: true}, nil
@@ -274,20 +274,20 @@ func (a *Approver) registered(ctx context.Context, node *corev1.Node) error {
 	return nil
 }
 
-// hold records that the node secret with hash holds nodeName, for a server's node for good.
-func (a *Approver) hold(ctx context.Context, nodeName, hash string, server bool) error {
-	secrets := a.cs.CoreV1().Secrets(metav1.NamespaceSystem)
-	claim := &corev1.Secret{
+// claim records that the node secret with hash holds nodeName, for a server's node for good.
+func claim(ctx context.Context, cs kubernetes.Interface, nodeName, hash string, server bool, now time.Time) error {
+	secrets := cs.CoreV1().Secrets(metav1.NamespaceSystem)
+	c := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: claimPrefix + nodeName, Namespace: metav1.NamespaceSystem},
 		Type:       claimType,
-		Data:       map[string][]byte{claimKey: []byte(hash), claimedAtKey: []byte(a.now().UTC().Format(time.RFC3339))},
+		Data:       map[string][]byte{claimKey: []byte(hash), claimedAtKey: []byte(now.UTC().Format(time.RFC3339))},
 	}
 	if server {
-		claim.Data[serverKey] = []byte("true")
+		c.Data[serverKey] = []byte("true")
 	}
-	_, err := secrets.Update(ctx, claim, metav1.UpdateOptions{})
+	_, err := secrets.Update(ctx, c, metav1.UpdateOptions{})
 	if apierrors.IsNotFound(err) {
-		_, err = secrets.Create(ctx, claim, metav1.CreateOptions{})
+		_, err = secrets.Create(ctx, c, metav1.CreateOptions{})
 	}
 	if err != nil {
 		return fmt.Errorf("record the claim on node name %s: %w", nodeName, err)

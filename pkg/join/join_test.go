@@ -169,7 +169,10 @@ func TestApprover(t *testing.T) {
 	cs := fake.NewClientset()
 	serverSecret := secretFor(t)
 	servers := pki.Names{DNSNames: []string{"kubernetes", "kone.example.com"}, IPs: []net.IP{net.ParseIP("10.43.0.1"), net.ParseIP("192.168.1.1")}}
-	a := NewApprover(cs, logrus.New(), servers, Held{Name: "server-1", SecretHash: serverSecret.Hash()})
+	a := NewApprover(cs, logrus.New(), servers)
+	if err := Hold(ctx, cs, Held{Name: "server-1", SecretHash: serverSecret.Hash()}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	// Another apiserver of the cluster, known only from the kubernetes Service's endpoints.
 	if _, err := cs.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).Create(ctx, &discoveryv1.EndpointSlice{
 		ObjectMeta:  metav1.ObjectMeta{Name: "kubernetes", Labels: map[string]string{discoveryv1.LabelServiceName: "kubernetes"}},

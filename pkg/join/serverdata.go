@@ -17,8 +17,8 @@ import (
 )
 
 // ServerDataName is the kube-system Secret with what a joining server needs from the cluster:
-// the CAs with their keys, the service-account key, the secrets-encryption configuration and
-// the server token. Only holders of the server token (token.ServerGroup) and administrators
+// the CAs with their keys, the service-account key and the secrets-encryption configuration.
+// Only holders of the server token (token.ServerGroup) and administrators
 // may read it; agent tokens may not.
 const ServerDataName = "kone-server-data"
 

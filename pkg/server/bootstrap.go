@@ -22,8 +22,8 @@ import (
 
 // bootstrap writes what the cluster needs from kone once the apiserver serves: the server's
 // join token as a bootstrap-token Secret, the cluster-info a joining node reads, the settings
-// agents follow, what joining servers fetch, the RBAC rules of kone's own identities, and the
-// kube-dns Service.
+// agents follow, what joining servers fetch, the claim on this server's node name, the RBAC
+// rules of kone's own identities, and the kube-dns Service.
 type bootstrap struct {
 	admin    *rest.Config
 	log      *logrus.Logger
@@ -34,11 +34,12 @@ type bootstrap struct {
 	settings join.Settings
 	dnsIP    net.IP // the kube-dns Service's address; nil when the user runs their own DNS
 	shared   map[string]string
+	held     []join.Held // this server's own node name
 	ready    *supervisor.Latch
 }
 
-func newBootstrap(admin *rest.Config, log *logrus.Logger, tok token.Token, files token.ServerFiles, caFile, server string, settings join.Settings, dnsIP net.IP, shared map[string]string) *bootstrap {
-	return &bootstrap{admin: admin, log: log, tok: tok, files: files, caFile: caFile, server: server, settings: settings, dnsIP: dnsIP, shared: shared, ready: supervisor.NewLatch()}
+func newBootstrap(admin *rest.Config, log *logrus.Logger, tok token.Token, files token.ServerFiles, caFile, server string, settings join.Settings, dnsIP net.IP, shared map[string]string, held []join.Held) *bootstrap {
+	return &bootstrap{admin: admin, log: log, tok: tok, files: files, caFile: caFile, server: server, settings: settings, dnsIP: dnsIP, shared: shared, held: held, ready: supervisor.NewLatch()}
 }
 
 func (b *bootstrap) Name() string { return "cluster bootstrap" }
@@ -80,6 +81,11 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	}
 	if err := join.PublishServerData(ctx, cs, b.shared); err != nil {
 		return err
+	}
+	for _, h := range b.held {
+		if err := join.Hold(ctx, cs, h, time.Now()); err != nil {
+			return err
+		}
 	}
 	if err := ensureRBAC(ctx, cs); err != nil {
 		return err

@@ -62,7 +62,19 @@ func (a *agentNode) run(args ...string) {
 	}
 }
 
-func (a *agentNode) up()    { a.run(append([]string{"up", a.name, a.ip, "--"}, a.args...)...) }
+func (a *agentNode) up() { a.run(append([]string{"up", a.name, a.ip, "--"}, a.args...)...) }
+
+// kill ends the node's kone with SIGKILL, as a power cut would; its containers keep running.
+func (a *agentNode) kill() {
+	a.t.Helper()
+	pid, err := os.ReadFile(filepath.Join("/var/lib/kone-nodes", a.name, "pid"))
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	if out, err := exec.Command("kill", "-KILL", strings.TrimSpace(string(pid))).CombinedOutput(); err != nil {
+		a.t.Fatalf("kill %s: %v %s", a.name, err, out)
+	}
+}
 func (a *agentNode) stop()  { a.run("stop", a.name) }
 func (a *agentNode) start() { a.run(append([]string{"start", a.name, "--"}, a.args...)...) }
 

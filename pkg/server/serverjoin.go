@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/rest"
 
 	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/etcd"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/pki"
@@ -21,11 +22,11 @@ import (
 )
 
 // sharedFiles are the files every server of a cluster holds alike, by their key in the server
-// data that joining servers fetch (join.ServerDataName).
+// data that joining servers fetch (join.ServerDataName). The server token is not among them: a
+// joining server keeps the one it joined with, which the cluster has just accepted.
 func sharedFiles(cfg *config.Config, ca *pki.Cluster) map[string]string {
 	files := ca.Shared()
 	files["encryption-config.yaml"] = cfg.EncryptionConfig()
-	files["token"] = cfg.ServerToken().Token
 	return files
 }
 
@@ -52,7 +53,7 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	cs, err := kubernetes.NewForConfig(&rest.Config{Host: cfg.Server, BearerToken: tok.Bootstrap(),
 		TLSClientConfig: rest.TLSClientConfig{CAData: caPEM}, Timeout: 15 * time.Second})
 	if err != nil {
-		return err
+		return fmt.Errorf("server %s: %w", cfg.Server, err)
 	}
 	data, err := join.FetchServerData(ctx, cs)
 	if err != nil {
@@ -71,6 +72,21 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 			return fmt.Errorf("the server data of %s lacks %s; is every server of the cluster running this kone version?", cfg.Server, key)
 		}
 	}
+	if string(data["server-ca.crt"]) != string(caPEM) {
+		return fmt.Errorf("the server data of %s holds another CA than the one the token pins; is something intercepting the connection?", cfg.Server)
+	}
+	secrets, err := encryption.Parse(data["encryption-config.yaml"], "of the cluster")
+	if err != nil {
+		return err
+	}
+	if secrets.Enabled != cfg.SecretsEncryption {
+		return fmt.Errorf("--secrets-encryption is %t here but %t in the cluster; give this server the cluster's", cfg.SecretsEncryption, secrets.Enabled)
+	}
+	// Written first: from here on this data dir belongs to the cluster it joins, and must never
+	// start an etcd cluster of its own (etcdJoin).
+	if err := pki.WriteFile(joinedFile(cfg), []byte(cfg.Server+"\n"), 0o600); err != nil {
+		return err
+	}
 	var last string
 	for key, path := range files {
 		if path == ca.ServerCA {
@@ -82,6 +98,13 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 		}
 	}
 	// The server token joined this server; it is the cluster's, published already.
+	pinned, err := tok.WithCA(caPEM)
+	if err != nil {
+		return fmt.Errorf("the server token: %w", err)
+	}
+	if err := pki.WriteFile(cfg.ServerToken().Token, []byte(pinned.String()+"\n"), 0o600); err != nil {
+		return err
+	}
 	if err := pki.WriteFile(cfg.ServerToken().Published, []byte(tok.ID+"\n"), 0o600); err != nil {
 		return err
 	}
@@ -91,6 +114,9 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	log.WithField("server", cfg.Server).Info("fetched the cluster's certificate authorities and keys to join as a server")
 	return nil
 }
+
+// joinedFile marks a data dir that joined a cluster through cfg.Server.
+func joinedFile(cfg *config.Config) string { return filepath.Join(cfg.ServerDir(), "joined") }
 
 // sameSettings refuses to join a cluster whose settings differ from this server's flags.
 func sameSettings(ours, theirs join.Settings) error {
@@ -120,23 +146,35 @@ func sameSettings(ours, theirs join.Settings) error {
 func etcdJoin(ctx context.Context, cfg *config.Config, ca *pki.Cluster, name, peerURL string) (string, error) {
 	file := filepath.Join(cfg.ServerDir(), "db", "etcd-join")
 	data, err := os.ReadFile(file)
-	switch {
-	case err == nil:
+	if err == nil {
 		return strings.TrimSpace(string(data)), nil
-	case !errors.Is(err, os.ErrNotExist):
-		return "", err
-	case cfg.Server == "":
-		return "", nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("etcd membership: %w", err)
 	}
 	if _, err := os.Stat(filepath.Join(cfg.ServerDir(), "db", "etcd", "member")); err == nil {
 		return "", nil
 	}
+	if cfg.Server == "" {
+		if _, err := os.Stat(joinedFile(cfg)); err == nil {
+			return "", fmt.Errorf("this server joined a cluster but has no etcd data (a first start that did not finish, or %s moved away): "+
+				"start it with --server https://ANOTHER-SERVER:6443 and the server token to join again", filepath.Join(cfg.ServerDir(), "db"))
+		}
+		return "", nil
+	}
+	if peerURL == etcd.PeerURL(nil, cfg.EtcdPeerPort) {
+		return "", errors.New("this server has no address that other servers can reach (no default route): give it --node-ip")
+	}
 	cs, err := kubernetes.NewForConfig(&rest.Config{Host: cfg.Server, Timeout: 15 * time.Second,
 		TLSClientConfig: rest.TLSClientConfig{CAFile: ca.ServerCA, CertFile: ca.Admin.Cert, KeyFile: ca.Admin.Key}})
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("etcd membership: %w", err)
 	}
-	initial, err := etcd.RequestMembership(ctx, cs, name, peerURL)
+	peerCert, err := os.ReadFile(ca.EtcdPeer.Cert)
+	if err != nil {
+		return "", fmt.Errorf("etcd membership: %w", err)
+	}
+	initial, err := etcd.RequestMembership(ctx, cs, name, peerURL, peerCert)
 	if err != nil {
 		return "", fmt.Errorf("join the etcd cluster through %s: %w", cfg.Server, err)
 	}

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,7 +12,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -35,8 +38,9 @@ func TestServersJoin(t *testing.T) {
 	first := "https://" + bridgeHost + ":" + n.https
 	servers := []*agentNode{newAgent(t, bin, "server-2", nodeNet+"12", first, tok), newAgent(t, bin, "server-3", nodeNet+"13", first, tok)}
 	for _, s := range servers {
+		// Every apiserver of a cluster serves on the same port: the kubernetes Service has one.
 		s.args = []string{bin, "server", "--server", first, "--token", tok, "--node-ip", s.ip,
-			"--write-kubeconfig", "/var/lib/kone/admin.kubeconfig"}
+			"--https-listen-port", n.https, "--write-kubeconfig", "/var/lib/kone/admin.kubeconfig"}
 		s.up()
 	}
 	// The first server stops while the others keep etcd's quorum, before they go down.
@@ -52,7 +56,7 @@ func TestServersJoin(t *testing.T) {
 	// what one server writes the others read.
 	clients := map[string]kubernetes.Interface{"the first server": cs}
 	for _, s := range servers {
-		clients[s.name] = clientAt(t, n.kubeconfig, "https://"+s.ip+":6443")
+		clients[s.name] = clientAt(t, n.kubeconfig, "https://"+s.ip+":"+n.https)
 	}
 	written := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "written-on-server-3", Namespace: "default"}}
 	if _, err := clients["server-3"].CoreV1().ConfigMaps("default").Create(ctx, written, metav1.CreateOptions{}); err != nil {
@@ -76,6 +80,253 @@ func TestServersJoin(t *testing.T) {
 	}
 
 	checkLeaseTakenAndRegained(t, n, cs, servers)
+	checkServerLoss(t, n, cs, servers)
+	checkServerRemoved(t, n, cs, servers)
+}
+
+// checkServerLoss adds an agent that knows only the first server and a pod on every node, and
+// kills the server that leads etcd with SIGKILL while a writer creates ConfigMaps through
+// another: every write acknowledged is there on every remaining server, the agent keeps
+// renewing its node's lease through another server, no pod restarts, logs and exec work
+// through the remaining servers, and the killed server comes back into the cluster.
+func checkServerLoss(t *testing.T, n *node, cs kubernetes.Interface, servers []*agentNode) {
+	t.Helper()
+	ctx := context.Background()
+	agent := newAgent(t, n.bin, "agent-1", nodeNet+"21", "https://"+bridgeHost+":"+n.https, strings.TrimSpace(readFile(t, filepath.Join(n.dataDir, "server", "token"))))
+	agent.up()
+	waitNodesReady(t, cs, 4)
+	agent.waitReady()
+	ns := "kone-node-it"
+	if _, err := cs.AppsV1().Deployments(ns).Patch(ctx, "web", types.MergePatchType, []byte(`{"spec":{"replicas":4}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods := waitPodsRunning(t, cs, ns, 4)
+
+	// The etcd leader is the server that said so last.
+	logs := map[string]string{"vm": n.log.String()}
+	for _, s := range servers {
+		logs[s.name] = s.log()
+	}
+	leader, latest := "", ""
+	for name, l := range logs {
+		for _, line := range strings.Split(l, "\n") {
+			if strings.Contains(line, "etcd member leads the cluster") && line > latest {
+				leader, latest = name, line
+			}
+		}
+	}
+	if leader == "" {
+		t.Fatalf("no server says that it leads etcd:\n%v", logs)
+	}
+	var survivors []*agentNode
+	for _, s := range servers {
+		if s.name != leader {
+			survivors = append(survivors, s)
+		}
+	}
+	via := clientAt(t, n.kubeconfig, "https://"+survivors[0].ip+":"+n.https)
+
+	const writes = 500
+	acked := make(chan string, writes)
+	go func() {
+		defer close(acked)
+		for i := range writes {
+			name := fmt.Sprintf("write-%03d", i)
+			for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+				cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"}}
+				_, err := via.CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{})
+				if err == nil || apierrors.IsAlreadyExists(err) {
+					acked <- name
+					break
+				}
+				if time.Now().After(deadline) {
+					return
+				}
+			}
+		}
+	}()
+	for deadline := time.Now().Add(2 * time.Minute); len(acked) < 100; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the writer made only %d writes in 2 minutes before any server was killed", len(acked))
+		}
+	}
+	restarts := restartCounts(t, via, ns)
+	killed := time.Now()
+	if leader == "vm" {
+		n.kill()
+	} else {
+		for _, s := range servers {
+			if s.name == leader {
+				s.kill()
+			}
+		}
+	}
+	var written []string
+	for name := range acked {
+		written = append(written, name)
+	}
+	if len(written) != writes {
+		t.Errorf("only %d of %d writes were acknowledged within a minute each after %s was killed", len(written), writes, leader)
+	}
+	for _, s := range survivors {
+		c := clientAt(t, n.kubeconfig, "https://"+s.ip+":"+n.https)
+		list, err := c.CoreV1().ConfigMaps("default").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatalf("list through %s: %v", s.name, err)
+		}
+		have := map[string]bool{}
+		for _, cm := range list.Items {
+			have[cm.Name] = true
+		}
+		for _, w := range written {
+			if !have[w] {
+				t.Errorf("%s lacks the acknowledged write %s", s.name, w)
+			}
+		}
+	}
+	// The agent renews its node's lease through another server since the kill.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+		l, err := via.CoordinationV1().Leases("kube-node-lease").Get(ctx, agent.name, metav1.GetOptions{})
+		if err == nil && l.Spec.RenewTime != nil && l.Spec.RenewTime.After(killed.Add(time.Second)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent has not renewed its node's lease since %s was killed (%v):\n%s", leader, err, agent.log())
+		}
+	}
+	node, err := via.CoreV1().Nodes().Get(ctx, agent.name, metav1.GetOptions{})
+	if err != nil || !nodeReady(node) {
+		t.Errorf("the agent's node is not Ready after %s was killed: %v", leader, err)
+	}
+	for pod, before := range restarts {
+		if after := restartCounts(t, via, ns)[pod]; after != before {
+			t.Errorf("pod %s restarted: %d before the kill, %d after", pod, before, after)
+		}
+	}
+	through := []string{"--server", "https://" + survivors[0].ip + ":" + n.https}
+	for _, p := range pods {
+		if p.Spec.NodeName == leader {
+			continue // its kubelet died with the server
+		}
+		if out := kubectlEventually(t, n, append(through, "logs", "-n", ns, p.Name)...); !strings.Contains(out, "serving "+p.Name) {
+			t.Errorf("logs of %s through %s: %q", p.Name, survivors[0].name, out)
+		}
+		if out := kubectlEventually(t, n, append(through, "exec", "-n", ns, p.Name, "--", "echo", "exec works")...); strings.TrimSpace(out) != "exec works" {
+			t.Errorf("exec in %s through %s: %q", p.Name, survivors[0].name, out)
+		}
+	}
+
+	// The killed server comes back and reads what was written without it.
+	if leader == "vm" {
+		n.start()
+	} else {
+		for _, s := range servers {
+			if s.name == leader {
+				s.start()
+				s.waitReady()
+			}
+		}
+	}
+	back := cs
+	for _, s := range servers {
+		if s.name == leader {
+			back = clientAt(t, n.kubeconfig, "https://"+s.ip+":"+n.https)
+		}
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		list, err := back.CoreV1().ConfigMaps("default").List(ctx, metav1.ListOptions{})
+		if err == nil && countPrefix(list.Items, "write-") == len(written) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s restarted without the writes made while it was away (%v)", leader, err)
+		}
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func countPrefix(cms []corev1.ConfigMap, prefix string) int {
+	n := 0
+	for _, cm := range cms {
+		if strings.HasPrefix(cm.Name, prefix) {
+			n++
+		}
+	}
+	return n
+}
+
+func nodeReady(node *corev1.Node) bool {
+	for _, c := range node.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func restartCounts(t *testing.T, cs kubernetes.Interface, ns string) map[string]int32 {
+	t.Helper()
+	pods, err := cs.CoreV1().Pods(ns).List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]int32{}
+	for _, p := range pods.Items {
+		for _, c := range p.Status.ContainerStatuses {
+			counts[p.Name] += c.RestartCount
+		}
+	}
+	return counts
+}
+
+// checkServerRemoved deletes the third server's node: its etcd member goes, kone there stops
+// saying so, and a restart is refused the same way; the two servers left keep taking writes.
+func checkServerRemoved(t *testing.T, n *node, cs kubernetes.Interface, servers []*agentNode) {
+	t.Helper()
+	ctx := context.Background()
+	gone := servers[1]
+	if err := cs.CoreV1().Nodes().Delete(ctx, gone.name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	const removed = "was removed from the cluster's etcd"
+	waitLog := func(what string) {
+		t.Helper()
+		for deadline := time.Now().Add(time.Minute); !strings.Contains(gone.log(), what); time.Sleep(500 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s does not say %q:\n%s", gone.name, what, gone.log())
+			}
+		}
+	}
+	waitLog(removed)
+	if !strings.Contains(n.log.String(), "removed the etcd member of a deleted server node") && !strings.Contains(servers[0].log(), "removed the etcd member of a deleted server node") {
+		t.Errorf("no server says it removed %s's member", gone.name)
+	}
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "after-removal", Namespace: "default"}}
+	if _, err := cs.CoreV1().ConfigMaps("default").Create(ctx, cm, metav1.CreateOptions{}); err != nil {
+		t.Errorf("the two servers left take no writes: %v", err)
+	}
+	before := strings.Count(gone.log(), removed)
+	gone.start()
+	for deadline := time.Now().Add(time.Minute); strings.Count(gone.log(), removed) == before; time.Sleep(500 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the removed server started again without refusing:\n%s", gone.log())
+		}
+	}
+	if nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err == nil {
+		for _, node := range nodes.Items {
+			if node.Name == gone.name {
+				t.Errorf("the removed server registered its node again")
+			}
+		}
+	}
 }
 
 // clientAt is a client of the server at url, with the admin credentials of kubeconfig: every
@@ -160,7 +411,7 @@ func checkLeaseTakenAndRegained(t *testing.T, n *node, cs kubernetes.Interface, 
 	}
 	take := func(lease, who string, seconds int32) {
 		t.Helper()
-		for {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
 			l, err := leases.Get(ctx, lease, metav1.GetOptions{})
 			if err != nil {
 				t.Fatal(err)
@@ -169,6 +420,8 @@ func checkLeaseTakenAndRegained(t *testing.T, n *node, cs kubernetes.Interface, 
 			l.Spec.HolderIdentity, l.Spec.LeaseDurationSeconds, l.Spec.RenewTime = &who, &seconds, &now
 			if _, err = leases.Update(ctx, l, metav1.UpdateOptions{}); err == nil {
 				return
+			} else if time.Now().After(deadline) {
+				t.Fatalf("give lease %s to %s: %v", lease, who, err)
 			}
 		}
 	}
@@ -194,7 +447,7 @@ func checkLeaseTakenAndRegained(t *testing.T, n *node, cs kubernetes.Interface, 
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	serveWeb(t, cs, ns, 1, false)
+	serveWeb(t, cs, ns, 1, true)
 	waitPodsRunning(t, cs, ns, 1)
 	for lease, holder := range holders {
 		if l, err := leases.Get(ctx, lease, metav1.GetOptions{}); err != nil || *l.Spec.HolderIdentity != holder {
