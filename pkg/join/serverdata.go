@@ -7,12 +7,10 @@ import (
 	"os"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/kone-dev/kone/pkg/apply"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -43,21 +41,7 @@ func PublishServerData(ctx context.Context, cs kubernetes.Interface, files map[s
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("publish the server data for joining servers: %w", err)
 	}
-	role := &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "kone:server-data", Namespace: metav1.NamespaceSystem},
-		Rules: []rbacv1.PolicyRule{{Verbs: []string{"get"}, APIGroups: []string{""}, Resources: []string{"secrets"},
-			ResourceNames: []string{ServerDataName}}},
-	}
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: role.Name, Namespace: metav1.NamespaceSystem},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: token.ServerGroup}},
-	}
-	rbac := cs.RbacV1()
-	if err := apply.Ensure(ctx, "Role", role, rbac.Roles(metav1.NamespaceSystem)); err != nil {
-		return err
-	}
-	return apply.Ensure(ctx, "RoleBinding", binding, rbac.RoleBindings(metav1.NamespaceSystem))
+	return grantGet(ctx, cs, "kone:server-data", "secrets", ServerDataName, token.ServerGroup)
 }
 
 // FetchServerData reads the server data with a joining server's token.

@@ -72,21 +72,25 @@ func PublishSettings(ctx context.Context, cs kubernetes.Interface, s Settings) e
 	if err := apply.Ensure(ctx, "ConfigMap", cm, cs.CoreV1().ConfigMaps(metav1.NamespaceSystem)); err != nil {
 		return fmt.Errorf("publish cluster settings: %w", err)
 	}
-	role := &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: "kone:cluster-settings", Namespace: metav1.NamespaceSystem},
-		Rules: []rbacv1.PolicyRule{{Verbs: []string{"get"}, APIGroups: []string{""}, Resources: []string{"configmaps"},
-			ResourceNames: []string{SettingsName}}},
+	return grantGet(ctx, cs, "kone:cluster-settings", "configmaps", SettingsName, token.NodeGroup, "system:nodes")
+}
+
+// grantGet lets groups get the kube-system object name of resource, and nothing else, through
+// the Role and RoleBinding role.
+func grantGet(ctx context.Context, cs kubernetes.Interface, role, resource, name string, groups ...string) error {
+	r := &rbacv1.Role{
+		ObjectMeta: metav1.ObjectMeta{Name: role, Namespace: metav1.NamespaceSystem},
+		Rules:      []rbacv1.PolicyRule{{Verbs: []string{"get"}, APIGroups: []string{""}, Resources: []string{resource}, ResourceNames: []string{name}}},
 	}
 	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: role.Name, Namespace: metav1.NamespaceSystem},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
-		Subjects: []rbacv1.Subject{
-			{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: token.NodeGroup},
-			{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: "system:nodes"},
-		},
+		ObjectMeta: metav1.ObjectMeta{Name: role, Namespace: metav1.NamespaceSystem},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role},
+	}
+	for _, g := range groups {
+		binding.Subjects = append(binding.Subjects, rbacv1.Subject{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: g})
 	}
 	rbac := cs.RbacV1()
-	if err := apply.Ensure(ctx, "Role", role, rbac.Roles(metav1.NamespaceSystem)); err != nil {
+	if err := apply.Ensure(ctx, "Role", r, rbac.Roles(metav1.NamespaceSystem)); err != nil {
 		return err
 	}
 	return apply.Ensure(ctx, "RoleBinding", binding, rbac.RoleBindings(metav1.NamespaceSystem))
