@@ -47,12 +47,23 @@ func koneBinary(t *testing.T) string {
 
 func freePort(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePorts(t, 1)[0]
+}
+
+// freePorts are n distinct free ports: each is held until all are chosen, or the kernel could
+// hand out one port twice.
+func freePorts(t *testing.T, n int) []string {
+	t.Helper()
+	var ports []string
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		ports = append(ports, fmt.Sprint(l.Addr().(*net.TCPAddr).Port))
 	}
-	defer l.Close()
-	return fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	return ports
 }
 
 // node is one `kone server` process and the paths it uses.
@@ -85,8 +96,9 @@ func (b *syncBuffer) String() string {
 }
 
 func newNode(t *testing.T, bin, dir string) *node {
+	ports := freePorts(t, 5)
 	n := &node{t: t, bin: bin, dir: dir, dataDir: filepath.Join(dir, "data"), kubeconfig: filepath.Join(dir, "kone.yaml"),
-		https: freePort(t), etcdClient: freePort(t), etcdPeer: freePort(t), cm: freePort(t), sch: freePort(t)}
+		https: ports[0], etcdClient: ports[1], etcdPeer: ports[2], cm: ports[3], sch: ports[4]}
 	if err := os.WriteFile(filepath.Join(dir, "config.yaml"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}

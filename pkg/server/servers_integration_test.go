@@ -372,10 +372,11 @@ func checkRefusedServerJoins(t *testing.T, n *node, tok string) {
 		if dataDir == "" {
 			dataDir = t.TempDir()
 		}
+		ports := freePorts(t, 5)
 		args := append([]string{"server", "--data-dir", dataDir, "--server", c.server, "--token", c.token, "--disable-agent",
-			"--write-kubeconfig", filepath.Join(dataDir, "kone.yaml"), "--https-listen-port", freePort(t),
-			"--etcd-client-port", freePort(t), "--etcd-peer-port", freePort(t),
-			"--kube-controller-manager-arg", "secure-port=" + freePort(t), "--kube-scheduler-arg", "secure-port=" + freePort(t)}, c.extra...)
+			"--write-kubeconfig", filepath.Join(dataDir, "kone.yaml"), "--https-listen-port", ports[0],
+			"--etcd-client-port", ports[1], "--etcd-peer-port", ports[2],
+			"--kube-controller-manager-arg", "secure-port=" + ports[3], "--kube-scheduler-arg", "secure-port=" + ports[4]}, c.extra...)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		out, err := exec.CommandContext(ctx, n.bin, args...).CombinedOutput()
 		cancel()
