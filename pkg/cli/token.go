@@ -11,6 +11,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -110,6 +111,10 @@ func newTokenCommand() *cobra.Command {
 			t, err := files.Rotate(cmd.Context(), cs, caPEM, time.Now())
 			if err != nil {
 				return err
+			}
+			// The other servers follow (their files are what users read to join nodes).
+			if err := join.ReplaceServerData(cmd.Context(), cs, join.ServerTokenKey, []byte(t.String()+"\n")); err != nil {
+				return fmt.Errorf("the new token is in %s, but the cluster's other servers do not have it yet: %w; run this again", files.Token, err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), t.String())
 			return nil

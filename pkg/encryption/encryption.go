@@ -12,6 +12,7 @@ package encryption
 import (
 	"bytes"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -150,9 +151,19 @@ func (c Config) WithNewKey() (Config, error) {
 	return c, nil
 }
 
-// Write writes c to path as the apiserver reads it, unless it holds that already: the apiserver
-// reloads the file when it changes.
-func (c Config) Write(path string) error {
+// WithReader returns c with its newest key moved last, where the apiserver reads with it but
+// does not write with it yet: every server of a cluster must be able to read a key before any
+// writes with it.
+func (c Config) WithReader() Config {
+	if len(c.Keys) < 2 {
+		return c
+	}
+	c.Keys = append(slices.Clone(c.Keys[1:]), c.Keys[0])
+	return c
+}
+
+// Bytes is c as the apiserver reads it from its file.
+func (c Config) Bytes() ([]byte, error) {
 	providers := []apiserverv1.ProviderConfiguration{
 		{Secretbox: &apiserverv1.SecretboxConfiguration{Keys: c.Keys}},
 		{Identity: &apiserverv1.IdentityConfiguration{}},
@@ -160,18 +171,33 @@ func (c Config) Write(path string) error {
 	if !c.Enabled {
 		slices.Reverse(providers)
 	}
-	data, err := yaml.Marshal(apiserverv1.EncryptionConfiguration{
+	return yaml.Marshal(apiserverv1.EncryptionConfiguration{
 		TypeMeta:  metav1.TypeMeta{APIVersion: apiserverv1.SchemeGroupVersion.String(), Kind: "EncryptionConfiguration"},
 		Resources: []apiserverv1.ResourceConfiguration{{Resources: []string{"secrets"}, Providers: providers}},
 	})
+}
+
+// Write writes c to path, unless it holds that already: the apiserver reloads the file when it
+// changes.
+func (c Config) Write(path string) error {
+	data, err := c.Bytes()
 	if err != nil {
 		return err
 	}
+	return WriteFile(path, data)
+}
+
+// WriteFile writes a configuration's bytes to path, unless it holds them already.
+func WriteFile(path string, data []byte) error {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
 		return nil
 	}
 	return pki.WriteFile(path, data, 0o600)
 }
+
+// Hash is how the apiserver names the configuration it has loaded, in its metric
+// apiserver_encryption_config_controller_last_config_info: the sha256 of the file.
+func Hash(data []byte) string { return fmt.Sprintf("sha256:%x", sha256.Sum256(data)) }
 
 // storedWith says which key encrypted a value as etcd holds it, or Identity for plain text.
 func storedWith(value []byte) string {

@@ -46,6 +46,10 @@ func TestEnsure(t *testing.T) {
 	if err != nil || !slices.Equal(next.KeyNames(), []string{"kone-2", "kone-1"}) || next.Writer() != "kone-2" || next.Keys[0].Secret == first.Keys[0].Secret {
 		t.Fatalf("a new key: %v, keys %v", err, next.KeyNames())
 	}
+	// The step before: every server reads with the new key, none writes with it yet.
+	if reading := next.WithReader(); !slices.Equal(reading.KeyNames(), []string{"kone-1", "kone-2"}) || reading.Writer() != "kone-1" || !slices.Equal(next.KeyNames(), []string{"kone-2", "kone-1"}) {
+		t.Fatalf("reading with the new key: keys %v, writer %q; next keeps %v", reading.KeyNames(), reading.Writer(), next.KeyNames())
+	}
 
 	for content, want := range map[string]string{
 		"garbage: [": "encryption configuration",

@@ -6,14 +6,12 @@ import (
 	"strings"
 	"time"
 
-	"go.etcd.io/etcd/client/pkg/v3/transport"
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
-	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/etcd"
 )
 
 // secretsPrefix is where the apiserver keeps Secrets in etcd (its default --etcd-prefix).
@@ -56,11 +54,7 @@ func Rewrite(ctx context.Context, cs kubernetes.Interface) (int, error) {
 }
 
 // Etcd is how to reach the server's etcd as the apiserver does.
-type Etcd struct {
-	URL    string
-	CA     string
-	Client pki.File
-}
+type Etcd struct{ etcd.Client }
 
 // Stored counts the Secrets in etcd by what they are stored with: a key's name, or Identity.
 func (e Etcd) Stored(ctx context.Context) (map[string]int, error) {
@@ -88,13 +82,9 @@ func (e Etcd) StoredWith(ctx context.Context, namespace, name string) (string, e
 }
 
 func (e Etcd) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
-	tlsConfig, err := transport.TLSInfo{CertFile: e.Client.Cert, KeyFile: e.Client.Key, TrustedCAFile: e.CA}.ClientConfig()
+	cli, err := e.Dial()
 	if err != nil {
-		return nil, fmt.Errorf("etcd client certificate: %w", err)
-	}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.URL}, TLS: tlsConfig, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		return nil, fmt.Errorf("etcd at %s: %w", e.URL, err)
+		return nil, err
 	}
 	defer cli.Close()
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)

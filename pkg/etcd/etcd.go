@@ -193,6 +193,9 @@ func (e *Etcd) Run(ctx context.Context) error {
 	}
 }
 
+// Alone reports whether this member is its cluster's only one; only once Ready.
+func (e *Etcd) Alone() bool { return len(e.server.Server.Cluster().Members()) == 1 }
+
 // stopped explains why etcd stopped by itself: mostly, because this member was removed.
 func (e *Etcd) stopped() error {
 	s := e.server.Server

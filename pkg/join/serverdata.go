@@ -1,15 +1,17 @@
 package join
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
+	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/util/retry"
 
 	"github.com/kone-dev/kone/pkg/token"
 )
@@ -23,25 +25,65 @@ const ServerDataName = "kone-server-data"
 // ErrAgentToken is the answer to a server that joins with an agent token.
 var ErrAgentToken = errors.New("the token is an agent token, which cannot join a server: use the server token, in server/token of the data dir of a server of the cluster")
 
-// PublishServerData stores the files (Secret key → path) for joining servers, unless the
-// cluster has them already: the first server's are the cluster's.
-func PublishServerData(ctx context.Context, cs kubernetes.Interface, files map[string]string) error {
-	secret := &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: ServerDataName, Namespace: metav1.NamespaceSystem},
-		Data:       map[string][]byte{},
+// The server data's keys that change while the cluster runs (the others hold the CAs, which do
+// not): every server follows them.
+const (
+	EncryptionConfigKey = "encryption-config.yaml"
+	ServerTokenKey      = "server-token"
+)
+
+// PublishServerData stores data for joining servers and returns the cluster's, as stored. The
+// first server's is the cluster's; afterwards a server adds the keys the cluster's lacks (from a
+// kone before them), and replaces those named in replace.
+func PublishServerData(ctx context.Context, cs kubernetes.Interface, data map[string][]byte, replace ...string) (map[string][]byte, error) {
+	stored, err := storeServerData(ctx, cs, data, replace, true)
+	if err != nil {
+		return nil, err
 	}
-	for key, path := range files {
-		data, err := os.ReadFile(path)
-		if err != nil {
-			return fmt.Errorf("server data for joining servers: %w", err)
+	return stored, grantGet(ctx, cs, "kone:server-data", "secrets", ServerDataName, token.ServerGroup)
+}
+
+// ReplaceServerData gives every server of the cluster a new value of key (EncryptionConfigKey,
+// ServerTokenKey): each server follows it.
+func ReplaceServerData(ctx context.Context, cs kubernetes.Interface, key string, value []byte) error {
+	_, err := storeServerData(ctx, cs, map[string][]byte{key: value}, []string{key}, false)
+	return err
+}
+
+func storeServerData(ctx context.Context, cs kubernetes.Interface, data map[string][]byte, replace []string, create bool) (map[string][]byte, error) {
+	secrets := cs.CoreV1().Secrets(metav1.NamespaceSystem)
+	var stored map[string][]byte
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		s, err := secrets.Get(ctx, ServerDataName, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) && create {
+			s = &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: ServerDataName, Namespace: metav1.NamespaceSystem}, Data: data}
+			_, err = secrets.Create(ctx, s, metav1.CreateOptions{})
+			stored = data
+			return err
 		}
-		secret.Data[key] = data
+		if err != nil {
+			return err
+		}
+		if s.Data == nil {
+			s.Data = map[string][]byte{}
+		}
+		changed := false
+		for key, value := range data {
+			if _, ok := s.Data[key]; !ok || (slices.Contains(replace, key) && !bytes.Equal(s.Data[key], value)) {
+				s.Data[key] = value
+				changed = true
+			}
+		}
+		stored = s.Data
+		if changed {
+			_, err = secrets.Update(ctx, s, metav1.UpdateOptions{})
+		}
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("the server data %s/%s: %w", metav1.NamespaceSystem, ServerDataName, err)
 	}
-	_, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Create(ctx, secret, metav1.CreateOptions{})
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("publish the server data for joining servers: %w", err)
-	}
-	return grantGet(ctx, cs, "kone:server-data", "secrets", ServerDataName, token.ServerGroup)
+	return stored, nil
 }
 
 // FetchServerData reads the server data with a joining server's token.

@@ -331,22 +331,7 @@ func (lb *LoadBalancer) learn(lister discoverylisters.EndpointSliceLister) {
 	if err != nil {
 		return
 	}
-	var learned []string
-	for _, s := range all {
-		// The apiservers keep this one slice themselves; any other is not theirs.
-		if s.Name != "kubernetes" || len(s.Ports) == 0 || s.Ports[0].Port == nil {
-			continue
-		}
-		port := fmt.Sprint(*s.Ports[0].Port)
-		for _, e := range s.Endpoints {
-			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
-				continue
-			}
-			for _, a := range e.Addresses {
-				learned = append(learned, net.JoinHostPort(a, port))
-			}
-		}
-	}
+	learned := APIServers(all)
 	if len(learned) == 0 {
 		return // a moment between updates, or no apiserver ready: keep what is known
 	}
@@ -359,6 +344,28 @@ func (lb *LoadBalancer) learn(lister discoverylisters.EndpointSliceLister) {
 		lb.cfg.Log.WithField("apiservers", servers).Info("load balancer: apiservers")
 		lb.saveState(learned)
 	}
+}
+
+// APIServers are the addresses (host:port) of the ready apiservers in the kubernetes Service's
+// EndpointSlices.
+func APIServers(all []*discoveryv1.EndpointSlice) []string {
+	var out []string
+	for _, s := range all {
+		// The apiservers keep this one slice themselves; any other is not theirs.
+		if s.Name != "kubernetes" || len(s.Ports) == 0 || s.Ports[0].Port == nil {
+			continue
+		}
+		port := fmt.Sprint(*s.Ports[0].Port)
+		for _, e := range s.Endpoints {
+			if e.Conditions.Ready != nil && !*e.Conditions.Ready {
+				continue
+			}
+			for _, a := range e.Addresses {
+				out = append(out, net.JoinHostPort(a, port))
+			}
+		}
+	}
+	return out
 }
 
 func (lb *LoadBalancer) withDefault(learned []string) []string {

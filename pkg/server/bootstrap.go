@@ -15,6 +15,7 @@ import (
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/dns"
+	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/supervisor"
 	"github.com/kone-dev/kone/pkg/token"
@@ -34,12 +35,13 @@ type bootstrap struct {
 	settings join.Settings
 	dnsIP    net.IP // the kube-dns Service's address; nil when the user runs their own DNS
 	shared   map[string]string
+	alone    func() bool // whether this server is the cluster's only one
 	held     []join.Held // this server's own node name
 	ready    *supervisor.Latch
 }
 
-func newBootstrap(admin *rest.Config, log *logrus.Logger, tok token.Token, files token.ServerFiles, caFile, server string, settings join.Settings, dnsIP net.IP, shared map[string]string, held []join.Held) *bootstrap {
-	return &bootstrap{admin: admin, log: log, tok: tok, files: files, caFile: caFile, server: server, settings: settings, dnsIP: dnsIP, shared: shared, held: held, ready: supervisor.NewLatch()}
+func newBootstrap(admin *rest.Config, log *logrus.Logger, tok token.Token, files token.ServerFiles, caFile, server string, settings join.Settings, dnsIP net.IP, shared map[string]string, alone func() bool, held []join.Held) *bootstrap {
+	return &bootstrap{admin: admin, log: log, tok: tok, files: files, caFile: caFile, server: server, settings: settings, dnsIP: dnsIP, shared: shared, alone: alone, held: held, ready: supervisor.NewLatch()}
 }
 
 func (b *bootstrap) Name() string { return "cluster bootstrap" }
@@ -79,7 +81,7 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err := join.PublishSettings(ctx, cs, b.settings); err != nil {
 		return err
 	}
-	if err := join.PublishServerData(ctx, cs, b.shared); err != nil {
+	if err := b.publishServerData(ctx, cs); err != nil {
 		return err
 	}
 	for _, h := range b.held {
@@ -102,6 +104,44 @@ func (b *bootstrap) Run(ctx context.Context) error {
 
 func (b *bootstrap) Ready(ctx context.Context) error {
 	return b.ready.Wait(ctx)
+}
+
+// publishServerData publishes what joining servers fetch. A server that is the whole cluster
+// publishes its own secrets-encryption configuration and token, which may have changed since
+// (--secrets-encryption, a key or token rotation by an earlier kone); one of several follows the
+// cluster's (follower), but cannot turn encryption on or off for the others.
+func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interface) error {
+	data := map[string][]byte{}
+	for key, path := range b.shared {
+		content, err := os.ReadFile(path)
+		if err != nil {
+			return fmt.Errorf("server data for joining servers: %w", err)
+		}
+		data[key] = content
+	}
+	data[join.ServerTokenKey] = []byte(b.tok.String() + "\n")
+	var replace []string
+	alone := b.alone()
+	if alone {
+		replace = []string{join.EncryptionConfigKey, join.ServerTokenKey}
+	}
+	stored, err := join.PublishServerData(ctx, cs, data, replace...)
+	if err != nil || alone {
+		return err
+	}
+	ours, err := encryption.Parse(data[join.EncryptionConfigKey], b.shared[join.EncryptionConfigKey])
+	if err != nil {
+		return err
+	}
+	theirs, err := encryption.Parse(stored[join.EncryptionConfigKey], "of the cluster")
+	if err != nil {
+		return err
+	}
+	if ours.Enabled != theirs.Enabled {
+		return fmt.Errorf("--secrets-encryption is %t here but %t on the cluster's other servers; start with --secrets-encryption=%t (turning it on or off in a cluster of several servers is not supported yet)",
+			ours.Enabled, theirs.Enabled, theirs.Enabled)
+	}
+	return nil
 }
 
 // clusterInfoServer is the apiserver URL published to joining nodes: the advertise address, or

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,13 +10,16 @@ import (
 	"strings"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/encryption"
+	"github.com/kone-dev/kone/pkg/etcd"
+	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/loadbalancer"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/probe"
 )
@@ -27,7 +31,7 @@ func adminConfig(cfg *config.Config, ca *pki.Cluster) *rest.Config {
 }
 
 func etcdOf(cfg *config.Config, ca *pki.Cluster) encryption.Etcd {
-	return encryption.Etcd{URL: cfg.EtcdURL(), CA: ca.EtcdServerCA, Client: ca.APIServerEtcd}
+	return encryption.Etcd{Client: etcd.Client{URL: cfg.EtcdURL(), CA: ca.EtcdServerCA, Cert: ca.APIServerEtcd}}
 }
 
 // SecretsStatus prints the keys of the running server on this machine and how its stored
@@ -74,8 +78,10 @@ func SecretsStatus(ctx context.Context, cfg *config.Config, w io.Writer) error {
 	return nil
 }
 
-// RotateSecretsKeys gives the running server on this machine a new key, stores every Secret
-// with it, and retires the old keys, while the cluster serves throughout.
+// RotateSecretsKeys gives the cluster a new key, stores every Secret with it, and retires the
+// old keys, while the cluster serves throughout. It runs on a server and reaches all of them:
+// each follows the cluster's configuration (follower), and every apiserver reads with a new key
+// before any writes with it, so that none meets a Secret it cannot read.
 func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) error {
 	path := cfg.EncryptionConfig()
 	unlock, err := encryption.Lock(path)
@@ -91,7 +97,8 @@ func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) err
 		return fmt.Errorf("secrets encryption is off on this server (--secrets-encryption=false): there is no key in use to rotate")
 	}
 	ca := pki.Layout(cfg.TLSDir())
-	cs, err := kubernetes.NewForConfig(adminConfig(cfg, ca))
+	admin := adminConfig(cfg, ca)
+	cs, err := kubernetes.NewForConfig(admin)
 	if err != nil {
 		return err
 	}
@@ -99,19 +106,47 @@ func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) err
 	if _, err := store.Stored(ctx); err != nil {
 		return err
 	}
-
+	apiservers, err := everyAPIServer(ctx, cs, store)
+	if err != nil {
+		return err
+	}
+	// Each step is published to every server and waited for; stopped half-way, every Secret
+	// still reads everywhere, and a new rotation starts from where this one stopped.
+	publish := func(c encryption.Config, wait bool) error {
+		data, err := c.Bytes()
+		if err != nil {
+			return err
+		}
+		if err := join.ReplaceServerData(ctx, cs, join.EncryptionConfigKey, data); err != nil {
+			return err
+		}
+		if err := encryption.WriteFile(path, data); err != nil {
+			return err
+		}
+		if !wait {
+			return nil
+		}
+		if err := waitForConfig(ctx, admin, apiservers, encryption.Hash(data)); err != nil {
+			return fmt.Errorf("%w; the old keys are kept, so every Secret still reads", err)
+		}
+		return nil
+	}
 	next, err := c.WithNewKey()
 	if err != nil {
 		return err
 	}
-	if err := next.Write(path); err != nil {
+	key := next.Writer()
+	fmt.Fprintf(w, "Waiting for %d apiservers to load each step (each reads its configuration once a minute)\n", len(apiservers))
+	if len(apiservers) > 1 {
+		if err := publish(next.WithReader(), true); err != nil {
+			return err
+		}
+		fmt.Fprintf(w, "Every server reads with the new key %s\n", key)
+	}
+	if err := publish(next, true); err != nil {
 		return err
 	}
-	key := next.Writer()
-	fmt.Fprintf(w, "Added key %s; waiting for the apiserver to use it (it reads its configuration once a minute)\n", key)
-	if err := waitForWriter(ctx, cs, store, key); err != nil {
-		return fmt.Errorf("%w; the old keys are kept, so every Secret still reads", err)
-	}
+	fmt.Fprintf(w, "Every server writes with %s\n", key)
 	// Until every Secret is stored anew, the old keys are still needed to read some.
 	for try := 0; ; try++ {
 		n, err := encryption.Rewrite(ctx, cs)
@@ -132,7 +167,8 @@ func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) err
 	}
 	retired := next.KeyNames()[1:]
 	next.Keys = next.Keys[:1]
-	if err := next.Write(path); err != nil {
+	// Not waited for: no Secret needs the old keys any more.
+	if err := publish(next, false); err != nil {
 		return err
 	}
 	if err := pki.WriteFile(cfg.EncryptionDone(), []byte(key+"\n"), 0o600); err != nil {
@@ -142,37 +178,87 @@ func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) err
 	return nil
 }
 
+// everyAPIServer is the address of every server's apiserver, as the kubernetes Service's
+// endpoints list them, once each etcd member has one: a rotation needs every server, and one
+// that is down or still joining would miss it.
+func everyAPIServer(ctx context.Context, cs kubernetes.Interface, store encryption.Etcd) ([]string, error) {
+	voters, learners, err := store.Servers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(learners) > 0 {
+		return nil, fmt.Errorf("a server is joining the cluster (%s): rotate once it has joined", strings.Join(learners, ", "))
+	}
+	serving, err := apiserverEndpoints(ctx, cs)
+	if err != nil {
+		return nil, err
+	}
+	if len(serving) != len(voters) {
+		return nil, fmt.Errorf("the cluster has %d servers (%s) but %d apiservers serve (%s): every server must run during a key rotation; start the others, or remove those that are gone (kubectl delete node)",
+			len(voters), strings.Join(voters, ", "), len(serving), strings.Join(serving, ", "))
+	}
+	return serving, nil
+}
+
+// apiserverEndpoints are the addresses (host:port) the kubernetes Service sends to.
+func apiserverEndpoints(ctx context.Context, cs kubernetes.Interface) ([]string, error) {
+	list, err := cs.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).List(ctx, metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=kubernetes"})
+	if err != nil {
+		return nil, fmt.Errorf("list the apiservers: %w", err)
+	}
+	all := make([]*discoveryv1.EndpointSlice, len(list.Items))
+	for i := range list.Items {
+		all[i] = &list.Items[i]
+	}
+	return loadbalancer.APIServers(all), nil
+}
+
+// waitForConfig waits until every apiserver has loaded the configuration with hash, as it says
+// in its metrics.
+func waitForConfig(ctx context.Context, admin *rest.Config, apiservers []string, hash string) error {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	for _, addr := range apiservers {
+		rc := rest.CopyConfig(admin)
+		rc.Host = "https://" + addr
+		cs, err := kubernetes.NewForConfig(rc)
+		if err != nil {
+			return err
+		}
+		err = probe.Until(ctx, 2*time.Second, func() error {
+			metrics, err := cs.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(ctx)
+			if err != nil {
+				return err
+			}
+			if !loadedConfig(metrics, hash) {
+				return errors.New("it has not loaded the new configuration")
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("apiserver %s: %w", addr, err)
+		}
+	}
+	return nil
+}
+
+// loadedConfig reports whether an apiserver's metrics say that it uses the encryption
+// configuration with hash.
+func loadedConfig(metrics []byte, hash string) bool {
+	for line := range strings.Lines(string(metrics)) {
+		labels, ok := strings.CutPrefix(line, "apiserver_encryption_config_controller_last_config_info{")
+		// The label hash, not apiserver_id_hash.
+		if ok && (strings.HasPrefix(labels, `hash="`+hash+`"`) || strings.Contains(labels, `,hash="`+hash+`"`)) {
+			return true
+		}
+	}
+	return false
+}
+
 func sumOf(counts map[string]int) int {
 	n := 0
 	for _, c := range counts {
 		n += c
 	}
 	return n
-}
-
-// waitForWriter writes a probe Secret until etcd holds it encrypted with key, which shows that
-// the apiserver has loaded its new configuration.
-func waitForWriter(ctx context.Context, cs kubernetes.Interface, store encryption.Etcd, key string) error {
-	secrets := cs.CoreV1().Secrets(metav1.NamespaceSystem)
-	probeSecret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{GenerateName: "kone-encryption-probe-"}}
-	created, err := secrets.Create(ctx, probeSecret, metav1.CreateOptions{})
-	if err != nil {
-		return fmt.Errorf("write a probe Secret: %w", err)
-	}
-	defer func() { _ = secrets.Delete(context.WithoutCancel(ctx), created.Name, metav1.DeleteOptions{}) }()
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancel()
-	return probe.Until(ctx, 2*time.Second, func() error {
-		created.StringData = map[string]string{"at": time.Now().String()}
-		updated, err := secrets.Update(ctx, created, metav1.UpdateOptions{})
-		if err != nil {
-			return err
-		}
-		created = updated
-		with, err := store.StoredWith(ctx, metav1.NamespaceSystem, created.Name)
-		if err == nil && with != key {
-			err = fmt.Errorf("the apiserver still writes with %s", with)
-		}
-		return err
-	})
 }

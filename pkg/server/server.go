@@ -180,7 +180,8 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	chain := []supervisor.Component{
 		store, apiserver,
-		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), own),
+		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), store.Alone, own),
+		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, log.Logger),
 		etcd.NewMembers(store, adminClient, log.Logger),
 		elect(cm, "kube-controller-manager"), elect(sched, "kube-scheduler"),
 		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),

@@ -23,10 +23,11 @@ import (
 
 // sharedFiles are the files every server of a cluster holds alike, by their key in the server
 // data that joining servers fetch (join.ServerDataName). The server token is not among them: a
-// joining server keeps the one it joined with, which the cluster has just accepted.
+// joining server keeps the one it joined with, which the cluster has just accepted, and follows
+// it from then on (follower).
 func sharedFiles(cfg *config.Config, ca *pki.Cluster) map[string]string {
 	files := ca.Shared()
-	files["encryption-config.yaml"] = cfg.EncryptionConfig()
+	files[join.EncryptionConfigKey] = cfg.EncryptionConfig()
 	return files
 }
 
@@ -75,7 +76,7 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	if string(data["server-ca.crt"]) != string(caPEM) {
 		return fmt.Errorf("the server data of %s holds another CA than the one the token pins; is something intercepting the connection?", cfg.Server)
 	}
-	secrets, err := encryption.Parse(data["encryption-config.yaml"], "of the cluster")
+	secrets, err := encryption.Parse(data[join.EncryptionConfigKey], "of the cluster")
 	if err != nil {
 		return err
 	}

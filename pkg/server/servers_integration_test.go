@@ -79,9 +79,77 @@ func TestServersJoin(t *testing.T) {
 		}
 	}
 
+	checkRotationsReachEveryServer(t, n, clients, servers)
 	checkLeaseTakenAndRegained(t, n, cs, servers)
 	checkServerLoss(t, n, cs, servers)
 	checkServerRemoved(t, n, cs, servers)
+}
+
+// checkRotationsReachEveryServer rotates the Secrets' keys and the server token on the first
+// server: every server takes both, every Secret reads through every server throughout and
+// after, and etcd holds each with the new key only. The servers' restarts later in the test
+// still give the replaced token as --token, which must then be taken as replaced.
+func checkRotationsReachEveryServer(t *testing.T, n *node, clients map[string]kubernetes.Interface, servers []*agentNode) {
+	t.Helper()
+	ctx := context.Background()
+	// A reader through every server while the keys change: none may meet a Secret it cannot read.
+	stop := make(chan struct{})
+	failures := make(chan string, 100)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(500 * time.Millisecond):
+			}
+			for name, c := range clients {
+				if _, err := c.CoreV1().Secrets("default").List(ctx, metav1.ListOptions{}); err != nil {
+					select {
+					case failures <- fmt.Sprintf("%s: %v", name, err):
+					default:
+					}
+				}
+			}
+		}
+	}()
+	out := secretsEncrypt(n, "rotate-keys")
+	close(stop)
+	<-done
+	close(failures)
+	for f := range failures {
+		t.Errorf("a Secret did not read during the rotation, through %s", f)
+	}
+	for _, want := range []string{"Every server reads with the new key kone-2", "Retired kone-1; kone-2 is the only key"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("rotate-keys lacks %q:\n%s", want, out)
+		}
+	}
+	if out := secretsEncrypt(n, "status"); !strings.Contains(out, "Every Secret is encrypted with the current key, kone-2") {
+		t.Errorf("status after rotate-keys:\n%s", out)
+	}
+	newToken := strings.TrimSpace(n.run(nil, n.bin, "token", "rotate", "--kubeconfig", n.kubeconfig, "--data-dir", n.dataDir))
+	config := readFile(t, filepath.Join(n.dataDir, "server", "cred", "encryption-config.yaml"))
+	for _, s := range servers {
+		dir := filepath.Join("/var/lib/kone-nodes", s.name, "lib", "kone", "server")
+		for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+			theirs, _ := os.ReadFile(filepath.Join(dir, "cred", "encryption-config.yaml"))
+			tok, _ := os.ReadFile(filepath.Join(dir, "token"))
+			if string(theirs) == config && strings.TrimSpace(string(tok)) == newToken {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s has not taken the rotated key and token in a minute:\n%s", s.name, s.log())
+			}
+		}
+	}
+	for name, c := range clients {
+		s, err := c.CoreV1().Secrets("default").Get(ctx, "before-join", metav1.GetOptions{})
+		if err != nil || string(s.Data["k"]) != "written by the first server" {
+			t.Errorf("%s: the Secret after the rotation: %v %v", name, s, err)
+		}
+	}
 }
 
 // checkServerLoss adds an agent that knows only the first server and a pod on every node, and

@@ -34,6 +34,15 @@ func (f ServerFiles) WasSuperseded(id string) bool {
 	return slices.Contains(strings.Fields(string(data)), id)
 }
 
+// Supersede records that the token with this id was replaced.
+func (f ServerFiles) Supersede(id string) error {
+	if f.WasSuperseded(id) {
+		return nil
+	}
+	superseded, _ := os.ReadFile(f.Superseded)
+	return pki.WriteFile(f.Superseded, append(superseded, []byte(id+"\n")...), 0o600)
+}
+
 // Publish makes the server's token t a bootstrap-token Secret the first time the server starts
 // with it, and only then. It reports whether t can join nodes: false once it has been deleted
 // (`kone token delete`), which sticks across restarts.
@@ -90,8 +99,7 @@ func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM 
 		return Token{}, err
 	}
 	// Recorded first: whatever happens next, the old token is deleted by the next start at the latest.
-	superseded, _ := os.ReadFile(f.Superseded)
-	if err := pki.WriteFile(f.Superseded, append(superseded, []byte(old.ID+"\n")...), 0o600); err != nil {
+	if err := f.Supersede(old.ID); err != nil {
 		return Token{}, err
 	}
 	if err := Create(ctx, cs, t, serverOptions(), now); err != nil {

@@ -1,0 +1,134 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/kone-dev/kone/pkg/encryption"
+	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/token"
+)
+
+// follower keeps this server's secrets-encryption configuration and server token as the
+// cluster's server data holds them, so that `kone secrets-encrypt rotate-keys` and `kone token
+// rotate`, run on any server, reach every server within seconds. It runs on every server: each
+// keeps its own files.
+type follower struct {
+	cs         kubernetes.Interface
+	encryption string
+	token      token.ServerFiles
+	log        *logrus.Logger
+}
+
+func newFollower(cs kubernetes.Interface, encryptionConfig string, tokenFiles token.ServerFiles, log *logrus.Logger) *follower {
+	return &follower{cs: cs, encryption: encryptionConfig, token: tokenFiles, log: log}
+}
+
+func (f *follower) Name() string { return "server data follower" }
+
+// Ready at once: a server's files are in step when it starts (bootstrap publishes or checks them).
+func (f *follower) Ready(context.Context) error { return nil }
+
+// followResync is how often the follower looks again at data it could not take: the
+// configuration was locked by a rotation on this machine, which writes it itself.
+const followResync = 30 * time.Second
+
+func (f *follower) Run(ctx context.Context) error {
+	factory := informers.NewSharedInformerFactoryWithOptions(f.cs, followResync,
+		informers.WithNamespace(metav1.NamespaceSystem),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+			o.FieldSelector = fields.OneTermEqualSelector("metadata.name", join.ServerDataName).String()
+		}))
+	informer := factory.Core().V1().Secrets().Informer()
+	take := func(obj any) {
+		if s, ok := obj.(*corev1.Secret); ok {
+			f.take(s.Data)
+		}
+	}
+	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    take,
+		UpdateFunc: func(_, obj any) { take(obj) },
+	}); err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	<-ctx.Done()
+	factory.Shutdown()
+	return nil
+}
+
+// take writes the cluster's configuration and token where they differ from this server's.
+func (f *follower) take(data map[string][]byte) {
+	if err := f.takeEncryption(data[join.EncryptionConfigKey]); err != nil {
+		f.log.WithError(err).Warn("cannot take the cluster's secrets-encryption configuration; trying again")
+	}
+	if err := f.takeToken(data[join.ServerTokenKey]); err != nil {
+		f.log.WithError(err).Warn("cannot take the cluster's server token; trying again")
+	}
+}
+
+func (f *follower) takeEncryption(theirs []byte) error {
+	if len(theirs) == 0 || sameFile(f.encryption, theirs) {
+		return nil
+	}
+	c, err := encryption.Parse(theirs, "of the cluster")
+	if err != nil {
+		return err
+	}
+	unlock, err := encryption.Lock(f.encryption)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if err := encryption.WriteFile(f.encryption, theirs); err != nil {
+		return err
+	}
+	f.log.WithField("keys", strings.Join(c.KeyNames(), ",")).Info("took the cluster's secrets-encryption configuration")
+	return nil
+}
+
+func (f *follower) takeToken(theirs []byte) error {
+	if len(theirs) == 0 || sameFile(f.token.Token, theirs) {
+		return nil
+	}
+	t, err := token.Parse(string(theirs))
+	if err != nil {
+		return fmt.Errorf("the cluster's server token: %w", err)
+	}
+	// The token it replaces is recorded as `kone token rotate` records it on its own server: a
+	// restart that still gives it as --token is then told to update it, not refused.
+	if ours, err := os.ReadFile(f.token.Token); err == nil {
+		if old, err := token.Parse(string(ours)); err == nil {
+			if err := f.token.Supersede(old.ID); err != nil {
+				return err
+			}
+		}
+	}
+	if err := pki.WriteFile(f.token.Token, theirs, 0o600); err != nil {
+		return err
+	}
+	// Published with it: this server must not create it again at its next start once deleted.
+	if err := pki.WriteFile(f.token.Published, []byte(t.ID+"\n"), 0o600); err != nil {
+		return err
+	}
+	f.log.WithField("token", t.ID).Info("took the cluster's server token")
+	return nil
+}
+
+func sameFile(path string, data []byte) bool {
+	ours, err := os.ReadFile(path)
+	return err == nil && bytes.Equal(ours, data)
+}
