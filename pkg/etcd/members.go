@@ -21,8 +21,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/kone-dev/kone/pkg/pki"
@@ -51,19 +53,22 @@ const (
 // server: etcd orders membership changes itself, and a second server that answers the same
 // request finds the member added and answers the same.
 type Members struct {
-	store *Etcd
-	cs    kubernetes.Interface
-	log   *logrus.Logger
-	ready *supervisor.Latch
+	store   *Etcd
+	cs      kubernetes.Interface
+	log     *logrus.Logger
+	ready   *supervisor.Latch
+	changed func() // after the voting members changed, whichever server changed them
+
+	voters string // the voting members as the last round saw them
 
 	mu      sync.Mutex
 	deleted map[string]bool // server nodes deleted, whose members are to go
 }
 
 // NewMembers returns the component for the local member store; cs may read and write
-// ConfigMaps in kube-system.
-func NewMembers(store *Etcd, cs kubernetes.Interface, log *logrus.Logger) *Members {
-	return &Members{store: store, cs: cs, log: log, ready: supervisor.NewLatch(), deleted: map[string]bool{}}
+// ConfigMaps in kube-system. changed is called when the voting members change.
+func NewMembers(store *Etcd, cs kubernetes.Interface, log *logrus.Logger, changed func()) *Members {
+	return &Members{store: store, cs: cs, log: log, ready: supervisor.NewLatch(), changed: changed, deleted: map[string]bool{}}
 }
 
 func (m *Members) Name() string { return "etcd membership" }
@@ -92,9 +97,20 @@ func (m *Members) Run(ctx context.Context) error {
 	}
 	nodes.Start(ctx.Done())
 	defer nodes.Shutdown()
+	// Requests are watched, not listed each round: an idle cluster asks the apiserver nothing.
+	requests := informers.NewSharedInformerFactoryWithOptions(m.cs, 0, informers.WithNamespace(requestNamespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.LabelSelector = requestLabel }))
+	lister := requests.Core().V1().ConfigMaps().Lister()
+	requests.Start(ctx.Done())
+	defer requests.Shutdown()
+	for typ, synced := range requests.WaitForCacheSync(ctx.Done()) {
+		if !synced {
+			return fmt.Errorf("etcd membership: the %v cache did not sync", typ)
+		}
+	}
 	m.ready.Open()
 	for {
-		if err := m.sync(ctx); err != nil && ctx.Err() == nil {
+		if err := m.sync(ctx, lister); err != nil && ctx.Err() == nil {
 			m.log.WithError(err).Debug("etcd membership")
 		}
 		select {
@@ -145,8 +161,21 @@ func (m *Members) removeDeleted(ctx context.Context) {
 	}
 }
 
-func (m *Members) sync(ctx context.Context) error {
+func (m *Members) sync(ctx context.Context, lister corelisters.ConfigMapLister) error {
 	s := m.store.server.Server
+	var voters []string
+	for _, member := range s.Cluster().Members() {
+		if !member.IsLearner {
+			voters = append(voters, member.ID.String())
+		}
+	}
+	slices.Sort(voters)
+	if now := strings.Join(voters, ","); now != m.voters {
+		if m.voters != "" {
+			m.changed()
+		}
+		m.voters = now
+	}
 	for _, member := range s.Cluster().Members() {
 		if !member.IsLearner {
 			continue
@@ -160,17 +189,18 @@ func (m *Members) sync(ctx context.Context) error {
 			m.log.WithError(err).WithField("member", memberName(member)).Debug("etcd member not promoted yet")
 		}
 	}
-	requests, err := m.cs.CoreV1().ConfigMaps(requestNamespace).List(ctx, metav1.ListOptions{LabelSelector: requestLabel})
+	requests, err := lister.ConfigMaps(requestNamespace).List(labels.Everything())
 	if err != nil {
 		return err
 	}
 	var errs []error
-	for i := range requests.Items {
-		if err := m.answer(ctx, &requests.Items[i]); err != nil {
+	for _, req := range requests {
+		// A copy: the cache's objects are shared.
+		if err := m.answer(ctx, req.DeepCopy()); err != nil {
 			errs = append(errs, err)
 		}
 	}
-	m.removeOrphans(ctx, requests.Items)
+	m.removeOrphans(ctx, requests)
 	m.removeDeleted(ctx)
 	return errors.Join(errs...)
 }
@@ -272,13 +302,13 @@ func (m *Members) checkPeerCert(peer string, certPEM []byte) error {
 // removeOrphans removes the learners that never started and that no request asks for any more:
 // a server whose join failed for good would otherwise keep every other from joining, as etcd
 // takes one learner at a time.
-func (m *Members) removeOrphans(ctx context.Context, requests []corev1.ConfigMap) {
+func (m *Members) removeOrphans(ctx context.Context, requests []*corev1.ConfigMap) {
 	s := m.store.server.Server
 	for _, member := range s.Cluster().Members() {
 		if !member.IsLearner || member.Name != "" {
 			continue
 		}
-		asked := slices.ContainsFunc(requests, func(r corev1.ConfigMap) bool { return slices.Contains(member.PeerURLs, r.Data[peerURLKey]) })
+		asked := slices.ContainsFunc(requests, func(r *corev1.ConfigMap) bool { return slices.Contains(member.PeerURLs, r.Data[peerURLKey]) })
 		if asked {
 			continue
 		}

@@ -51,11 +51,12 @@ const (
 // (a kubelet renewing its client certificate, anything a user makes) are left to upstream's
 // approver and to administrators.
 type Approver struct {
-	cs      kubernetes.Interface
-	log     *logrus.Logger
-	servers pki.Names
-	now     func() time.Time
-	ready   *supervisor.Latch
+	cs       kubernetes.Interface
+	log      *logrus.Logger
+	servers  pki.Names
+	approved func() // after each approval: a node joined, or renewed a certificate
+	now      func() time.Time
+	ready    *supervisor.Latch
 }
 
 // Held is a node name that a server holds for its own node, which gets its certificates from
@@ -71,8 +72,9 @@ func Hold(ctx context.Context, cs kubernetes.Interface, h Held, now time.Time) e
 // NewApprover returns the approver component; cs must be allowed to approve and to manage
 // kube-system secrets. servers are the names and addresses of the apiserver's certificate,
 // which no kubelet may serve under (nor under the address of any apiserver in the cluster).
-func NewApprover(cs kubernetes.Interface, log *logrus.Logger, servers pki.Names) *Approver {
-	return &Approver{cs: cs, log: log, servers: servers, now: time.Now, ready: supervisor.NewLatch()}
+// approved is called after each approval.
+func NewApprover(cs kubernetes.Interface, log *logrus.Logger, servers pki.Names, approved func()) *Approver {
+	return &Approver{cs: cs, log: log, servers: servers, approved: approved, now: time.Now, ready: supervisor.NewLatch()}
 }
 
 func (a *Approver) Name() string { return "join approver" }
@@ -146,6 +148,7 @@ func (a *Approver) handle(ctx context.Context, req *certificatesv1.CertificateSi
 	}
 	if v.approve {
 		log.Debug("approved certificate request")
+		a.approved()
 	} else {
 		log.WithField("reason", v.deny).Warn("denied certificate request")
 	}

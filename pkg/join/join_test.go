@@ -169,7 +169,7 @@ func TestApprover(t *testing.T) {
 	cs := fake.NewClientset()
 	serverSecret := secretFor(t)
 	servers := pki.Names{DNSNames: []string{"kubernetes", "kone.example.com"}, IPs: []net.IP{net.ParseIP("10.43.0.1"), net.ParseIP("192.168.1.1")}}
-	a := NewApprover(cs, logrus.New(), servers)
+	a := NewApprover(cs, logrus.New(), servers, func() {})
 	if err := Hold(ctx, cs, Held{Name: "server-1", SecretHash: serverSecret.Hash()}, time.Now()); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -126,6 +127,24 @@ const SettleAgainAfter = 30 * time.Second
 func SettleTwice() {
 	Settle()
 	time.AfterFunc(SettleAgainAfter, Settle)
+}
+
+// Settler settles once a burst of work is over. A server that adds an etcd member (sending it
+// a snapshot of the data) or takes a controller over from a lost server touches memory and code
+// it does not need afterwards, long after its own start settled.
+type Settler struct {
+	mu    sync.Mutex
+	timer *time.Timer
+}
+
+// Soon settles SettleAgainAfter from now, or from the last call if there is another meanwhile.
+func (s *Settler) Soon() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	s.timer = time.AfterFunc(SettleAgainAfter, Settle)
 }
 
 // RandomAccessExecutable tells the kernel that kone's own code and read-only data are read at

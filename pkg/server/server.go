@@ -32,6 +32,7 @@ import (
 	"github.com/kone-dev/kone/pkg/leader"
 	"github.com/kone-dev/kone/pkg/loadbalancer"
 	"github.com/kone-dev/kone/pkg/logging"
+	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/sdnotify"
@@ -174,21 +175,39 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		own = append(own, held)
 		nodeSide = append(nodeSide, newRoles(adminClient, held.Name))
 	}
+	// A controller that starts here long after the server did (its lease taken over from a lost
+	// server), a member added to etcd and a node that joins leave memory and code behind that
+	// the server does not need afterwards: kone settles after each.
+	settler := &memory.Settler{}
 	// One of each controller runs in the cluster, on the server that holds its lease.
 	elect := func(c supervisor.Component, lease string) supervisor.Component {
-		return leader.Elect(c, adminClient, lease, self.Name, log.Logger)
+		return leader.Elect(settleWhenReady{c, settler.Soon}, adminClient, lease, self.Name, log.Logger)
 	}
 	chain := []supervisor.Component{
 		store, apiserver,
 		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), store.Alone, own),
 		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, log.Logger),
-		etcd.NewMembers(store, adminClient, log.Logger),
+		etcd.NewMembers(store, adminClient, log.Logger, settler.Soon),
 		elect(cm, "kube-controller-manager"), elect(sched, "kube-scheduler"),
 		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),
-		elect(join.NewApprover(adminClient, log.Logger, servers), "kone-join-approver"),
+		elect(join.NewApprover(adminClient, log.Logger, servers, settler.Soon), "kone-join-approver"),
 		elect(cloud.NewController(adminClient), "kone-cloud-node-controller"),
 	}
 	return node.Supervisor(log, notify).Run(ctx, append(chain, nodeSide...)...)
+}
+
+// settleWhenReady settles kone's memory each time its component is ready.
+type settleWhenReady struct {
+	supervisor.Component
+	settle func()
+}
+
+func (s settleWhenReady) Ready(ctx context.Context) error {
+	err := s.Component.Ready(ctx)
+	if err == nil {
+		s.settle()
+	}
+	return err
 }
 
 // nodeComponents are the server's own node side, with credentials from the cluster's CAs, and
