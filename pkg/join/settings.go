@@ -32,6 +32,9 @@ type Settings struct {
 	CoreDNS bool `json:"coreDNS"`
 	// ClientCA signs the apiserver's client certificate for kubelets; kubelet trusts it.
 	ClientCA string `json:"clientCA"`
+	// APIServerPort is the port of every apiserver of the cluster: the kubernetes Service has
+	// one. Zero from a kone before it.
+	APIServerPort int `json:"apiServerPort,omitempty"`
 }
 
 // Parsed are the settings in the types the node side uses.

@@ -245,6 +245,7 @@ func clusterSettings(cfg *config.Config) join.Settings {
 	return join.Settings{
 		ClusterCIDR: cfg.ClusterCIDR.String(), ServiceCIDR: cfg.ServiceCIDR.String(), ClusterDNS: cfg.ClusterDNS.String(),
 		ClusterDomain: cfg.ClusterDomain, FlannelBackend: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
+		APIServerPort: cfg.HTTPSPort,
 	}
 }
 

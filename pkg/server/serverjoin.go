@@ -64,7 +64,11 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	if err != nil {
 		return err
 	}
-	if err := sameSettings(clusterSettings(cfg), theirs); err != nil {
+	secrets, err := encryption.Parse(data[join.EncryptionConfigKey], "of the cluster")
+	if err != nil {
+		return err
+	}
+	if err := sameSettings(clusterSettings(cfg), theirs, cfg.SecretsEncryption, secrets.Enabled); err != nil {
 		return err
 	}
 	files := sharedFiles(cfg, ca)
@@ -75,13 +79,6 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	}
 	if string(data["server-ca.crt"]) != string(caPEM) {
 		return fmt.Errorf("the server data of %s holds another CA than the one the token pins; is something intercepting the connection?", cfg.Server)
-	}
-	secrets, err := encryption.Parse(data[join.EncryptionConfigKey], "of the cluster")
-	if err != nil {
-		return err
-	}
-	if secrets.Enabled != cfg.SecretsEncryption {
-		return fmt.Errorf("--secrets-encryption is %t here but %t in the cluster; give this server the cluster's", cfg.SecretsEncryption, secrets.Enabled)
 	}
 	// Written first: from here on this data dir belongs to the cluster it joins, and must never
 	// start an etcd cluster of its own (etcdJoin).
@@ -119,8 +116,9 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 // joinedFile marks a data dir that joined a cluster through cfg.Server.
 func joinedFile(cfg *config.Config) string { return filepath.Join(cfg.ServerDir(), "joined") }
 
-// sameSettings refuses to join a cluster whose settings differ from this server's flags.
-func sameSettings(ours, theirs join.Settings) error {
+// sameSettings refuses to join a cluster whose settings differ from this server's flags, all
+// differences named at once; whether Secrets are encrypted comes from the cluster's server data.
+func sameSettings(ours, theirs join.Settings, ourSecrets, theirSecrets bool) error {
 	var diffs []string
 	for _, d := range []struct{ flag, ours, theirs string }{
 		{"--cluster-cidr", ours.ClusterCIDR, theirs.ClusterCIDR},
@@ -129,8 +127,11 @@ func sameSettings(ours, theirs join.Settings) error {
 		{"--cluster-domain", ours.ClusterDomain, theirs.ClusterDomain},
 		{"--flannel-backend", ours.FlannelBackend, theirs.FlannelBackend},
 		{"--disable=coredns", fmt.Sprint(!ours.CoreDNS), fmt.Sprint(!theirs.CoreDNS)},
+		{"--https-listen-port", fmt.Sprint(ours.APIServerPort), fmt.Sprint(theirs.APIServerPort)},
+		{"--secrets-encryption", fmt.Sprint(ourSecrets), fmt.Sprint(theirSecrets)},
 	} {
-		if d.ours != d.theirs {
+		// A setting the cluster's kone did not publish yet cannot differ.
+		if d.ours != d.theirs && d.theirs != "0" {
 			diffs = append(diffs, fmt.Sprintf("%s is %s here but %s in the cluster", d.flag, d.ours, d.theirs))
 		}
 	}

@@ -415,7 +415,8 @@ func clientAt(t *testing.T, kubeconfig, url string) kubernetes.Interface {
 
 // checkRefusedServerJoins tries the joins a server must refuse, each before it writes the
 // cluster's keys or asks for an etcd member: an agent token, settings that differ from the
-// cluster's, Secrets stored otherwise than the cluster stores them, a data dir of another
+// cluster's (a joiner here, beside the first server, needs a port of its own, so each is also
+// refused for that), Secrets stored otherwise than the cluster stores them, a data dir of another
 // cluster, an unreachable first server.
 func checkRefusedServerJoins(t *testing.T, n *node, tok string) {
 	t.Helper()
@@ -431,6 +432,7 @@ func checkRefusedServerJoins(t *testing.T, n *node, tok string) {
 	}{
 		{name: "agent token", server: server, token: agentToken, want: "agent token"},
 		{name: "other cluster CIDR", server: server, token: tok, want: "--cluster-cidr is 10.52.0.0/16 here but 10.42.0.0/16 in the cluster", extra: []string{"--cluster-cidr", "10.52.0.0/16"}},
+		{name: "other apiserver port", server: server, token: tok, want: " here but " + n.https + " in the cluster"},
 		{name: "secrets stored otherwise", server: server, token: tok, want: "--secrets-encryption is false here but true in the cluster", extra: []string{"--secrets-encryption=false"}},
 		{name: "data dir of another cluster", dataDir: otherCluster, server: server, token: tok, want: "belongs to another cluster"},
 		{name: "unreachable server", server: "https://127.0.0.1:" + freePort(t), token: tok, want: "cannot reach the server"},
