@@ -126,7 +126,7 @@ const RoleLabel = "node-role.kubernetes.io/etcd"
 
 // removeDeleted removes the members of the server nodes deleted since the last round: only of
 // nodes that are gone (not of one that merely lost its role label), and again in the next
-// round when etcd refuses. Every server tries; all but the first find the member gone.
+// round when etcd refuses. Every other server tries; all but the first find the member gone.
 func (m *Members) removeDeleted(ctx context.Context) {
 	m.mu.Lock()
 	names := slices.Collect(maps.Keys(m.deleted))
@@ -139,7 +139,9 @@ func (m *Members) removeDeleted(ctx context.Context) {
 			done = err == nil
 		} else {
 			for _, member := range s.Cluster().Members() {
-				if member.Name != name {
+				// Never its own: a member that removes itself stops before it can answer, and
+				// the others, which would, find nothing left to remove.
+				if member.Name != name || member.ID == s.MemberID() {
 					continue
 				}
 				_, err := s.RemoveMember(ctx, uint64(member.ID))
@@ -308,8 +310,23 @@ func (m *Members) removeOrphans(ctx context.Context, requests []*corev1.ConfigMa
 		if !member.IsLearner || member.Name != "" {
 			continue
 		}
-		asked := slices.ContainsFunc(requests, func(r *corev1.ConfigMap) bool { return slices.Contains(member.PeerURLs, r.Data[peerURLKey]) })
-		if asked {
+		asked := func(requests []*corev1.ConfigMap) bool {
+			return slices.ContainsFunc(requests, func(r *corev1.ConfigMap) bool { return slices.Contains(member.PeerURLs, r.Data[peerURLKey]) })
+		}
+		if asked(requests) {
+			continue
+		}
+		// This server's cache may not have the request yet that another server just added the
+		// learner for: only the apiserver's own answer removes it.
+		live, err := m.cs.CoreV1().ConfigMaps(requestNamespace).List(ctx, metav1.ListOptions{LabelSelector: requestLabel})
+		if err != nil {
+			continue
+		}
+		current := make([]*corev1.ConfigMap, len(live.Items))
+		for i := range live.Items {
+			current[i] = &live.Items[i]
+		}
+		if asked(current) {
 			continue
 		}
 		if _, err := s.RemoveMember(ctx, uint64(member.ID)); err == nil {
