@@ -108,13 +108,17 @@ func newTokenCommand() *cobra.Command {
 				return err
 			}
 			files := (&config.Config{DataDir: dataDir}).ServerToken()
-			t, err := files.Rotate(cmd.Context(), cs, caPEM, time.Now())
+			// The other servers follow the cluster's token (their files are what users read to
+			// join nodes); one that another rotation replaced meanwhile stays.
+			publish := func(old, t token.Token) error {
+				return join.ReplaceServerData(cmd.Context(), cs, join.ServerTokenKey, []byte(t.String()+"\n"), func(stored []byte) bool {
+					theirs, err := token.Parse(string(stored))
+					return len(stored) == 0 || (err == nil && theirs.ID == old.ID)
+				})
+			}
+			t, err := files.Rotate(cmd.Context(), cs, caPEM, time.Now(), publish)
 			if err != nil {
 				return err
-			}
-			// The other servers follow (their files are what users read to join nodes).
-			if err := join.ReplaceServerData(cmd.Context(), cs, join.ServerTokenKey, []byte(t.String()+"\n")); err != nil {
-				return fmt.Errorf("the new token is in %s, but the cluster's other servers do not have it yet: %w; run this again", files.Token, err)
 			}
 			fmt.Fprintln(cmd.OutOrStdout(), t.String())
 			return nil

@@ -69,18 +69,6 @@ func (e Etcd) Stored(ctx context.Context) (map[string]int, error) {
 	return count, nil
 }
 
-// StoredWith says what one Secret is stored with.
-func (e Etcd) StoredWith(ctx context.Context, namespace, name string) (string, error) {
-	resp, err := e.get(ctx, secretsPrefix+namespace+"/"+name)
-	if err != nil {
-		return "", err
-	}
-	if len(resp.Kvs) == 0 {
-		return "", fmt.Errorf("no Secret %s/%s in etcd", namespace, name)
-	}
-	return storedWith(resp.Kvs[0].Value), nil
-}
-
 func (e Etcd) get(ctx context.Context, key string, opts ...clientv3.OpOption) (*clientv3.GetResponse, error) {
 	cli, err := e.Dial()
 	if err != nil {

@@ -36,21 +36,26 @@ const (
 // first server's is the cluster's; afterwards a server adds the keys the cluster's lacks (from a
 // kone before them), and replaces those named in replace.
 func PublishServerData(ctx context.Context, cs kubernetes.Interface, data map[string][]byte, replace ...string) (map[string][]byte, error) {
-	stored, err := storeServerData(ctx, cs, data, replace, true)
+	stored, err := storeServerData(ctx, cs, data, replace, true, nil)
 	if err != nil {
 		return nil, err
 	}
 	return stored, grantGet(ctx, cs, "kone:server-data", "secrets", ServerDataName, token.ServerGroup)
 }
 
+// ErrServerDataChanged is the answer to a replacement of a value that another change replaced
+// first: two rotations at once on two servers must not both win.
+var ErrServerDataChanged = errors.New("another server changed it meanwhile (is a rotation running on another server?)")
+
 // ReplaceServerData gives every server of the cluster a new value of key (EncryptionConfigKey,
-// ServerTokenKey): each server follows it.
-func ReplaceServerData(ctx context.Context, cs kubernetes.Interface, key string, value []byte) error {
-	_, err := storeServerData(ctx, cs, map[string][]byte{key: value}, []string{key}, false)
+// ServerTokenKey), which each server follows, if the value stored is the one this change
+// replaces (replaces reports it); ErrServerDataChanged if not.
+func ReplaceServerData(ctx context.Context, cs kubernetes.Interface, key string, value []byte, replaces func(stored []byte) bool) error {
+	_, err := storeServerData(ctx, cs, map[string][]byte{key: value}, []string{key}, false, replaces)
 	return err
 }
 
-func storeServerData(ctx context.Context, cs kubernetes.Interface, data map[string][]byte, replace []string, create bool) (map[string][]byte, error) {
+func storeServerData(ctx context.Context, cs kubernetes.Interface, data map[string][]byte, replace []string, create bool, replaces func([]byte) bool) (map[string][]byte, error) {
 	secrets := cs.CoreV1().Secrets(metav1.NamespaceSystem)
 	var stored map[string][]byte
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -69,6 +74,9 @@ func storeServerData(ctx context.Context, cs kubernetes.Interface, data map[stri
 		}
 		changed := false
 		for key, value := range data {
+			if replaces != nil && !bytes.Equal(s.Data[key], value) && !replaces(s.Data[key]) {
+				return ErrServerDataChanged
+			}
 			if _, ok := s.Data[key]; !ok || (slices.Contains(replace, key) && !bytes.Equal(s.Data[key], value)) {
 				s.Data[key] = value
 				changed = true

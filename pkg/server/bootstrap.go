@@ -81,7 +81,7 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err := join.PublishSettings(ctx, cs, b.settings); err != nil {
 		return err
 	}
-	if err := b.publishServerData(ctx, cs); err != nil {
+	if err := b.publishServerData(ctx, cs, usable); err != nil {
 		return err
 	}
 	for _, h := range b.held {
@@ -109,8 +109,9 @@ func (b *bootstrap) Ready(ctx context.Context) error {
 // publishServerData publishes what joining servers fetch. A server that is the whole cluster
 // publishes its own secrets-encryption configuration and token, which may have changed since
 // (--secrets-encryption, a key or token rotation by an earlier kone); one of several follows the
-// cluster's (follower), but cannot turn encryption on or off for the others.
-func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interface) error {
+// cluster's (follower), but cannot turn encryption on or off for the others. A token that was
+// deleted is never published: the others would take a token that joins nothing.
+func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interface, tokenUsable bool) error {
 	data := map[string][]byte{}
 	for key, path := range b.shared {
 		content, err := os.ReadFile(path)
@@ -119,11 +120,16 @@ func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interfa
 		}
 		data[key] = content
 	}
-	data[join.ServerTokenKey] = []byte(b.tok.String() + "\n")
 	var replace []string
 	alone := b.alone()
 	if alone {
-		replace = []string{join.EncryptionConfigKey, join.ServerTokenKey}
+		replace = append(replace, join.EncryptionConfigKey)
+	}
+	if tokenUsable {
+		data[join.ServerTokenKey] = []byte(b.tok.String() + "\n")
+		if alone {
+			replace = append(replace, join.ServerTokenKey)
+		}
 	}
 	stored, err := join.PublishServerData(ctx, cs, data, replace...)
 	if err != nil || alone {

@@ -10,11 +10,13 @@ import (
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+	bootstraputil "k8s.io/cluster-bootstrap/token/util"
 
 	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/join"
@@ -39,7 +41,8 @@ func newFollower(cs kubernetes.Interface, encryptionConfig string, tokenFiles to
 
 func (f *follower) Name() string { return "server data follower" }
 
-// Ready at once: a server's files are in step when it starts (bootstrap publishes or checks them).
+// Ready at once: a server starts with its own files, which it follows to the cluster's within
+// seconds.
 func (f *follower) Ready(context.Context) error { return nil }
 
 // followResync is how often the follower looks again at data it could not take: the
@@ -55,7 +58,7 @@ func (f *follower) Run(ctx context.Context) error {
 	informer := factory.Core().V1().Secrets().Informer()
 	take := func(obj any) {
 		if s, ok := obj.(*corev1.Secret); ok {
-			f.take(s.Data)
+			f.take(ctx, s.Data)
 		}
 	}
 	if _, err := informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -71,11 +74,11 @@ func (f *follower) Run(ctx context.Context) error {
 }
 
 // take writes the cluster's configuration and token where they differ from this server's.
-func (f *follower) take(data map[string][]byte) {
+func (f *follower) take(ctx context.Context, data map[string][]byte) {
 	if err := f.takeEncryption(data[join.EncryptionConfigKey]); err != nil {
 		f.log.WithError(err).Warn("cannot take the cluster's secrets-encryption configuration; trying again")
 	}
-	if err := f.takeToken(data[join.ServerTokenKey]); err != nil {
+	if err := f.takeToken(ctx, data[join.ServerTokenKey]); err != nil {
 		f.log.WithError(err).Warn("cannot take the cluster's server token; trying again")
 	}
 }
@@ -100,11 +103,24 @@ func (f *follower) takeEncryption(theirs []byte) error {
 	return nil
 }
 
-func (f *follower) takeToken(theirs []byte) error {
+func (f *follower) takeToken(ctx context.Context, theirs []byte) error {
 	if len(theirs) == 0 || sameFile(f.token.Token, theirs) {
 		return nil
 	}
 	t, err := token.Parse(string(theirs))
+	if err != nil {
+		return fmt.Errorf("the cluster's server token: %w", err)
+	}
+	// Never back to a token that a rotation here replaced (the cache can lag behind it), nor to
+	// one that joins nothing: a stale server may have published it.
+	if f.token.WasSuperseded(t.ID) {
+		return nil
+	}
+	_, err = f.cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, bootstraputil.BootstrapTokenSecretName(t.ID), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		f.log.WithField("token", t.ID).Debug("the cluster's server token was deleted; this server keeps its own")
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("the cluster's server token: %w", err)
 	}

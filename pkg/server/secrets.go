@@ -1,11 +1,13 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
 	"strings"
 	"time"
@@ -110,24 +112,35 @@ func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) err
 	if err != nil {
 		return err
 	}
+	// A rotation starts from the cluster's configuration, and each step replaces the one before
+	// it: a rotation run on another server meanwhile makes this one stop, not both win.
+	prev, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	cluster, err := join.FetchServerData(ctx, cs)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(cluster[join.EncryptionConfigKey], prev) {
+		return errors.New("this server's secrets-encryption configuration is not the cluster's yet (a rotation on another server is under way, or this server has yet to follow one): try again in a minute")
+	}
 	// Each step is published to every server and waited for; stopped half-way, every Secret
 	// still reads everywhere, and a new rotation starts from where this one stopped.
-	publish := func(c encryption.Config, wait bool) error {
+	publish := func(c encryption.Config) error {
 		data, err := c.Bytes()
 		if err != nil {
 			return err
 		}
-		if err := join.ReplaceServerData(ctx, cs, join.EncryptionConfigKey, data); err != nil {
-			return err
+		if err := join.ReplaceServerData(ctx, cs, join.EncryptionConfigKey, data, func(stored []byte) bool { return bytes.Equal(stored, prev) }); err != nil {
+			return fmt.Errorf("secrets-encryption configuration: %w", err)
 		}
+		prev = data
 		if err := encryption.WriteFile(path, data); err != nil {
 			return err
 		}
-		if !wait {
-			return nil
-		}
 		if err := waitForConfig(ctx, admin, apiservers, encryption.Hash(data)); err != nil {
-			return fmt.Errorf("%w; the old keys are kept, so every Secret still reads", err)
+			return fmt.Errorf("%w; every Secret still reads, and rotate-keys goes on from this step when run again", err)
 		}
 		return nil
 	}
@@ -138,12 +151,12 @@ func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) err
 	key := next.Writer()
 	fmt.Fprintf(w, "Waiting for %d apiservers to load each step (each reads its configuration once a minute)\n", len(apiservers))
 	if len(apiservers) > 1 {
-		if err := publish(next.WithReader(), true); err != nil {
+		if err := publish(next.WithReader()); err != nil {
 			return err
 		}
 		fmt.Fprintf(w, "Every server reads with the new key %s\n", key)
 	}
-	if err := publish(next, true); err != nil {
+	if err := publish(next); err != nil {
 		return err
 	}
 	fmt.Fprintf(w, "Every server writes with %s\n", key)
@@ -165,10 +178,19 @@ func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) err
 			return fmt.Errorf("%d Secrets are still not stored with %s after three rewrites; the old keys are kept", sumOf(stored)-stored[key], key)
 		}
 	}
+	// A server that joined meanwhile may have started with the old writer, and would store
+	// Secrets that only the old keys read.
+	now, err := everyAPIServer(ctx, cs, store)
+	if err != nil {
+		return err
+	}
+	if !slices.Equal(sorted(now), sorted(apiservers)) {
+		return fmt.Errorf("the cluster's servers changed during the rotation (%s, now %s): every Secret reads with %s, but the old keys are kept; run rotate-keys again to retire them",
+			strings.Join(apiservers, ", "), strings.Join(now, ", "), key)
+	}
 	retired := next.KeyNames()[1:]
 	next.Keys = next.Keys[:1]
-	// Not waited for: no Secret needs the old keys any more.
-	if err := publish(next, false); err != nil {
+	if err := publish(next); err != nil {
 		return err
 	}
 	if err := pki.WriteFile(cfg.EncryptionDone(), []byte(key+"\n"), 0o600); err != nil {
@@ -253,6 +275,12 @@ func loadedConfig(metrics []byte, hash string) bool {
 		}
 	}
 	return false
+}
+
+func sorted(s []string) []string {
+	s = slices.Clone(s)
+	slices.Sort(s)
+	return s
 }
 
 func sumOf(counts map[string]int) int {

@@ -64,18 +64,18 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	if err != nil {
 		return err
 	}
+	files := sharedFiles(cfg, ca)
+	for key := range files {
+		if len(data[key]) == 0 {
+			return fmt.Errorf("the server data of %s lacks %s; is every server of the cluster running this kone version?", cfg.Server, key)
+		}
+	}
 	secrets, err := encryption.Parse(data[join.EncryptionConfigKey], "of the cluster")
 	if err != nil {
 		return err
 	}
 	if err := sameSettings(clusterSettings(cfg), theirs, cfg.SecretsEncryption, secrets.Enabled); err != nil {
 		return err
-	}
-	files := sharedFiles(cfg, ca)
-	for key := range files {
-		if len(data[key]) == 0 {
-			return fmt.Errorf("the server data of %s lacks %s; is every server of the cluster running this kone version?", cfg.Server, key)
-		}
 	}
 	if string(data["server-ca.crt"]) != string(caPEM) {
 		return fmt.Errorf("the server data of %s holds another CA than the one the token pins; is something intercepting the connection?", cfg.Server)
@@ -130,8 +130,9 @@ func sameSettings(ours, theirs join.Settings, ourSecrets, theirSecrets bool) err
 		{"--https-listen-port", fmt.Sprint(ours.APIServerPort), fmt.Sprint(theirs.APIServerPort)},
 		{"--secrets-encryption", fmt.Sprint(ourSecrets), fmt.Sprint(theirSecrets)},
 	} {
-		// A setting the cluster's kone did not publish yet cannot differ.
-		if d.ours != d.theirs && d.theirs != "0" {
+		// A kone before this one did not publish its port.
+		unpublished := d.flag == "--https-listen-port" && d.theirs == "0"
+		if d.ours != d.theirs && !unpublished {
 			diffs = append(diffs, fmt.Sprintf("%s is %s here but %s in the cluster", d.flag, d.ours, d.theirs))
 		}
 	}

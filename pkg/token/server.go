@@ -76,10 +76,11 @@ func (f ServerFiles) Publish(ctx context.Context, cs kubernetes.Interface, t Tok
 	return true, pki.WriteFile(f.Published, []byte(t.ID+"\n"), 0o600)
 }
 
-// Rotate gives the server a new token: it creates it in the cluster, writes it to the token file
-// and deletes the old one, after which the old token joins nothing. Nodes that have joined keep
-// their own credentials. caPEM is the cluster CA the new token pins.
-func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM []byte, now time.Time) (Token, error) {
+// Rotate gives the server a new token: it creates it in the cluster, has publish give it to
+// every server, writes it to the token file and deletes the old one, after which the old token
+// joins nothing. Nodes that have joined keep their own credentials. caPEM is the cluster CA the
+// new token pins.
+func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM []byte, now time.Time, publish func(old, new Token) error) (Token, error) {
 	data, err := os.ReadFile(f.Token)
 	if err != nil {
 		return Token{}, fmt.Errorf("the server's token file: %w; run this on a server, or give its --data-dir", err)
@@ -98,11 +99,18 @@ func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM 
 	if err != nil {
 		return Token{}, err
 	}
-	// Recorded first: whatever happens next, the old token is deleted by the next start at the latest.
-	if err := f.Supersede(old.ID); err != nil {
+	if err := Create(ctx, cs, t, serverOptions(), now); err != nil {
 		return Token{}, err
 	}
-	if err := Create(ctx, cs, t, serverOptions(), now); err != nil {
+	// Published before any file here changes: a rotation that every server cannot follow
+	// changes nothing, and what a server follows never goes back to the old token.
+	if err := publish(old, t); err != nil {
+		_ = cs.CoreV1().Secrets(metav1.NamespaceSystem).Delete(context.WithoutCancel(ctx), bootstraputil.BootstrapTokenSecretName(t.ID), metav1.DeleteOptions{})
+		return Token{}, fmt.Errorf("give the new token to every server: %w; nothing changed", err)
+	}
+	// Recorded before the files change: whatever happens next, the old token is deleted by the
+	// next start at the latest, and never taken back.
+	if err := f.Supersede(old.ID); err != nil {
 		return Token{}, err
 	}
 	if err := pki.WriteFile(f.Token, []byte(t.String()+"\n"), 0o600); err != nil {

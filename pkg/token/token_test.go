@@ -10,6 +10,8 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
+	"fmt"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -267,9 +269,30 @@ func TestServerToken(t *testing.T) {
 		t.Fatalf("after an unrecorded publish: usable %v, %v", usable, err)
 	}
 
-	rotated, err := files.Rotate(ctx, cs, caPEM, time.Now())
+	// A rotation the cluster's servers cannot follow changes nothing.
+	refuse := func(Token, Token) error { return errors.New("another server changed it") }
+	if _, err := files.Rotate(ctx, cs, caPEM, time.Now(), refuse); err == nil || !strings.Contains(err.Error(), "nothing changed") {
+		t.Errorf("a rotation that could not be published: %v", err)
+	}
+	if data, _ := os.ReadFile(files.Token); strings.TrimSpace(string(data)) != tok.String() || files.WasSuperseded(tok.ID) {
+		t.Error("a rotation that could not be published changed the token file or retired the token")
+	}
+	if all, err := cs.CoreV1().Secrets("kube-system").List(ctx, metav1.ListOptions{}); err != nil || len(all.Items) != 1 {
+		t.Errorf("a rotation that could not be published left Secrets behind: %v, %v", all, err)
+	}
+	var published Token
+	rotated, err := files.Rotate(ctx, cs, caPEM, time.Now(), func(old, t Token) error {
+		if old.ID != tok.ID {
+			return fmt.Errorf("published as replacing %s", old.ID)
+		}
+		published = t
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if published.ID != rotated.ID {
+		t.Errorf("published %q, rotated to %q", published.ID, rotated.ID)
 	}
 	if rotated.ID == tok.ID || rotated.CheckCA(caPEM) != nil {
 		t.Fatalf("rotated token %s does not replace %s, or does not pin the CA", rotated.ID, tok.ID)
@@ -294,7 +317,7 @@ func TestServerToken(t *testing.T) {
 		t.Errorf("the replaced token survives the next start: %v", err)
 	}
 	otherCA, _ := testCA(t)
-	if _, err := files.Rotate(ctx, cs, otherCA, time.Now()); err == nil || !strings.Contains(err.Error(), "does not belong to the cluster") {
+	if _, err := files.Rotate(ctx, cs, otherCA, time.Now(), func(Token, Token) error { return nil }); err == nil || !strings.Contains(err.Error(), "does not belong to the cluster") {
 		t.Errorf("rotate against another cluster's CA: %v", err)
 	}
 	if data, _ := os.ReadFile(files.Token); strings.TrimSpace(string(data)) != rotated.String() {
