@@ -111,6 +111,15 @@ func (f *follower) takeToken(ctx context.Context, theirs []byte) error {
 	if err != nil {
 		return fmt.Errorf("the cluster's server token: %w", err)
 	}
+	unlock, err := f.token.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	// Written meanwhile by a rotation on this machine, which holds the lock while it writes.
+	if sameFile(f.token.Token, theirs) {
+		return nil
+	}
 	// Never back to a token that a rotation here replaced (the cache can lag behind it), nor to
 	// one that joins nothing: a stale server may have published it.
 	if f.token.WasSuperseded(t.ID) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -27,6 +28,21 @@ func serverOptions() Options { return Options{Description: ServerDescription, Se
 // id of the token the server has published to the cluster, so that a server token deleted on
 // purpose is not created again at the next start, and the ids of the tokens Rotate replaced.
 type ServerFiles struct{ Token, Published, Superseded string }
+
+// Lock serialises changes to the token files: `kone token rotate` and the running server's
+// follower of the cluster's token write the same files, and a write that meets another's
+// temporary file takes it for the leftover of a killed write. It waits for the other.
+func (f ServerFiles) Lock() (unlock func(), err error) {
+	l, err := os.OpenFile(f.Token+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock the server's token files: %w", err)
+	}
+	if err := unix.Flock(int(l.Fd()), unix.LOCK_EX); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("lock the server's token files: %w", err)
+	}
+	return func() { l.Close() }, nil
+}
 
 // WasSuperseded reports whether Rotate replaced the token with this id.
 func (f ServerFiles) WasSuperseded(id string) bool {
@@ -81,6 +97,11 @@ func (f ServerFiles) Publish(ctx context.Context, cs kubernetes.Interface, t Tok
 // joins nothing. Nodes that have joined keep their own credentials. caPEM is the cluster CA the
 // new token pins.
 func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM []byte, now time.Time, publish func(old, new Token) error) (Token, error) {
+	unlock, err := f.Lock()
+	if err != nil {
+		return Token{}, err
+	}
+	defer unlock()
 	data, err := os.ReadFile(f.Token)
 	if err != nil {
 		return Token{}, fmt.Errorf("the server's token file: %w; run this on a server, or give its --data-dir", err)
