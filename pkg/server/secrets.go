@@ -184,7 +184,7 @@ func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) err
 	if err != nil {
 		return err
 	}
-	if !slices.Equal(sorted(now), sorted(apiservers)) {
+	if !slices.Equal(slices.Sorted(slices.Values(now)), slices.Sorted(slices.Values(apiservers))) {
 		return fmt.Errorf("the cluster's servers changed during the rotation (%s, now %s): every Secret reads with %s, but the old keys are kept; run rotate-keys again to retire them",
 			strings.Join(apiservers, ", "), strings.Join(now, ", "), key)
 	}
@@ -275,12 +275,6 @@ func loadedConfig(metrics []byte, hash string) bool {
 		}
 	}
 	return false
-}
-
-func sorted(s []string) []string {
-	s = slices.Clone(s)
-	slices.Sort(s)
-	return s
 }
 
 func sumOf(counts map[string]int) int {
