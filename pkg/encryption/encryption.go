@@ -22,11 +22,11 @@ import (
 	"strconv"
 	"strings"
 
-	"golang.org/x/sys/unix"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	apiserverv1 "k8s.io/apiserver/pkg/apis/apiserver/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/kone-dev/kone/pkg/datadir"
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
@@ -99,15 +99,14 @@ func Parse(data []byte, source string) (Config, error) {
 // rotation: two of them interleaved could drop a key that the other has made the writer. It
 // does not wait; unlock releases it, and so does the process's end.
 func Lock(path string) (unlock func(), err error) {
-	f, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock the secrets encryption configuration: %w", err)
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
+	unlock, err = datadir.LockFile(path+".lock", false)
+	if errors.Is(err, datadir.ErrBusy) {
 		return nil, fmt.Errorf("the secrets encryption configuration %s is being changed (a `kone secrets-encrypt rotate-keys` is running): wait for it to finish", path)
 	}
-	return func() { f.Close() }, nil
+	if err != nil {
+		return nil, fmt.Errorf("the secrets encryption configuration: %w", err)
+	}
+	return unlock, nil
 }
 
 // Ensure makes sure path holds kone's configuration with encryption on or off: the first time

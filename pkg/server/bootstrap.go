@@ -126,7 +126,7 @@ func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interfa
 		replace = append(replace, join.EncryptionConfigKey)
 	}
 	if tokenUsable {
-		data[join.ServerTokenKey] = []byte(b.tok.String() + "\n")
+		data[join.ServerTokenKey] = b.tok.File()
 		if alone {
 			replace = append(replace, join.ServerTokenKey)
 		}

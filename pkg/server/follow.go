@@ -20,7 +20,6 @@ import (
 
 	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/join"
-	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -104,12 +103,15 @@ func (f *follower) takeEncryption(theirs []byte) error {
 }
 
 func (f *follower) takeToken(ctx context.Context, theirs []byte) error {
-	if len(theirs) == 0 || sameFile(f.token.Token, theirs) {
+	if len(theirs) == 0 {
 		return nil
 	}
 	t, err := token.Parse(string(theirs))
 	if err != nil {
 		return fmt.Errorf("the cluster's server token: %w", err)
+	}
+	if sameFile(f.token.Token, t.File()) {
+		return nil
 	}
 	unlock, err := f.token.Lock()
 	if err != nil {
@@ -117,7 +119,7 @@ func (f *follower) takeToken(ctx context.Context, theirs []byte) error {
 	}
 	defer unlock()
 	// Written meanwhile by a rotation on this machine, which holds the lock while it writes.
-	if sameFile(f.token.Token, theirs) {
+	if sameFile(f.token.Token, t.File()) {
 		return nil
 	}
 	// Never back to a token that a rotation here replaced (the cache can lag behind it), nor to
@@ -135,18 +137,13 @@ func (f *follower) takeToken(ctx context.Context, theirs []byte) error {
 	}
 	// The token it replaces is recorded as `kone token rotate` records it on its own server: a
 	// restart that still gives it as --token is then told to update it, not refused.
+	var old string
 	if ours, err := os.ReadFile(f.token.Token); err == nil {
-		if old, err := token.Parse(string(ours)); err == nil {
-			if err := f.token.Supersede(old.ID); err != nil {
-				return err
-			}
+		if o, err := token.Parse(string(ours)); err == nil && o.ID != t.ID {
+			old = o.ID
 		}
 	}
-	if err := pki.WriteFile(f.token.Token, theirs, 0o600); err != nil {
-		return err
-	}
-	// Published with it: this server must not create it again at its next start once deleted.
-	if err := pki.WriteFile(f.token.Published, []byte(t.ID+"\n"), 0o600); err != nil {
+	if err := f.token.Replace(old, t); err != nil {
 		return err
 	}
 	f.log.WithField("token", t.ID).Info("took the cluster's server token")

@@ -100,7 +100,7 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	if err != nil {
 		return fmt.Errorf("the server token: %w", err)
 	}
-	if err := pki.WriteFile(cfg.ServerToken().Token, []byte(pinned.String()+"\n"), 0o600); err != nil {
+	if err := pki.WriteFile(cfg.ServerToken().Token, pinned.File(), 0o600); err != nil {
 		return err
 	}
 	if err := pki.WriteFile(cfg.ServerToken().Published, []byte(tok.ID+"\n"), 0o600); err != nil {

@@ -58,7 +58,7 @@ func loadToken(files token.ServerFiles, given, caFile string, log *logrus.Logger
 	if want, err = want.WithCA(caPEM); err != nil {
 		return token.Token{}, err
 	}
-	if err := pki.WriteFile(path, []byte(want.String()+"\n"), 0o600); err != nil {
+	if err := pki.WriteFile(path, want.File(), 0o600); err != nil {
 		return token.Token{}, err
 	}
 	return want, nil

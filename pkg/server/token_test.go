@@ -53,7 +53,7 @@ func TestLoadToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(files.Token, []byte(rotated.String()+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(files.Token, rotated.File(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	got, err := loadToken(files, "abcdef.0123456789abcdef", ca.CertFile, log)

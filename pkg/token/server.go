@@ -9,12 +9,12 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
 
+	"github.com/kone-dev/kone/pkg/datadir"
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
@@ -33,15 +33,11 @@ type ServerFiles struct{ Token, Published, Superseded string }
 // follower of the cluster's token write the same files, and a write that meets another's
 // temporary file takes it for the leftover of a killed write. It waits for the other.
 func (f ServerFiles) Lock() (unlock func(), err error) {
-	l, err := os.OpenFile(f.Token+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	unlock, err = datadir.LockFile(f.Token+".lock", true)
 	if err != nil {
-		return nil, fmt.Errorf("lock the server's token files: %w", err)
+		return nil, fmt.Errorf("the server's token files: %w", err)
 	}
-	if err := unix.Flock(int(l.Fd()), unix.LOCK_EX); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("lock the server's token files: %w", err)
-	}
-	return func() { l.Close() }, nil
+	return unlock, nil
 }
 
 // WasSuperseded reports whether Rotate replaced the token with this id.
@@ -129,15 +125,7 @@ func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM 
 		_ = cs.CoreV1().Secrets(metav1.NamespaceSystem).Delete(context.WithoutCancel(ctx), bootstraputil.BootstrapTokenSecretName(t.ID), metav1.DeleteOptions{})
 		return Token{}, fmt.Errorf("give the new token to every server: %w; nothing changed", err)
 	}
-	// Recorded before the files change: whatever happens next, the old token is deleted by the
-	// next start at the latest, and never taken back.
-	if err := f.Supersede(old.ID); err != nil {
-		return Token{}, err
-	}
-	if err := pki.WriteFile(f.Token, []byte(t.String()+"\n"), 0o600); err != nil {
-		return Token{}, err
-	}
-	if err := pki.WriteFile(f.Published, []byte(t.ID+"\n"), 0o600); err != nil {
+	if err := f.Replace(old.ID, t); err != nil {
 		return Token{}, err
 	}
 	err = cs.CoreV1().Secrets(metav1.NamespaceSystem).Delete(ctx, bootstraputil.BootstrapTokenSecretName(old.ID), metav1.DeleteOptions{})
@@ -145,4 +133,22 @@ func (f ServerFiles) Rotate(ctx context.Context, cs kubernetes.Interface, caPEM 
 		return Token{}, fmt.Errorf("the new token is in %s, but the old one (%s) is not deleted yet: %w; delete it with `kone token delete %s`", f.Token, old.ID, err, old.ID)
 	}
 	return t, nil
+}
+
+// Replace makes t the server's token in place of the token with id old (none if empty), as
+// `kone token rotate` does on its own server and the other servers do when they follow it. The
+// caller holds Lock.
+func (f ServerFiles) Replace(old string, t Token) error {
+	// Recorded before the files change: whatever happens next, the old token is deleted by the
+	// next start at the latest, and never taken back.
+	if old != "" {
+		if err := f.Supersede(old); err != nil {
+			return err
+		}
+	}
+	if err := pki.WriteFile(f.Token, t.File(), 0o600); err != nil {
+		return err
+	}
+	// Published with it: once deleted, the token is not created again at the next start.
+	return pki.WriteFile(f.Published, []byte(t.ID+"\n"), 0o600)
 }

@@ -100,6 +100,9 @@ func (t Token) String() string {
 	return prefix + t.CAHash + separator + t.Bootstrap()
 }
 
+// File is the token as a token file holds it, and as servers publish it to each other.
+func (t Token) File() []byte { return []byte(t.String() + "\n") }
+
 // WithCA returns t pinned to the CA certificate in caPEM.
 func (t Token) WithCA(caPEM []byte) (Token, error) {
 	hash, err := CAHash(caPEM)

@@ -212,7 +212,7 @@ func TestServerToken(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(files.Token, []byte(tok.String()+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(files.Token, tok.File(), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	secretOf := func(id string) error {
