@@ -306,33 +306,38 @@ func (m *Members) checkPeerCert(peer string, certPEM []byte) error {
 // takes one learner at a time.
 func (m *Members) removeOrphans(ctx context.Context, requests []*corev1.ConfigMap) {
 	s := m.store.server.Server
+	var orphans []*membership.Member
 	for _, member := range s.Cluster().Members() {
-		if !member.IsLearner || member.Name != "" {
-			continue
+		if member.IsLearner && member.Name == "" && !askedFor(member, requests) {
+			orphans = append(orphans, member)
 		}
-		asked := func(requests []*corev1.ConfigMap) bool {
-			return slices.ContainsFunc(requests, func(r *corev1.ConfigMap) bool { return slices.Contains(member.PeerURLs, r.Data[peerURLKey]) })
-		}
-		if asked(requests) {
-			continue
-		}
-		// This server's cache may not have the request yet that another server just added the
-		// learner for: only the apiserver's own answer removes it.
-		live, err := m.cs.CoreV1().ConfigMaps(requestNamespace).List(ctx, metav1.ListOptions{LabelSelector: requestLabel})
-		if err != nil {
-			continue
-		}
-		current := make([]*corev1.ConfigMap, len(live.Items))
-		for i := range live.Items {
-			current[i] = &live.Items[i]
-		}
-		if asked(current) {
+	}
+	if len(orphans) == 0 {
+		return
+	}
+	// This server's cache may not have the request yet that another server just added the
+	// learner for: only the apiserver's own answer removes it.
+	live, err := m.cs.CoreV1().ConfigMaps(requestNamespace).List(ctx, metav1.ListOptions{LabelSelector: requestLabel})
+	if err != nil {
+		return
+	}
+	current := make([]*corev1.ConfigMap, len(live.Items))
+	for i := range live.Items {
+		current[i] = &live.Items[i]
+	}
+	for _, member := range orphans {
+		if askedFor(member, current) {
 			continue
 		}
 		if _, err := s.RemoveMember(ctx, uint64(member.ID)); err == nil {
 			m.log.WithField("peer", member.PeerURLs).Info("removed an etcd learner that never started and that no server asks for")
 		}
 	}
+}
+
+// askedFor reports whether one of the membership requests asks for member's peer URL.
+func askedFor(member *membership.Member, requests []*corev1.ConfigMap) bool {
+	return slices.ContainsFunc(requests, func(r *corev1.ConfigMap) bool { return slices.Contains(member.PeerURLs, r.Data[peerURLKey]) })
 }
 
 // InitialCluster is etcd's initial-cluster setting for the member at peer, named name, that
