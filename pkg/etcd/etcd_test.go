@@ -2,6 +2,7 @@ package etcd
 
 import (
 	"crypto/x509"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -14,6 +15,9 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.etcd.io/etcd/server/v3/etcdserver/api/membership"
+	"go.etcd.io/etcd/server/v3/storage/backend"
+	"go.etcd.io/etcd/server/v3/storage/schema"
+	"go.uber.org/zap"
 
 	"github.com/kone-dev/kone/pkg/pki"
 )
@@ -169,5 +173,49 @@ func TestCheckPeerCert(t *testing.T) {
 		if err := m.checkPeerCert(c.peer, c.cert); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// A database that compaction left mostly empty is defragmented, and one that is not is left.
+func TestDefragIfBloated(t *testing.T) {
+	b := backend.NewDefaultBackend(zap.NewNop(), filepath.Join(t.TempDir(), "db"))
+	defer b.Close()
+	value := []byte(strings.Repeat("x", 1024))
+	write := func(f func(tx backend.BatchTx, key []byte)) {
+		tx := b.BatchTx()
+		tx.LockOutsideApply()
+		tx.UnsafeCreateBucket(schema.Key)
+		for i := range 20000 {
+			f(tx, fmt.Appendf(nil, "key-%06d", i))
+		}
+		tx.Unlock()
+		b.ForceCommit()
+	}
+	write(func(tx backend.BatchTx, key []byte) { tx.UnsafePut(schema.Key, key, value) })
+	log, hook := logtest.NewNullLogger()
+	full := b.Size()
+	if err := defragIfBloated(b, log); err != nil || b.Size() != full || len(hook.AllEntries()) != 0 {
+		t.Fatalf("a database in use was defragmented: %d -> %d bytes, %v", full, b.Size(), err)
+	}
+	write(func(tx backend.BatchTx, key []byte) { tx.UnsafeDelete(schema.Key, key) })
+	// Pages freed by a commit are counted free once no reader holds them: at the writes after.
+	for i := range 2 {
+		tx := b.BatchTx()
+		tx.LockOutsideApply()
+		tx.UnsafePut(schema.Key, fmt.Appendf(nil, "after-%d", i), value)
+		tx.Unlock()
+		b.ForceCommit()
+	}
+	if b.Size() <= 2*b.SizeInUse() {
+		t.Fatalf("deleting every key left %d bytes in use of %d: the test cannot see a defragmentation", b.SizeInUse(), b.Size())
+	}
+	if err := defragIfBloated(b, log); err != nil {
+		t.Fatal(err)
+	}
+	if b.Size() > full/4 {
+		t.Errorf("after defragmentation the file is %d bytes of %d before", b.Size(), full)
+	}
+	if e := hook.LastEntry(); e == nil || e.Data["reclaimed"] == nil {
+		t.Errorf("the space reclaimed is not logged: %v", e)
 	}
 }
