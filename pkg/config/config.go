@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/kone-dev/kone/pkg/args"
+	"github.com/kone-dev/kone/pkg/snapshot"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -57,6 +58,13 @@ type Config struct {
 	EtcdArgs              []string
 
 	DisableAgent bool
+
+	// Snapshots of etcd, with k3s's flags: where they go (empty: SnapshotDir's default), when
+	// they are taken and how many scheduled ones are kept.
+	EtcdSnapshotDir       string
+	EtcdSnapshotCron      string
+	EtcdSnapshotRetention int
+	EtcdDisableSnapshots  bool
 
 	// SecretsEncryption encrypts Secrets in etcd (on by default; k3s has it off).
 	SecretsEncryption bool
@@ -150,6 +158,10 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.Var(&argsValue{p: &c.ControllerManagerArgs}, "kube-controller-manager-arg", "extra kube-controller-manager flag as key=value (repeatable)")
 	fs.Var(&argsValue{p: &c.SchedulerArgs}, "kube-scheduler-arg", "extra kube-scheduler flag as key=value (repeatable)")
 	fs.Var(&argsValue{p: &c.EtcdArgs}, "etcd-arg", "extra etcd setting as key=value, keys as in etcd's config file (repeatable)")
+	fs.StringVar(&c.EtcdSnapshotDir, "etcd-snapshot-dir", "", "directory of etcd snapshots (default: <data-dir>/server/db/snapshots)")
+	fs.StringVar(&c.EtcdSnapshotCron, "etcd-snapshot-schedule-cron", "0 */12 * * *", "when to snapshot etcd, as a cron expression (five fields, or six with seconds first)")
+	fs.IntVar(&c.EtcdSnapshotRetention, "etcd-snapshot-retention", 5, "number of scheduled etcd snapshots to keep")
+	fs.BoolVar(&c.EtcdDisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled etcd snapshots")
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
 	fs.BoolVar(&c.SecretsEncryption, "secrets-encryption", true, "encrypt Secrets in etcd (false: store new ones in plain text; encrypted ones stay readable)")
 	fs.StringSliceVar(&c.PodSecurityExempt, "pod-security-exempt-namespace", []string{"kube-system"}, "namespace that --profile=cis leaves out of Pod Security's restricted level (repeatable)")
@@ -386,6 +398,15 @@ func (c *Config) validate() error {
 			return errors.New("--server without --token: a server joins with the cluster's server token, in server/token of the data dir of one of its servers")
 		}
 	}
+	if _, err := snapshot.ParseSchedule(c.EtcdSnapshotCron); err != nil {
+		return err
+	}
+	if c.EtcdSnapshotRetention < 1 {
+		return fmt.Errorf("--etcd-snapshot-retention %d: keep at least one snapshot (--etcd-disable-snapshots takes none)", c.EtcdSnapshotRetention)
+	}
+	if c.EtcdSnapshotDir != "" && !filepath.IsAbs(c.EtcdSnapshotDir) {
+		return fmt.Errorf("--etcd-snapshot-dir %q: expected an absolute path", c.EtcdSnapshotDir)
+	}
 	if !slices.Contains(flannelBackends, c.FlannelBackend) {
 		return fmt.Errorf("--flannel-backend %q: expected one of %s", c.FlannelBackend, strings.Join(flannelBackends, ", "))
 	}
@@ -497,6 +518,14 @@ func (c *Config) EncryptionConfig() string {
 }
 func (c *Config) EncryptionDone() string {
 	return filepath.Join(c.ServerDir(), "cred", "encryption-done")
+}
+
+// SnapshotDir is where etcd snapshots are saved.
+func (c *Config) SnapshotDir() string {
+	if c.EtcdSnapshotDir != "" {
+		return c.EtcdSnapshotDir
+	}
+	return filepath.Join(c.ServerDir(), "db", "snapshots")
 }
 
 // EtcdURL is where the server's etcd serves its clients.

@@ -51,7 +51,9 @@ func TestDefaults(t *testing.T) {
 	if c.ClusterCIDR.String() != "10.42.0.0/16" || c.ServiceCIDR.String() != "10.43.0.0/16" ||
 		c.ClusterDNS.String() != "10.43.0.10" || c.ClusterDomain != "cluster.local" ||
 		c.HTTPSPort != 6443 || c.DataDir != "/var/lib/kone" || c.WriteKubeconfig != "/etc/kone/kone.yaml" ||
-		c.WriteKubeconfigMode != 0o600 || c.BindAddress.String() != "0.0.0.0" {
+		c.WriteKubeconfigMode != 0o600 || c.BindAddress.String() != "0.0.0.0" ||
+		c.EtcdSnapshotCron != "0 */12 * * *" || c.EtcdSnapshotRetention != 5 || c.EtcdDisableSnapshots ||
+		c.SnapshotDir() != "/var/lib/kone/server/db/snapshots" {
 		t.Fatalf("unexpected defaults: %+v", c)
 	}
 }
@@ -147,6 +149,9 @@ func TestErrors(t *testing.T) {
 		{name: "bad domain", args: []string{"--cluster-domain", "Bad_Domain"}, want: []string{"--cluster-domain", "DNS name"}},
 		{name: "bad token", args: []string{"--token", "short"}, want: []string{"--token", "too short"}},
 		{name: "same ports", args: []string{"--etcd-client-port", "6443"}, want: []string{"must all differ"}},
+		{name: "bad snapshot schedule", file: "etcd-snapshot-schedule-cron: every day\n", want: []string{"--etcd-snapshot-schedule-cron", "every day", "0 */12 * * *"}},
+		{name: "no snapshots kept", args: []string{"--etcd-snapshot-retention", "0"}, want: []string{"--etcd-snapshot-retention", "--etcd-disable-snapshots"}},
+		{name: "relative snapshot dir", args: []string{"--etcd-snapshot-dir", "snaps"}, want: []string{"--etcd-snapshot-dir", "absolute"}},
 		{name: "bad san", args: []string{"--tls-san", "a b"}, want: []string{"--tls-san", "neither"}},
 		{name: "join without token", args: []string{"--server", "https://10.0.0.1:6443"}, want: []string{"--server without --token", "server token"}},
 		{name: "join no URL", args: []string{"--server", "10.0.0.1", "--token", "abcdef.0123456789abcdef"}, want: []string{"--server", "expected the server's URL"}},

@@ -60,3 +60,24 @@ func (c Client) Servers(ctx context.Context) (voters, learners []string, err err
 	}
 	return voters, learners, nil
 }
+
+// MemberName is the name of the member the client reaches: the server's node name, which a
+// command run beside the server may not be given.
+func (c Client) MemberName(ctx context.Context, cli *clientv3.Client) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	status, err := cli.Status(ctx, c.URL)
+	if err != nil {
+		return "", fmt.Errorf("etcd at %s: %w; is the server running?", c.URL, err)
+	}
+	members, err := cli.MemberList(ctx)
+	if err != nil {
+		return "", fmt.Errorf("list the etcd members at %s: %w", c.URL, err)
+	}
+	for _, m := range members.Members {
+		if m.ID == status.Header.MemberId && m.Name != "" {
+			return m.Name, nil
+		}
+	}
+	return "", fmt.Errorf("etcd at %s does not know its own member", c.URL)
+}

@@ -19,7 +19,6 @@ import (
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/encryption"
-	"github.com/kone-dev/kone/pkg/etcd"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/loadbalancer"
 	"github.com/kone-dev/kone/pkg/pki"
@@ -33,7 +32,7 @@ func adminConfig(cfg *config.Config, ca *pki.Cluster) *rest.Config {
 }
 
 func etcdOf(cfg *config.Config, ca *pki.Cluster) encryption.Etcd {
-	return encryption.Etcd{Client: etcd.Client{URL: cfg.EtcdURL(), CA: ca.EtcdServerCA, Cert: ca.APIServerEtcd}}
+	return encryption.Etcd{Client: etcdClient(cfg, ca)}
 }
 
 // SecretsStatus prints the keys of the running server on this machine and how its stored

@@ -36,6 +36,7 @@ import (
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/sdnotify"
+	"github.com/kone-dev/kone/pkg/snapshot"
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
 
@@ -192,6 +193,17 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),
 		elect(join.NewApprover(adminClient, log.Logger, servers, settler.Soon), "kone-join-approver"),
 		elect(cloud.NewController(adminClient), "kone-cloud-node-controller"),
+	}
+	if !cfg.EtcdDisableSnapshots {
+		saver, err := snapshotSaver(cfg, ca, self.Name, adminClient, log.Logger)
+		if err != nil {
+			return err
+		}
+		snapshots, err := snapshot.NewScheduler(saver, cfg.EtcdSnapshotCron, cfg.EtcdSnapshotRetention)
+		if err != nil {
+			return err
+		}
+		chain = append(chain, snapshots)
 	}
 	return node.Supervisor(log, notify).Run(ctx, append(chain, nodeSide...)...)
 }
