@@ -299,13 +299,13 @@ func WritePair(f File, certPEM, keyPEM []byte) error {
 	if err := WriteFile(next(f.Key), keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := syncDir(filepath.Dir(f.Key)); err != nil {
+	if err := SyncDir(filepath.Dir(f.Key)); err != nil {
 		return err
 	}
 	if err := WriteFile(next(f.Cert), certPEM, 0o644); err != nil {
 		return err
 	}
-	if err := syncDir(filepath.Dir(f.Cert)); err != nil {
+	if err := SyncDir(filepath.Dir(f.Cert)); err != nil {
 		return err
 	}
 	return RecoverPair(f)
@@ -328,11 +328,11 @@ func RecoverPair(f File) error {
 	if err := os.Rename(next(f.Cert), f.Cert); err != nil {
 		return fmt.Errorf("write %s: %w", f.Cert, err)
 	}
-	return syncDir(filepath.Dir(f.Cert))
+	return SyncDir(filepath.Dir(f.Cert))
 }
 
-// syncDir makes the renames in dir survive a power cut.
-func syncDir(dir string) error {
+// SyncDir makes the renames and links in dir survive a power cut.
+func SyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -363,7 +363,7 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(mode); err == nil {
+	if err = tmp.Chmod(mode); err == nil {
 		if _, err = tmp.Write(data); err == nil {
 			err = tmp.Sync()
 		}
