@@ -227,7 +227,7 @@ func (e *Etcd) Ready(ctx context.Context) error {
 		return err
 	}
 	// Before the apiserver starts: defragmentation stops every read and write while it runs.
-	if err := defragIfBloated(e.server.Server.Backend(), e.log); err != nil {
+	if err := defragIfBloated(e.server.Server.Backend(), e.server.Server.Defragment, e.log); err != nil {
 		return err
 	}
 	if e.server.Server.IsLearner() {
@@ -248,14 +248,15 @@ func (e *Etcd) Ready(ctx context.Context) error {
 // defragIfBloated defragments etcd's database when its file is more than twice the size it
 // uses. The apiserver compacts old revisions every five minutes, which frees pages inside the
 // file but never shrinks it; on flash, every byte of it is read at start, copied into each
-// snapshot and sent to a joining server.
-func defragIfBloated(b backend.Backend, log *logrus.Logger) error {
+// snapshot and sent to a joining server. defrag is the server's own, which keeps a snapshot
+// sent by the leader from replacing the backend meanwhile.
+func defragIfBloated(b backend.Backend, defrag func() error, log *logrus.Logger) error {
 	size, used := b.Size(), b.SizeInUse()
 	if size <= 2*used {
 		return nil
 	}
 	t0 := time.Now()
-	if err := b.Defrag(); err != nil {
+	if err := defrag(); err != nil {
 		return fmt.Errorf("etcd: defragment the database (%d bytes, %d in use): %w", size, used, err)
 	}
 	log.WithFields(logrus.Fields{"before": size, "after": b.Size(), "reclaimed": size - b.Size(), "took": time.Since(t0).Round(time.Millisecond)}).

@@ -194,7 +194,7 @@ func TestDefragIfBloated(t *testing.T) {
 	write(func(tx backend.BatchTx, key []byte) { tx.UnsafePut(schema.Key, key, value) })
 	log, hook := logtest.NewNullLogger()
 	full := b.Size()
-	if err := defragIfBloated(b, log); err != nil || b.Size() != full || len(hook.AllEntries()) != 0 {
+	if err := defragIfBloated(b, b.Defrag, log); err != nil || b.Size() != full || len(hook.AllEntries()) != 0 {
 		t.Fatalf("a database in use was defragmented: %d -> %d bytes, %v", full, b.Size(), err)
 	}
 	write(func(tx backend.BatchTx, key []byte) { tx.UnsafeDelete(schema.Key, key) })
@@ -209,7 +209,7 @@ func TestDefragIfBloated(t *testing.T) {
 	if b.Size() <= 2*b.SizeInUse() {
 		t.Fatalf("deleting every key left %d bytes in use of %d: the test cannot see a defragmentation", b.SizeInUse(), b.Size())
 	}
-	if err := defragIfBloated(b, log); err != nil {
+	if err := defragIfBloated(b, b.Defrag, log); err != nil {
 		t.Fatal(err)
 	}
 	if b.Size() > full/4 {
