@@ -56,14 +56,13 @@ func newEtcdSnapshotCommand() *cobra.Command {
 
 	del := onServer("delete NAME...", "Delete snapshots", cobra.MinimumNArgs(1),
 		func(c *cobra.Command, cfg *config.Config, names []string) error {
-			if err := snapshot.Dir(cfg.SnapshotDir()).Delete(names...); err != nil {
-				return err
-			}
-			// The API's list follows at once when the server runs, else at its next start.
-			if saver, err := server.Snapshots(c.Context(), cfg, log(c)); err == nil {
+			err := snapshot.Dir(cfg.SnapshotDir()).Delete(names...)
+			// Those that were deleted leave the API's list at once when the server runs, else at
+			// its next start.
+			if saver, serr := server.Snapshots(c.Context(), cfg, log(c)); serr == nil {
 				saver.Publish(c.Context())
 			}
-			return nil
+			return err
 		})
 	del.Aliases = []string{"rm"}
 

@@ -66,16 +66,13 @@ func (c Client) Servers(ctx context.Context) (voters, learners []string, err err
 func (c Client) MemberName(ctx context.Context, cli *clientv3.Client) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	status, err := cli.Status(ctx, c.URL)
+	// The answer's header names the member that answered: the one at c.URL.
+	members, err := cli.MemberList(ctx)
 	if err != nil {
 		return "", fmt.Errorf("etcd at %s: %w; is the server running?", c.URL, err)
 	}
-	members, err := cli.MemberList(ctx)
-	if err != nil {
-		return "", fmt.Errorf("list the etcd members at %s: %w", c.URL, err)
-	}
 	for _, m := range members.Members {
-		if m.ID == status.Header.MemberId && m.Name != "" {
+		if m.ID == members.Header.MemberId && m.Name != "" {
 			return m.Name, nil
 		}
 	}

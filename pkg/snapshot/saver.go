@@ -36,6 +36,14 @@ type Saver struct {
 
 // Save saves a snapshot named prefix-NODE-UNIXTIME.
 func (s Saver) Save(ctx context.Context, prefix string) (Meta, error) {
+	m, err := s.save(ctx, prefix)
+	if err == nil {
+		s.Publish(ctx)
+	}
+	return m, err
+}
+
+func (s Saver) save(ctx context.Context, prefix string) (Meta, error) {
 	if err := CheckName(prefix); err != nil {
 		return Meta{}, err
 	}
@@ -44,19 +52,7 @@ func (s Saver) Save(ctx context.Context, prefix string) (Meta, error) {
 		return Meta{}, err
 	}
 	defer cli.Close()
-	m, err := s.Dir.Save(ctx, cli, prefix, s.Template, time.Now())
-	if err != nil {
-		return Meta{}, err
-	}
-	s.Publish(ctx)
-	return m, nil
-}
-
-// Delete deletes the named snapshots of this server.
-func (s Saver) Delete(ctx context.Context, names ...string) error {
-	err := s.Dir.Delete(names...)
-	s.Publish(ctx)
-	return err
+	return s.Dir.Save(ctx, cli, prefix, s.Template, time.Now())
 }
 
 // Prune keeps the newest keep snapshots this server saved under prefix.

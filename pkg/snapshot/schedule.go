@@ -62,19 +62,21 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	}
 }
 
+// take saves and prunes, then publishes once: the API never lists more than the retention.
 func (s *Scheduler) take(ctx context.Context) {
 	log := s.saver.Log
-	m, err := s.saver.Save(ctx, ScheduledName)
+	m, err := s.saver.save(ctx, ScheduledName)
 	if err != nil {
 		log.WithError(err).Warn("scheduled etcd snapshot failed; trying again at the next scheduled time")
 		return
 	}
 	log.WithField("snapshot", m.Name).WithField("bytes", m.Size).Info("saved a scheduled etcd snapshot")
-	gone, err := s.saver.Prune(ctx, ScheduledName, s.retention)
+	gone, err := s.saver.Dir.Prune(ScheduledName, m.Node, s.retention)
 	if err != nil {
 		log.WithError(err).Warn("cannot prune old etcd snapshots")
 	}
 	if len(gone) > 0 {
 		log.WithField("deleted", gone).Debug("pruned old etcd snapshots")
 	}
+	s.saver.Publish(ctx)
 }

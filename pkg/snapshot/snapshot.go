@@ -92,10 +92,6 @@ func (d Dir) Save(ctx context.Context, src Source, prefix string, m Meta, now ti
 	if err := os.MkdirAll(string(d), 0o700); err != nil {
 		return Meta{}, fmt.Errorf("snapshot directory: %w", err)
 	}
-	final := d.File(m.Name)
-	if _, err := os.Stat(final); err == nil {
-		return Meta{}, fmt.Errorf("snapshot %s exists already: save again in a second, or give another --name", m.Name)
-	}
 	tmp, err := os.CreateTemp(string(d), "."+m.Name+".part-*")
 	if err != nil {
 		return Meta{}, fmt.Errorf("snapshot directory: %w", err)
@@ -126,26 +122,50 @@ func (d Dir) Save(ctx context.Context, src Source, prefix string, m Meta, now ti
 	}
 	info, err := tmp.Stat()
 	if err != nil {
-		return Meta{}, err
+		return Meta{}, fmt.Errorf("write snapshot: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
 		return Meta{}, fmt.Errorf("write snapshot: %w", err)
 	}
 	m.Size, m.DBSize, m.SHA256, m.Etcd = info.Size(), n, hex.EncodeToString(sum.Sum(nil)), resp.Version
-	if err := os.Rename(tmp.Name(), final); err != nil {
-		return Meta{}, fmt.Errorf("write snapshot: %w", err)
-	}
-	// The metadata last: a snapshot without it is not listed, and the next save or prune
-	// removes it (a save killed between the two).
-	data, err := json.MarshalIndent(m, "", "  ")
-	if err == nil {
-		err = pki.WriteFile(d.meta(m.Name), append(data, '\n'), 0o600)
-	}
-	if err != nil {
-		os.Remove(final)
-		return Meta{}, fmt.Errorf("write snapshot metadata: %w", err)
+	if err := d.commit(tmp.Name(), m); err != nil {
+		return Meta{}, err
 	}
 	return m, nil
+}
+
+// commit makes the complete snapshot in the file tmp the snapshot m. The metadata first,
+// created only if no snapshot has the name; the data last, linked (which fails where a file
+// is, unlike a rename): a snapshot is listed once its data is there, and then it is whole.
+func (d Dir) commit(tmp string, m Meta) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	meta, err := os.OpenFile(d.meta(m.Name), os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("snapshot %s exists already: save again in a second, or give another --name", m.Name)
+	}
+	if err != nil {
+		return fmt.Errorf("write snapshot metadata: %w", err)
+	}
+	if _, err = meta.Write(append(data, '\n')); err == nil {
+		err = meta.Sync()
+	}
+	if cerr := meta.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Link(tmp, d.File(m.Name))
+	}
+	if err == nil {
+		err = pki.SyncDir(string(d))
+	}
+	if err != nil {
+		os.Remove(d.meta(m.Name))
+		return fmt.Errorf("write snapshot %s: %w", m.Name, err)
+	}
+	return nil
 }
 
 // checksum checks the sha256 that etcd appends to the database it sends: every byte but the
@@ -175,8 +195,8 @@ func (c *checksum) verify(n int64) error {
 	return nil
 }
 
-// List returns the snapshots in the directory, oldest first. One whose metadata or data is
-// missing (a save or delete killed half-way) is not listed.
+// List returns the snapshots in the directory, oldest first. One whose data is missing (a save
+// or delete killed half-way) is not listed.
 func (d Dir) List() ([]Meta, error) {
 	files, err := filepath.Glob(filepath.Join(string(d), "*"+metaSuffix))
 	if err != nil {
@@ -184,6 +204,10 @@ func (d Dir) List() ([]Meta, error) {
 	}
 	var all []Meta
 	for _, f := range files {
+		// Metadata without its data: a save or delete killed half-way.
+		if !hasData(f) {
+			continue
+		}
 		data, err := os.ReadFile(f)
 		if err != nil {
 			return nil, fmt.Errorf("snapshot metadata: %w", err)
@@ -191,9 +215,6 @@ func (d Dir) List() ([]Meta, error) {
 		var m Meta
 		if err := json.Unmarshal(data, &m); err != nil || m.Name+metaSuffix != filepath.Base(f) {
 			return nil, fmt.Errorf("snapshot metadata %s is not kone's: move it out of %s", f, d)
-		}
-		if _, err := os.Stat(d.File(m.Name)); err != nil {
-			continue
 		}
 		all = append(all, m)
 	}
@@ -234,8 +255,8 @@ func (d Dir) Delete(names ...string) error {
 }
 
 // Prune deletes the oldest snapshots that this node saved under prefix beyond the newest keep,
-// and the leftovers of saves killed half-way (an hour old: a save may be running). It returns
-// the names it deleted.
+// and the leftovers of saves and deletes killed half-way (an hour old: a save may be running).
+// It returns the names it deleted.
 func (d Dir) Prune(prefix, node string, keep int) ([]string, error) {
 	all, err := d.List()
 	if err != nil {
@@ -243,7 +264,9 @@ func (d Dir) Prune(prefix, node string, keep int) ([]string, error) {
 	}
 	var ours []string
 	for _, m := range all {
-		if m.Node == node && strings.HasPrefix(m.Name, prefix+"-"+node+"-") {
+		// The time alone after the prefix: "pre" does not take the snapshots of "pre-x".
+		at, ok := strings.CutPrefix(m.Name, prefix+"-"+node+"-")
+		if ok && m.Node == node && strings.Trim(at, "0123456789") == "" {
 			ours = append(ours, m.Name)
 		}
 	}
@@ -254,11 +277,34 @@ func (d Dir) Prune(prefix, node string, keep int) ([]string, error) {
 			return nil, err
 		}
 	}
-	leftovers, _ := filepath.Glob(filepath.Join(string(d), ".*.part-*"))
-	for _, f := range leftovers {
-		if info, err := os.Stat(f); err == nil && time.Since(info.ModTime()) > time.Hour {
+	d.removeLeftovers(time.Now().Add(-time.Hour))
+	return gone, nil
+}
+
+// removeLeftovers removes the temporary files of saves, and kone's metadata without its data,
+// older than before. Other files are the user's.
+func (d Dir) removeLeftovers(before time.Time) {
+	parts, _ := filepath.Glob(filepath.Join(string(d), ".*.part-*"))
+	metas, _ := filepath.Glob(filepath.Join(string(d), "*"+metaSuffix))
+	for _, f := range append(parts, metas...) {
+		if strings.HasSuffix(f, metaSuffix) && (hasData(f) || !isMeta(f)) {
+			continue
+		}
+		if info, err := os.Stat(f); err == nil && info.ModTime().Before(before) {
 			os.Remove(f)
 		}
 	}
-	return gone, nil
+}
+
+// hasData reports whether the snapshot whose metadata file is meta has its data.
+func hasData(meta string) bool {
+	_, err := os.Stat(strings.TrimSuffix(meta, metaSuffix) + dataSuffix)
+	return err == nil
+}
+
+// isMeta reports whether the file is a snapshot's metadata, as Save writes it.
+func isMeta(path string) bool {
+	data, err := os.ReadFile(path)
+	var m Meta
+	return err == nil && json.Unmarshal(data, &m) == nil && m.Name+metaSuffix == filepath.Base(path)
 }

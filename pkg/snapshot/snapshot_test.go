@@ -147,17 +147,47 @@ func TestSaveListPruneDelete(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A longer name that starts as the scheduled ones do is not theirs either.
+	longer, err := d.Save(ctx, cli.Maintenance, ScheduledName+"-server-1-x", tmpl, start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Leftovers of a save killed before its data was linked, an hour old, go; a file of the
+	// user's stays.
+	orphan := Meta{Name: "on-demand-server-1-1600000000", Node: "server-1"}
+	data, _ := json.Marshal(orphan)
+	userFile := filepath.Join(string(d), "notes.json")
+	for _, f := range []string{d.meta(orphan.Name), userFile} {
+		if err := os.WriteFile(f, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(f, start, start); err != nil {
+			t.Fatal(err)
+		}
+	}
 	gone, err := d.Prune(ScheduledName, "server-1", 2)
 	if err != nil || len(gone) != 1 || gone[0] != saved[0].Name {
 		t.Fatalf("Prune to 2: deleted %v, %v", gone, err)
 	}
-	if list, _ := d.List(); len(list) != 4 {
-		t.Errorf("after Prune: %d snapshots, want 4 (two scheduled, another node's, an on-demand one)", len(list))
+	if list, _ := d.List(); len(list) != 5 {
+		t.Errorf("after Prune: %d snapshots, want 5 (two scheduled, another node's, an on-demand one, %s)", len(list), longer.Name)
+	}
+	if _, err := os.Stat(d.meta(orphan.Name)); !os.IsNotExist(err) {
+		t.Errorf("Prune left the metadata of a snapshot without data: %v", err)
+	}
+	if _, err := os.Stat(userFile); err != nil {
+		t.Errorf("Prune removed a file that is not kone's: %v", err)
+	}
+	if err := os.Remove(userFile); err != nil {
+		t.Fatal(err)
 	}
 	if _, err := os.Stat(d.File(saved[0].Name)); !os.IsNotExist(err) {
 		t.Errorf("a pruned snapshot's file is still there: %v", err)
 	}
 
+	if err := d.Delete(longer.Name); err != nil {
+		t.Fatal(err)
+	}
 	if err := d.Delete(mine.Name, "no-such-snapshot"); err == nil || !strings.Contains(err.Error(), "no-such-snapshot") {
 		t.Errorf("Delete of a missing snapshot: %v", err)
 	}
