@@ -65,6 +65,10 @@ type Config struct {
 	EtcdSnapshotCron      string
 	EtcdSnapshotRetention int
 	EtcdDisableSnapshots  bool
+	// ClusterReset makes this server's etcd member a cluster of one again before it starts:
+	// from the snapshot ClusterResetRestorePath names, or from its own data.
+	ClusterReset            bool
+	ClusterResetRestorePath string
 
 	// SecretsEncryption encrypts Secrets in etcd (on by default; k3s has it off).
 	SecretsEncryption bool
@@ -162,6 +166,8 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.StringVar(&c.EtcdSnapshotCron, "etcd-snapshot-schedule-cron", "0 */12 * * *", "when to snapshot etcd, as a cron expression (five fields, or six with seconds first)")
 	fs.IntVar(&c.EtcdSnapshotRetention, "etcd-snapshot-retention", 5, "number of scheduled etcd snapshots to keep")
 	fs.BoolVar(&c.EtcdDisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled etcd snapshots")
+	fs.BoolVar(&c.ClusterReset, "cluster-reset", false, "make this server's etcd a cluster of one member again, from its own data (after losing quorum) or from --cluster-reset-restore-path; the old data is moved aside")
+	fs.StringVar(&c.ClusterResetRestorePath, "cluster-reset-restore-path", "", "with --cluster-reset: the etcd snapshot to restore, a file or the name of one in --etcd-snapshot-dir")
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
 	fs.BoolVar(&c.SecretsEncryption, "secrets-encryption", true, "encrypt Secrets in etcd (false: store new ones in plain text; encrypted ones stay readable)")
 	fs.StringSliceVar(&c.PodSecurityExempt, "pod-security-exempt-namespace", []string{"kube-system"}, "namespace that --profile=cis leaves out of Pod Security's restricted level (repeatable)")
@@ -403,6 +409,9 @@ func (c *Config) validate() error {
 	}
 	if c.EtcdSnapshotRetention < 1 {
 		return fmt.Errorf("--etcd-snapshot-retention %d: keep at least one snapshot (--etcd-disable-snapshots takes none)", c.EtcdSnapshotRetention)
+	}
+	if c.ClusterResetRestorePath != "" && !c.ClusterReset {
+		return fmt.Errorf("--cluster-reset-restore-path %s without --cluster-reset: add --cluster-reset to restore the snapshot", c.ClusterResetRestorePath)
 	}
 	if c.EtcdSnapshotDir != "" && !filepath.IsAbs(c.EtcdSnapshotDir) {
 		return fmt.Errorf("--etcd-snapshot-dir %q: expected an absolute path", c.EtcdSnapshotDir)

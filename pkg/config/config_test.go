@@ -151,6 +151,7 @@ func TestErrors(t *testing.T) {
 		{name: "same ports", args: []string{"--etcd-client-port", "6443"}, want: []string{"must all differ"}},
 		{name: "bad snapshot schedule", file: "etcd-snapshot-schedule-cron: every day\n", want: []string{"--etcd-snapshot-schedule-cron", "every day", "0 */12 * * *"}},
 		{name: "no snapshots kept", args: []string{"--etcd-snapshot-retention", "0"}, want: []string{"--etcd-snapshot-retention", "--etcd-disable-snapshots"}},
+		{name: "restore without reset", args: []string{"--cluster-reset-restore-path", "/tmp/s.db.gz"}, want: []string{"--cluster-reset-restore-path", "--cluster-reset"}},
 		{name: "relative snapshot dir", args: []string{"--etcd-snapshot-dir", "snaps"}, want: []string{"--etcd-snapshot-dir", "absolute"}},
 		{name: "bad san", args: []string{"--tls-san", "a b"}, want: []string{"--tls-san", "neither"}},
 		{name: "join without token", args: []string{"--server", "https://10.0.0.1:6443"}, want: []string{"--server without --token", "server token"}},

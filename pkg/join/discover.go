@@ -11,7 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
 
@@ -66,12 +65,8 @@ func checkClusterInfo(ctx context.Context, cs kubernetes.Interface, server strin
 		return nil, false, unreachable(server, err)
 	}
 	kubeconfig := cm.Data[bootstrapapi.KubeConfigKey]
-	cfg, err := clientcmd.Load([]byte(kubeconfig))
-	if err != nil || len(cfg.Clusters) == 0 {
-		return nil, false, fmt.Errorf("server %s publishes no usable cluster-info; is it a kone server?", server)
-	}
-	for _, c := range cfg.Clusters {
-		ca = c.CertificateAuthorityData
+	if ca, err = token.ClusterInfoCA(cm); err != nil {
+		return nil, false, fmt.Errorf("server %s publishes no usable cluster-info (%w); is it a kone server?", server, err)
 	}
 	if err := tok.CheckCA(ca); err != nil {
 		return nil, false, fmt.Errorf("refusing to join %s: %w", server, err)

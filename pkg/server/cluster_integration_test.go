@@ -45,12 +45,7 @@ func newAgent(t *testing.T, bin, name, ip, server, tok string) *agentNode {
 		machineLog: filepath.Join("/var/lib/kone-nodes", name, "kone.log")}
 	// The node's images directory, ready before it starts.
 	images := filepath.Join("/var/lib/kone-nodes", name, "lib", "kone", "agent", "images")
-	if err := os.MkdirAll(images, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(images, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	addBusybox(t, images)
 	t.Cleanup(func() { a.run("down", name) })
 	return a
 }
@@ -286,13 +281,7 @@ func startClusterServer(t *testing.T, bin string, extra ...string) (*node, kuber
 	n := newNode(t, bin, t.TempDir())
 	n.nodeSide = true
 	n.extra = append([]string{"--node-ip", bridgeHost}, extra...)
-	imagesDir := filepath.Join(n.dataDir, "agent", "images")
-	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(imagesDir, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	addBusybox(t, filepath.Join(n.dataDir, "agent", "images"))
 	t.Cleanup(func() { teardownNode(t, n, before) })
 	// Runs before the teardown: the agents are gone by then.
 	t.Cleanup(func() { _ = exec.Command(script, "bridge-down").Run() })

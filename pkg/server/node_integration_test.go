@@ -42,6 +42,17 @@ func busyboxArchive(t *testing.T) []byte {
 	return archive
 }
 
+// addBusybox puts the busybox image into a node's images directory, made if needed.
+func addBusybox(t *testing.T, imagesDir string) {
+	t.Helper()
+	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(imagesDir, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestNodeSide runs real pods on a one-node kone server: an image from the images directory,
 // a Deployment behind a Service reached by DNS name, ClusterIP, NodePort and hairpin, logs,
 // exec, attach, port-forward and cp, and a restart of kone, into kube-proxy's nftables mode,
@@ -52,12 +63,7 @@ func TestNodeSide(t *testing.T) {
 	n := newNode(t, bin, t.TempDir())
 	n.nodeSide = true
 	imagesDir := filepath.Join(n.dataDir, "agent", "images")
-	if err := os.MkdirAll(imagesDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(imagesDir, "busybox.tar"), busyboxArchive(t), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	addBusybox(t, imagesDir)
 	// A broken archive is skipped; the others still import.
 	if err := os.WriteFile(filepath.Join(imagesDir, "broken.tar.gz"), []byte("not a tarball"), 0o644); err != nil {
 		t.Fatal(err)

@@ -86,6 +86,9 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		}
 	}
 
+	if err := checkResettable(cfg, ca.ServerCA); err != nil {
+		return err
+	}
 	t0 := time.Now()
 	servers := apiserverNames(cfg)
 	issued, err := ca.Ensure(servers, etcdNames(), peerNames(self), t0)
@@ -120,9 +123,26 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	log.Infof("certificates and kubeconfigs ready in %s", time.Since(t0).Round(10*time.Millisecond))
 
-	peer := etcd.PeerURL(self.IP, cfg.EtcdPeerPort)
-	initial, err := etcdJoin(ctx, cfg, ca, self.Name, peer)
-	if err != nil {
+	member := etcd.Config{
+		Name:       self.Name,
+		DataDir:    filepath.Join(dir, "db", "etcd"),
+		Address:    self.IP,
+		ClientPort: cfg.EtcdClientPort,
+		PeerPort:   cfg.EtcdPeerPort,
+		ServerCA:   ca.EtcdServerCA,
+		PeerCA:     ca.EtcdPeerCA,
+		Serving:    ca.EtcdServing,
+		Peer:       ca.EtcdPeer,
+		Args:       cfg.EtcdArgs,
+	}
+	etcdPrefix := args.Value(apiArgs, "etcd-prefix")
+	if etcdPrefix == "" {
+		etcdPrefix = "/registry"
+	}
+	if err := resetEtcd(ctx, cfg, member, ca.ServerCA, etcdPrefix, log.Logger, log.Zap("etcd")); err != nil {
+		return err
+	}
+	if member.Join, err = etcdJoin(ctx, cfg, ca, self.Name, member.PeerURL()); err != nil {
 		return err
 	}
 	apiserver, err := control.NewAPIServer(apiArgs, control.UserAuthenticationConfig(cfg), admin)
@@ -137,19 +157,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if err != nil {
 		return err
 	}
-	store, err := etcd.New(etcd.Config{
-		Name:       self.Name,
-		DataDir:    filepath.Join(dir, "db", "etcd"),
-		Address:    self.IP,
-		ClientPort: cfg.EtcdClientPort,
-		PeerPort:   cfg.EtcdPeerPort,
-		Join:       initial,
-		ServerCA:   ca.EtcdServerCA,
-		PeerCA:     ca.EtcdPeerCA,
-		Serving:    ca.EtcdServing,
-		Peer:       ca.EtcdPeer,
-		Args:       cfg.EtcdArgs,
-	}, log.Zap("etcd"), log.Logger)
+	store, err := etcd.New(member, log.Zap("etcd"), log.Logger)
 	if err != nil {
 		return err
 	}

@@ -113,6 +113,11 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	return nil
 }
 
+// etcdJoinFile holds the answer to this server's request to join the etcd cluster.
+func etcdJoinFile(cfg *config.Config) string {
+	return filepath.Join(cfg.ServerDir(), "db", "etcd-join")
+}
+
 // joinedFile marks a data dir that joined a cluster through cfg.Server.
 func joinedFile(cfg *config.Config) string { return filepath.Join(cfg.ServerDir(), "joined") }
 
@@ -147,7 +152,7 @@ func sameSettings(ours, theirs join.Settings, ourSecrets, theirSecrets bool) err
 // a cluster of its own instead. It is empty for a server that started the cluster, or one
 // whose etcd holds data from before this file existed.
 func etcdJoin(ctx context.Context, cfg *config.Config, ca *pki.Cluster, name, peerURL string) (string, error) {
-	file := filepath.Join(cfg.ServerDir(), "db", "etcd-join")
+	file := etcdJoinFile(cfg)
 	data, err := os.ReadFile(file)
 	if err == nil {
 		return strings.TrimSpace(string(data)), nil

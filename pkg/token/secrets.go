@@ -2,6 +2,7 @@ package token
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
@@ -149,6 +151,20 @@ func Delete(ctx context.Context, cs kubernetes.Interface, id string) error {
 		return fmt.Errorf("delete token %s: %w", id, err)
 	}
 	return nil
+}
+
+// ClusterInfoCA is the CA certificate that cluster-info (as PublishClusterInfo wrote it) gives
+// clients, in PEM.
+func ClusterInfoCA(cm *corev1.ConfigMap) ([]byte, error) {
+	cfg, err := clientcmd.Load([]byte(cm.Data[bootstrapapi.KubeConfigKey]))
+	if err != nil || len(cfg.Clusters) != 1 {
+		return nil, errors.New("cluster-info holds no kubeconfig with one cluster")
+	}
+	var ca []byte
+	for _, c := range cfg.Clusters {
+		ca = c.CertificateAuthorityData
+	}
+	return ca, nil
 }
 
 // PublishClusterInfo writes kube-public/cluster-info, signed for the tokens given, and lets

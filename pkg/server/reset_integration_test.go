@@ -1,0 +1,169 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// dirState lists the files under dir with their sizes and times, and the directories: what a
+// refused reset must leave as it was (it may add and remove files of its own meanwhile).
+func dirState(t *testing.T, dir string) string {
+	t.Helper()
+	var lines []string
+	err := filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
+		switch {
+		case err != nil:
+		case info.IsDir():
+			lines = append(lines, fmt.Sprint(p, " ", info.Mode()))
+		default:
+			lines = append(lines, fmt.Sprint(p, " ", info.ModTime(), " ", info.Mode(), " ", info.Size()))
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(lines, "\n")
+}
+
+// TestClusterReset restores a snapshot into a server whose node runs pods: the pod from
+// before the snapshot is adopted with its container, what was created after it is gone, and
+// the restore is refused while the server runs, from a damaged file, from another cluster's
+// snapshot, and a second time.
+func TestClusterReset(t *testing.T) {
+	bin := koneBinary(t)
+	before := snapshotHost(t)
+	n := newNode(t, bin, t.TempDir())
+	n.nodeSide = true
+	addBusybox(t, filepath.Join(n.dataDir, "agent", "images"))
+	t.Cleanup(func() { teardownNode(t, n, before) })
+	n.start()
+	cs := n.client()
+	ctx := context.Background()
+	waitNodesReady(t, cs, 1)
+
+	ns := "kone-reset-it"
+	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sleeper := func(name string) {
+		t.Helper()
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+			Spec: corev1.PodSpec{Containers: []corev1.Container{{
+				Name: "c", Image: busyboxImage, ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"},
+			}}},
+		}
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sleeper("kept")
+	waitPodsRunning(t, cs, ns, 1)
+	kept := containerIDs(t, cs, ns)
+	etcdSnapshot(n, "save", "--name", "before")
+	saved := listed(n, "before-")
+	if len(saved) != 1 {
+		t.Fatalf("ls: %v", saved)
+	}
+
+	sleeper("later")
+	if _, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "later"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods := waitPodsRunning(t, cs, ns, 2)
+	var later string
+	for _, p := range pods {
+		if p.Name == "later" {
+			later = strings.TrimPrefix(p.Status.ContainerStatuses[0].ContainerID, "containerd://")
+		}
+	}
+	reset := []string{"--cluster-reset", "--cluster-reset-restore-path", saved[0]}
+
+	// While the server runs on the data dir: refused, nothing touched.
+	db := filepath.Join(n.dataDir, "server", "db")
+	if out := n.runFail(n.args(reset...)...); !strings.Contains(out, "already using data dir") {
+		t.Errorf("a reset while the server runs:\n%s", out)
+	}
+	n.stop()
+	state := dirState(t, db)
+
+	// A snapshot of another cluster: a server of its own saves one.
+	other := newNode(t, bin, t.TempDir())
+	other.start()
+	etcdSnapshot(other, "save", "--name", "other")
+	foreign := filepath.Join(other.dataDir, "server", "db", "snapshots", listed(other, "other-")[0]+".db.gz")
+	other.stop()
+	whole, err := os.ReadFile(filepath.Join(db, "snapshots", saved[0]+".db.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := filepath.Join(t.TempDir(), "cut.db.gz")
+	if err := os.WriteFile(cut, whole[:len(whole)*2/3], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, refused := range []struct{ file, want string }{
+		{foreign, "another cluster"},
+		{cut, "truncated or corrupt"},
+		{filepath.Join(db, "snapshots", "no-such.db.gz"), "no-such.db.gz"},
+	} {
+		out := n.runFail(n.args("--cluster-reset", "--cluster-reset-restore-path", refused.file)...)
+		if !strings.Contains(out, refused.want) {
+			t.Errorf("restore of %s: want %q in:\n%s", refused.file, refused.want, out)
+		}
+	}
+	if now := dirState(t, db); now != state {
+		t.Errorf("refused restores changed %s:\nbefore:\n%s\nafter:\n%s", db, state, now)
+	}
+
+	// The restore.
+	n.extra = reset
+	n.start()
+	if !strings.Contains(n.log.String(), "etcd was reset") {
+		t.Errorf("the log does not say that etcd was reset:\n%s", n.log.String())
+	}
+	if aside, _ := filepath.Glob(filepath.Join(db, "reset-*", "etcd", "member")); len(aside) != 1 {
+		t.Errorf("the replaced etcd data is not kept aside: %v", aside)
+	}
+	if _, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "later", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a ConfigMap created after the snapshot survived the restore: %v", err)
+	}
+	var gone bool
+	for deadline := time.Now().Add(2 * time.Minute); !gone && time.Now().Before(deadline); time.Sleep(time.Second) {
+		_, err := cs.CoreV1().Pods(ns).Get(ctx, "later", metav1.GetOptions{})
+		tasks := n.run(nil, bin, "ctr", "-n", "k8s.io", "tasks", "ls")
+		gone = apierrors.IsNotFound(err) && !strings.Contains(tasks, later[:12])
+	}
+	if !gone {
+		t.Errorf("the pod created after the snapshot, or its container %s, is still there", later)
+	}
+	waitPodsRunning(t, cs, ns, 1)
+	time.Sleep(5 * time.Second) // long enough for kubelet to have replaced a container it did not adopt
+	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(kept, ",") {
+		t.Errorf("the pod from before the snapshot was not adopted:\nbefore %v\nafter  %v", kept, after)
+	}
+	// The cluster takes writes.
+	if _, err := cs.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "after-restore"}}, metav1.CreateOptions{}); err != nil {
+		t.Errorf("a write after the restore: %v", err)
+	}
+
+	// Asked again, with the flags still given: refused, until a start without them.
+	n.stop()
+	if out := n.runFail(n.args(reset...)...); !strings.Contains(out, "reset already") || !strings.Contains(out, "remove --cluster-reset") {
+		t.Errorf("a second reset:\n%s", out)
+	}
+	n.extra = nil
+	n.start()
+	if _, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "after-restore", metav1.GetOptions{}); err != nil {
+		t.Errorf("what was written after the restore is lost: %v", err)
+	}
+}
