@@ -19,6 +19,6 @@ func New() *cobra.Command {
 	}
 	root.SetVersionTemplate("{{ printVersion }}")
 	cobra.AddTemplateFunc("printVersion", version.String)
-	root.AddCommand(newServerCommand(), newAgentCommand(), newKubectlCommand(), newCtrCommand(), newTokenCommand(), newSecretsEncryptCommand(), newEtcdSnapshotCommand(), newCheckConfigCommand())
+	root.AddCommand(newServerCommand(), newAgentCommand(), newKubectlCommand(), newCtrCommand(), newTokenCommand(), newSecretsEncryptCommand(), newEtcdSnapshotCommand(), newCertificateCommand(), newCheckConfigCommand())
 	return root
 }

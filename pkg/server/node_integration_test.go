@@ -87,6 +87,13 @@ func TestNodeSide(t *testing.T) {
 		t.Errorf("kubectl get node: the server's node lacks its roles:\n%s", out)
 	}
 	checkPortTLS(t, "kubelet", "10250", nil)
+	// Every certificate of the server and of its node is listed, a year or more from expiry.
+	certs := n.run(nil, bin, append([]string{"certificate", "check"}, n.args()[1:]...)...)
+	for _, want := range []string{"server/tls/server-ca.crt", "server/tls/etcd/peer.crt", "agent/tls/", "system:admin", " 36"} {
+		if !strings.Contains(certs, want) {
+			t.Errorf("kone certificate check lacks %q:\n%s", want, certs)
+		}
+	}
 	checkNodeAddresses(t, cs, nodeName, "InternalIP="+nodeInternalIP(t, cs, nodeName)+" Hostname="+nodeName)
 
 	ns := "kone-node-it"
