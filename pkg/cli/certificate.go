@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"path/filepath"
@@ -15,8 +16,9 @@ import (
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
-// checkWithin is how close to its expiry a certificate makes `certificate check` fail: a
-// running kone renews leaves 90 days ahead, so one this close has not been renewed.
+// checkWithin is how close to its expiry a certificate makes `certificate check` fail: kone
+// renews leaves pki.RenewBefore (90 days) ahead as it starts, so one this close has gone
+// without a restart for long; a monitoring job that runs the check finds it in time.
 const checkWithin = 30
 
 func newCertificateCommand() *cobra.Command {
@@ -41,7 +43,7 @@ func newCertificateCommand() *cobra.Command {
 func printCertificates(out io.Writer, held []pki.Held, dataDir string, now time.Time) error {
 	w := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(w, "FILE\tSUBJECT\tISSUER\tEXPIRES\tDAYS LEFT")
-	var soon []string
+	var leaves, cas []string
 	for _, h := range held {
 		file := h.File
 		if rel, err := filepath.Rel(dataDir, h.File); err == nil && !strings.HasPrefix(rel, "..") {
@@ -50,15 +52,28 @@ func printCertificates(out io.Writer, held []pki.Held, dataDir string, now time.
 		days := h.DaysLeft(now)
 		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\n", file, h.Subject, h.Issuer, h.NotAfter.UTC().Format("2006-01-02T15:04:05Z"), days)
 		if days < checkWithin {
-			soon = append(soon, fmt.Sprintf("%s (%s, %d days)", file, h.Subject, days))
+			soon := fmt.Sprintf("%s (%s, %d days)", file, h.Subject, days)
+			if h.IsCA {
+				cas = append(cas, soon)
+			} else {
+				leaves = append(leaves, soon)
+			}
 		}
 	}
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	if len(soon) > 0 {
-		return fmt.Errorf("%d certificates expire within %d days or have expired: %s; kone renews leaf certificates 90 days ahead as it starts: restart it",
-			len(soon), checkWithin, strings.Join(soon, ", "))
+	var problems []string
+	if len(leaves) > 0 {
+		problems = append(problems, fmt.Sprintf("%d certificates expire within %d days or have expired: %s; kone renews them as it starts, %d days ahead: restart it",
+			len(leaves), checkWithin, strings.Join(leaves, ", "), int(pki.RenewBefore.Hours()/24)))
+	}
+	if len(cas) > 0 {
+		problems = append(problems, fmt.Sprintf("%d certificate authorities expire within %d days or have expired: %s; kone cannot replace a CA yet (no rotate-ca)",
+			len(cas), checkWithin, strings.Join(cas, ", ")))
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
 }

@@ -97,6 +97,7 @@ func (r Reset) Run(ctx context.Context, now time.Time) error {
 	}
 	record, err := json.Marshal(rec)
 	if err != nil {
+		os.RemoveAll(staged)
 		return err
 	}
 	if err := pki.WriteFile(filepath.Join(db, resetRecordName), append(record, '\n'), 0o600); err != nil {
@@ -163,34 +164,46 @@ func (r Reset) forceNewCluster(ctx context.Context, dir string) error {
 	}
 }
 
-// finish moves the replaced data aside and the staged data into place. Each move is done once:
-// a start after a crash in the middle finishes what is left.
+// finish moves the replaced data aside and the staged data into place, or, once the staged
+// data is gone, checks that it is in place. A start after a crash in the middle finishes
+// what is left; a file where a move would put one means that someone changed the directory
+// meanwhile, and stops it rather than guess.
 func (rec ResetRecord) finish(db, data string) error {
-	aside := filepath.Join(db, rec.Aside)
-	if err := os.MkdirAll(aside, 0o700); err != nil {
-		return fmt.Errorf("etcd reset: %w", err)
-	}
-	for _, name := range rec.Moved {
-		if err := moveOnce(filepath.Join(db, name), filepath.Join(aside, name)); err != nil {
+	staged := filepath.Join(db, stagedName)
+	if _, err := os.Lstat(staged); err == nil {
+		aside := filepath.Join(db, rec.Aside)
+		if err := os.MkdirAll(aside, 0o700); err != nil {
+			return fmt.Errorf("etcd reset: %w", err)
+		}
+		for _, name := range rec.Moved {
+			if err := moveOnce(filepath.Join(db, name), filepath.Join(aside, name)); err != nil {
+				return err
+			}
+		}
+		if err := moveOnce(staged, data); err != nil {
+			return err
+		}
+		if err := pki.SyncDir(aside); err != nil {
+			return err
+		}
+		if err := pki.SyncDir(db); err != nil {
 			return err
 		}
 	}
-	if err := moveOnce(filepath.Join(db, stagedName), data); err != nil {
-		return err
+	if _, err := os.Stat(filepath.Join(data, "member")); err != nil {
+		return fmt.Errorf("etcd reset: the data of the reset recorded in %s is not in %s (%v); the data it replaced is in %s: put one of them back",
+			filepath.Join(db, resetRecordName), data, err, filepath.Join(db, rec.Aside))
 	}
-	if err := pki.SyncDir(aside); err != nil {
-		return err
-	}
-	return pki.SyncDir(db)
+	return nil
 }
 
-// moveOnce renames from to to unless from is gone or to is there.
+// moveOnce renames from to to unless from is gone (moved already).
 func moveOnce(from, to string) error {
 	if _, err := os.Lstat(from); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
 	if _, err := os.Lstat(to); err == nil {
-		return nil
+		return fmt.Errorf("etcd reset: both %s and %s exist, so the reset cannot finish; move one of them away", from, to)
 	}
 	if err := os.Rename(from, to); err != nil {
 		return fmt.Errorf("etcd reset: %w", err)
@@ -198,13 +211,20 @@ func moveOnce(from, to string) error {
 	return nil
 }
 
-// LastReset finishes a reset that was stopped half-way and returns the record of the last
-// reset beside dataDir, nil when none is recorded.
+// LastReset finishes a reset that was stopped half-way, or removes what one stopped before
+// its record left, and returns the record of the last reset beside dataDir, nil when none is
+// recorded.
 func LastReset(dataDir string) (*ResetRecord, error) {
 	db := filepath.Dir(dataDir)
 	file := filepath.Join(db, resetRecordName)
 	raw, err := os.ReadFile(file)
 	if errors.Is(err, fs.ErrNotExist) {
+		// A reset killed before its record changed nothing but these.
+		for _, p := range []string{filepath.Join(db, stagedName), filepath.Join(db, unpackedName)} {
+			if err := os.RemoveAll(p); err != nil {
+				return nil, fmt.Errorf("etcd reset: remove what a reset that did not finish left: %w", err)
+			}
+		}
 		return nil, nil
 	}
 	if err != nil {
@@ -216,7 +236,8 @@ func LastReset(dataDir string) (*ResetRecord, error) {
 		valid = valid && name != "" && filepath.Base(name) == name
 	}
 	if !valid {
-		return nil, fmt.Errorf("etcd reset record %s is damaged; the data a reset replaced is in %s: look there, then remove the record", file, filepath.Join(db, "reset-*"))
+		return nil, fmt.Errorf("etcd reset record %s is damaged; the data a reset replaced is in %s, and the data it restored in %s until it is moved into %s: put that in place, then remove the record",
+			file, filepath.Join(db, "reset-*"), filepath.Join(db, stagedName), dataDir)
 	}
 	if err := rec.finish(db, dataDir); err != nil {
 		return nil, err
@@ -234,9 +255,10 @@ func ForgetReset(dataDir string) error {
 }
 
 // copyTree copies the directory src to dst, which must not exist, file modes kept and every
-// file synced.
+// file and directory synced: etcd finds its files after a power cut.
 func copyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
+	var dirs []string
+	err := filepath.WalkDir(src, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -246,6 +268,7 @@ func copyTree(src, dst string) error {
 		}
 		target := filepath.Join(dst, rel)
 		if d.IsDir() {
+			dirs = append(dirs, target)
 			return os.Mkdir(target, 0o700)
 		}
 		if !d.Type().IsRegular() {
@@ -257,6 +280,12 @@ func copyTree(src, dst string) error {
 		}
 		return copyFile(path, target, info.Mode().Perm())
 	})
+	for _, d := range dirs {
+		if err == nil {
+			err = pki.SyncDir(d)
+		}
+	}
+	return err
 }
 
 func copyFile(src, dst string, mode fs.FileMode) error {

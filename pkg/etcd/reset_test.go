@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -177,7 +178,7 @@ func TestResetFromSnapshot(t *testing.T) {
 	if err := r2.Run(context.Background(), time.Now()); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("a damaged snapshot: %v", err)
 	}
-	if after := tree(t, db); len(after) != len(before) {
+	if after := tree(t, db); !reflect.DeepEqual(after, before) {
 		t.Fatalf("refused resets changed the data dir: %v, was %v", after, before)
 	}
 	if rec, err := LastReset(c.DataDir); rec != nil || err != nil {
@@ -205,6 +206,15 @@ func TestResetFromSnapshot(t *testing.T) {
 	rec, err := LastReset(c.DataDir)
 	if err != nil || rec == nil || rec.Snapshot != snap || rec.Aside != filepath.Base(aside) {
 		t.Fatalf("LastReset: %+v, %v", rec, err)
+	}
+
+	// The replaced data taken away by the user, a start that still finds the record leaves the
+	// data in place.
+	if err := os.RemoveAll(aside); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := LastReset(c.DataDir); err != nil || rec == nil || value(t, c.DataDir, "/before") != "1" {
+		t.Fatalf("LastReset after the replaced data was removed: %+v, %v", rec, err)
 	}
 
 	// The restored member runs as a cluster of one, with its revisions beyond any seen before.
@@ -236,15 +246,12 @@ func TestResetFromSnapshot(t *testing.T) {
 func TestLastResetFinishesMoves(t *testing.T) {
 	db := t.TempDir()
 	data := filepath.Join(db, "etcd")
-	for _, d := range []string{filepath.Join(db, "reset-x", "etcd"), filepath.Join(db, stagedName)} {
+	for _, d := range []string{filepath.Join(db, "reset-x", "etcd"), filepath.Join(db, stagedName, "member")} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// The old data went aside, the join answer did not yet, the staged data is not in place.
-	if err := os.WriteFile(filepath.Join(db, stagedName, "new"), nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
 	if err := os.WriteFile(filepath.Join(db, "etcd-join"), nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -255,10 +262,23 @@ func TestLastResetFinishesMoves(t *testing.T) {
 	if r, err := LastReset(data); err != nil || r == nil {
 		t.Fatalf("LastReset: %+v, %v", r, err)
 	}
-	for _, want := range []string{filepath.Join(data, "new"), filepath.Join(db, "reset-x", "etcd-join")} {
+	for _, want := range []string{filepath.Join(data, "member"), filepath.Join(db, "reset-x", "etcd-join")} {
 		if _, err := os.Stat(want); err != nil {
 			t.Errorf("the interrupted reset was not finished: %v", err)
 		}
+	}
+	// Without a record, what a reset killed while staging left goes.
+	if err := os.Remove(filepath.Join(db, resetRecordName)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(db, stagedName, "member"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if r, err := LastReset(data); err != nil || r != nil {
+		t.Fatalf("LastReset without a record: %+v, %v", r, err)
+	}
+	if _, err := os.Stat(filepath.Join(db, stagedName)); !os.IsNotExist(err) {
+		t.Errorf("a reset killed while staging left %s: %v", stagedName, err)
 	}
 	// A record that names a path outside the data dir is not followed.
 	bad, _ := json.Marshal(ResetRecord{At: time.Now(), Aside: "reset-x", Moved: []string{"../../etc"}})
@@ -294,6 +314,7 @@ func TestResetOwnDataAfterQuorumLoss(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	put(t, c, ca, "/before-loss", "1")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	if _, err := cli.MemberAdd(ctx, []string{"https://127.0.0.1:9"}); err != nil {
 		t.Fatal(err)
@@ -313,6 +334,9 @@ func TestResetOwnDataAfterQuorumLoss(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(filepath.Dir(c.DataDir), "reset-"+at.UTC().Format("20060102T150405Z"), "etcd", "member")); err != nil {
 		t.Errorf("the member's data before the reset is not kept: %v", err)
+	}
+	if value(t, c.DataDir, "/before-loss") != "1" {
+		t.Error("the reset member lost the data it had")
 	}
 	runMember(t, c)
 	put(t, c, ca, "/after-reset", "1")

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,7 +24,7 @@ type Held struct {
 
 // DaysLeft is the number of whole days until the certificate expires, negative once it has.
 func (h Held) DaysLeft(now time.Time) int {
-	return int(h.NotAfter.Sub(now).Hours() / 24)
+	return int(math.Floor(h.NotAfter.Sub(now).Hours() / 24))
 }
 
 // Inventory lists the certificates in the files under dirs that kone and kubelet keep

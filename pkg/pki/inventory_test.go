@@ -65,7 +65,10 @@ func TestInventory(t *testing.T) {
 		t.Errorf("a missing directory: %v, %v", held, err)
 	}
 	expired := Held{NotAfter: now.Add(-36 * time.Hour)}
-	if d := expired.DaysLeft(now); d != -1 {
-		t.Errorf("expired 36 hours ago: %d days left, want -1", d)
+	if d := expired.DaysLeft(now); d != -2 {
+		t.Errorf("expired 36 hours ago: %d days left, want -2", d)
+	}
+	if d := (Held{NotAfter: now.Add(-time.Hour)}).DaysLeft(now); d != -1 {
+		t.Errorf("expired an hour ago: %d days left, want -1", d)
 	}
 }

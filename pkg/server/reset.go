@@ -61,19 +61,20 @@ func resetEtcd(ctx context.Context, cfg *config.Config, member etcd.Config, caFi
 		return nil
 	}
 	t0 := time.Now()
-	reset := etcd.Reset{Member: member, Also: []string{etcdJoinFile(cfg)}, Check: sameCluster(caFile, etcdPrefix), Log: etcdLog}
+	reset := etcd.Reset{Member: member, Also: []string{etcdJoinFile(cfg)}, Log: etcdLog}
+	fields := logrus.Fields{}
 	if cfg.ClusterResetRestorePath != "" {
-		reset.Snapshot = restoreSource(cfg)
+		// The member's own data is of this cluster; a snapshot may not be.
+		reset.Snapshot, reset.Check = restoreSource(cfg), sameCluster(caFile, etcdPrefix)
+		fields["snapshot"] = reset.Snapshot
 	}
 	if err := reset.Run(ctx, time.Now()); err != nil {
 		return err
 	}
-	fields := logrus.Fields{"took": time.Since(t0).Round(time.Millisecond)}
-	if cfg.ClusterResetRestorePath != "" {
-		fields["snapshot"] = restoreSource(cfg)
-	}
+	fields["took"] = time.Since(t0).Round(time.Millisecond)
 	log.WithFields(fields).Warn("etcd was reset to a cluster of this server alone; the data it replaced is kept beside it. " +
-		"Start other servers again with an empty " + filepath.Join(cfg.ServerDir(), "db") + " and --server pointing here; remove --cluster-reset before kone's next start")
+		"Join the other servers anew: on each, move " + filepath.Join(cfg.ServerDir(), "db") + " aside and start kone with --server pointing here. " +
+		"Remove --cluster-reset before kone's next start")
 	return nil
 }
 
@@ -82,16 +83,12 @@ func resetEtcd(ctx context.Context, cfg *config.Config, member etcd.Config, caFi
 func restoreSource(cfg *config.Config) string {
 	p := cfg.ClusterResetRestorePath
 	if !strings.Contains(p, "/") && snapshot.CheckName(p) == nil {
-		if named := snapshot.Dir(cfg.SnapshotDir()).File(p); fileExists(named) {
+		named := snapshot.Dir(cfg.SnapshotDir()).File(p)
+		if _, err := os.Stat(named); err == nil {
 			return named
 		}
 	}
 	return p
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }
 
 // sameCluster checks that etcd data is of the cluster whose CA is caFile: kone's cluster-info,
@@ -108,8 +105,11 @@ func sameCluster(caFile, etcdPrefix string) func(string) error {
 		}
 		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(value, nil, nil)
 		cm, ok := obj.(*corev1.ConfigMap)
-		if err != nil || !ok {
-			return fmt.Errorf("--cluster-reset: the snapshot's kube-public/cluster-info cannot be read (%v): nothing was restored", err)
+		if err == nil && !ok {
+			err = fmt.Errorf("it is a %T", obj)
+		}
+		if err != nil {
+			return fmt.Errorf("--cluster-reset: the snapshot's kube-public/cluster-info is not a ConfigMap that kone can read (%v): nothing was restored", err)
 		}
 		theirs, err := token.ClusterInfoCA(cm)
 		if err != nil {

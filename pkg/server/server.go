@@ -80,15 +80,15 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if err := checkPorts(cfg, self, cmArgs, schedArgs); err != nil {
 		return err
 	}
+	if err := checkResettable(cfg, ca.ServerCA); err != nil {
+		return err
+	}
 	if cfg.Server != "" {
 		if err := fetchServerData(ctx, cfg, ca, log.Logger); err != nil {
 			return fmt.Errorf("join %s as a server: %w", cfg.Server, err)
 		}
 	}
 
-	if err := checkResettable(cfg, ca.ServerCA); err != nil {
-		return err
-	}
 	t0 := time.Now()
 	servers := apiserverNames(cfg)
 	issued, err := ca.Ensure(servers, etcdNames(), peerNames(self), t0)
