@@ -176,7 +176,17 @@ func (e *Etcd) Run(ctx context.Context) error {
 	}
 	e.server = server
 	close(e.started)
-	defer server.Close()
+	defer func() {
+		select {
+		case <-server.Server.ReadyNotify():
+		default:
+			// etcd's Close first waits for its client servers, which start only once the
+			// member is ready: a member that never was (its cluster without quorum) would keep
+			// kone from stopping. Stopped first, it lets them go.
+			server.Server.HardStop()
+		}
+		server.Close()
+	}()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	var leader leadership

@@ -290,10 +290,10 @@ func TestLastResetFinishesMoves(t *testing.T) {
 	}
 }
 
-// After losing the other members for good, a reset without a snapshot makes the member a
-// cluster of one from its own data, which takes writes again.
-func TestResetOwnDataAfterQuorumLoss(t *testing.T) {
-	c, ca := testMember(t)
+// loseQuorum leaves the member's data as that of one of two voting members, the other never
+// seen again, with /before-loss=1 written before.
+func loseQuorum(t *testing.T, c Config, ca *pki.Cluster) {
+	t.Helper()
 	// The member adds a second that never comes: one of two voters, it has lost its quorum.
 	cfg, err := Settings(c)
 	if err != nil {
@@ -327,6 +327,13 @@ func TestResetOwnDataAfterQuorumLoss(t *testing.T) {
 	cancel()
 	cli.Close()
 	e.Close()
+}
+
+// After losing the other members for good, a reset without a snapshot makes the member a
+// cluster of one from its own data, which takes writes again.
+func TestResetOwnDataAfterQuorumLoss(t *testing.T) {
+	c, ca := testMember(t)
+	loseQuorum(t, c, ca)
 
 	at := time.Now()
 	if err := (Reset{Member: c, Log: zap.NewNop()}).Run(context.Background(), at); err != nil {
@@ -345,5 +352,32 @@ func TestResetOwnDataAfterQuorumLoss(t *testing.T) {
 	empty, _ := testMember(t)
 	if err := (Reset{Member: empty, Log: zap.NewNop()}).Run(context.Background(), at); err == nil || !strings.Contains(err.Error(), "--cluster-reset-restore-path") {
 		t.Errorf("a reset of no data: %v", err)
+	}
+}
+
+// A member that cannot become ready (no quorum at its start) still stops when asked: etcd's
+// Close alone would wait for it to be ready forever.
+func TestStopWithoutQuorum(t *testing.T) {
+	c, ca := testMember(t)
+	loseQuorum(t, c, ca)
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	e, err := New(c, zap.NewNop(), log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.Run(ctx) }()
+	ready, cancelReady := context.WithTimeout(ctx, 3*time.Second)
+	if err := e.Ready(ready); err == nil {
+		t.Fatal("a member without quorum became ready")
+	}
+	cancelReady()
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		t.Fatal("etcd without quorum did not stop within 15 s of being asked")
 	}
 }
