@@ -14,6 +14,7 @@ import (
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/server"
 )
 
 // checkWithin is how close to its expiry a certificate makes `certificate check` fail: kone
@@ -22,7 +23,7 @@ import (
 const checkWithin = 30
 
 func newCertificateCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "certificate", Short: "Inspect the certificates kone keeps"}
+	cmd := &cobra.Command{Use: "certificate", Short: "Check and rotate the certificates kone keeps"}
 	cmd.AddCommand(onServer("check", fmt.Sprintf("List this machine's certificates with their expiry; fail if one expires within %d days", checkWithin), cobra.NoArgs,
 		func(c *cobra.Command, cfg *config.Config, _ []string) error {
 			paths := node.Paths{Agent: cfg.AgentDir()}
@@ -35,6 +36,13 @@ func newCertificateCommand() *cobra.Command {
 			}
 			return printCertificates(c.OutOrStdout(), held, cfg.DataDir, time.Now())
 		}))
+	var services []string
+	rotate := onServer("rotate", "With kone stopped, set leaf certificates aside so that its next start issues new ones", cobra.NoArgs,
+		func(c *cobra.Command, cfg *config.Config, _ []string) error {
+			return server.RotateCertificates(cfg, services, time.Now(), c.OutOrStdout())
+		})
+	rotate.Flags().StringSliceVar(&services, "service", nil, "what to rotate the certificates of (repeatable; default: all): admin, api-server, auth-proxy, controller-manager, scheduler, etcd, kubelet, kube-proxy, coredns, flannel")
+	cmd.AddCommand(rotate)
 	return cmd
 }
 

@@ -38,7 +38,8 @@ func dirState(t *testing.T, dir string) string {
 // TestClusterReset restores a snapshot into a server whose node runs pods: the pod from
 // before the snapshot is adopted with its container, what was created after it is gone, and
 // the restore is refused while the server runs, from a damaged file, from another cluster's
-// snapshot, and a second time.
+// snapshot, and a second time. Then it rotates certificates, which works only while the
+// server is stopped.
 func TestClusterReset(t *testing.T) {
 	bin := koneBinary(t)
 	before := snapshotHost(t)
@@ -156,14 +157,41 @@ func TestClusterReset(t *testing.T) {
 		t.Errorf("a write after the restore: %v", err)
 	}
 
+	// Certificates are rotated only while kone is stopped.
+	rotate := append([]string{"certificate", "rotate", "--service", "admin", "--service", "kubelet"}, n.args()[1:]...)
+	if out := n.runFail(rotate...); !strings.Contains(out, "stop") {
+		t.Errorf("certificate rotate while kone runs:\n%s", out)
+	}
+
 	// Asked again, with the flags still given: refused, until a start without them.
 	n.stop()
 	if out := n.runFail(n.args(reset...)...); !strings.Contains(out, "reset already") || !strings.Contains(out, "remove --cluster-reset") {
 		t.Errorf("a second reset:\n%s", out)
 	}
+	oldAdmin, err := os.ReadFile(n.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.run(nil, bin, rotate...)
 	n.extra = nil
+	restarted := time.Now()
 	n.start()
+	if newAdmin, _ := os.ReadFile(n.kubeconfig); string(newAdmin) == string(oldAdmin) {
+		t.Error("the admin kubeconfig has the same certificate after certificate rotate")
+	}
+	// The new admin certificate works, and so does the node's kubelet with its new one.
+	cs = n.client()
 	if _, err := cs.CoreV1().ConfigMaps(ns).Get(ctx, "after-restore", metav1.GetOptions{}); err != nil {
 		t.Errorf("what was written after the restore is lost: %v", err)
 	}
+	nodeName := waitNodesReady(t, cs, 1)[0]
+	renewed := false
+	for deadline := time.Now().Add(time.Minute); !renewed && time.Now().Before(deadline); time.Sleep(time.Second) {
+		lease, err := cs.CoordinationV1().Leases("kube-node-lease").Get(ctx, nodeName, metav1.GetOptions{})
+		renewed = err == nil && lease.Spec.RenewTime != nil && lease.Spec.RenewTime.After(restarted)
+	}
+	if !renewed {
+		t.Error("the kubelet did not renew its lease with its rotated certificate")
+	}
+	waitPodsRunning(t, cs, ns, 1)
 }
