@@ -44,8 +44,8 @@ func testMember(t *testing.T) (Config, *pki.Cluster) {
 	}, ca
 }
 
-// runMember runs the member until the test ends or stop is called, once it is ready.
-func runMember(t *testing.T, c Config) (stop func()) {
+// startMember runs the member until cancel is called; done then says how Run ended.
+func startMember(t *testing.T, c Config) (e *Etcd, cancel func(), done <-chan error) {
 	t.Helper()
 	log := logrus.New()
 	log.SetOutput(io.Discard)
@@ -54,8 +54,15 @@ func runMember(t *testing.T, c Config) (stop func()) {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
+	ended := make(chan error, 1)
+	go func() { ended <- e.Run(ctx) }()
+	return e, cancel, ended
+}
+
+// runMember runs the member until the test ends or stop is called, once it is ready.
+func runMember(t *testing.T, c Config) (stop func()) {
+	t.Helper()
+	e, cancel, done := startMember(t, c)
 	var once sync.Once
 	stop = func() {
 		once.Do(func() {
@@ -66,7 +73,7 @@ func runMember(t *testing.T, c Config) (stop func()) {
 		})
 	}
 	t.Cleanup(stop)
-	ready, cancelReady := context.WithTimeout(ctx, time.Minute)
+	ready, cancelReady := context.WithTimeout(context.Background(), time.Minute)
 	defer cancelReady()
 	if err := e.Ready(ready); err != nil {
 		t.Fatalf("etcd not ready: %v", err)
@@ -360,16 +367,8 @@ func TestResetOwnDataAfterQuorumLoss(t *testing.T) {
 func TestStopWithoutQuorum(t *testing.T) {
 	c, ca := testMember(t)
 	loseQuorum(t, c, ca)
-	log := logrus.New()
-	log.SetOutput(io.Discard)
-	e, err := New(c, zap.NewNop(), log)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- e.Run(ctx) }()
-	ready, cancelReady := context.WithTimeout(ctx, 3*time.Second)
+	e, cancel, done := startMember(t, c)
+	ready, cancelReady := context.WithTimeout(context.Background(), 3*time.Second)
 	if err := e.Ready(ready); err == nil {
 		t.Fatal("a member without quorum became ready")
 	}
