@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/client/pkg/v3/types"
 	"go.etcd.io/etcd/server/v3/embed"
@@ -206,6 +207,13 @@ func (e *Etcd) Run(ctx context.Context) error {
 
 // Alone reports whether this member is its cluster's only one; only once Ready.
 func (e *Etcd) Alone() bool { return len(e.server.Server.Cluster().Members()) == 1 }
+
+// Put stores value at key through this member, once Ready: for kone's own keys, outside the
+// apiserver's, with no client connection.
+func (e *Etcd) Put(ctx context.Context, key string, value []byte) error {
+	_, err := e.server.Server.Put(ctx, &etcdserverpb.PutRequest{Key: []byte(key), Value: value})
+	return err
+}
 
 // stopped explains why etcd stopped by itself: mostly, because this member was removed.
 func (e *Etcd) stopped() error {

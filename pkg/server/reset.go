@@ -17,21 +17,97 @@ import (
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/etcd"
+	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/snapshot"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
-// checkResettable refuses --cluster-reset in a data dir that holds no cluster: a snapshot
-// restores into a server of the cluster it was taken from, whose CAs are in its data dir.
-// Called before the certificates are ensured, which would make a CA of a new cluster.
-func checkResettable(cfg *config.Config, caFile string) error {
+// prepareReset readies the data dir for --cluster-reset before the certificates are ensured,
+// which would make the CA of a new cluster in a data dir that holds none. A data dir of the
+// cluster is ready as it is. An empty one, on a machine new to the cluster, takes the cluster's
+// files from the snapshot itself (restoreServerData).
+func prepareReset(cfg *config.Config, ca *pki.Cluster, log *logrus.Logger) error {
+	pending := restorePendingFile(cfg)
+	_, err := os.Stat(pending)
+	isPending := err == nil
 	if !cfg.ClusterReset {
+		if isPending {
+			return fmt.Errorf("%s was being set up to restore a snapshot, which was not restored: start again with --cluster-reset, --cluster-reset-restore-path and --token, "+
+				"or move %s away to start a new cluster", cfg.DataDir, cfg.ServerDir())
+		}
 		return nil
 	}
-	if _, err := os.Stat(caFile); err != nil {
-		return fmt.Errorf("--cluster-reset: %s holds no cluster's certificates (%s); a snapshot is restored on a server of the cluster it was taken from, "+
-			"with that server's data dir (--data-dir)", cfg.DataDir, caFile)
+	if _, err := os.Stat(ca.ServerCA); err == nil {
+		return nil
 	}
+	if cfg.ClusterResetRestorePath == "" {
+		return fmt.Errorf("--cluster-reset: %s holds no cluster (no %s), so there is no etcd data of its own to reset; "+
+			"to restore a snapshot here, give --cluster-reset-restore-path and the cluster's server token (--token)", cfg.DataDir, ca.ServerCA)
+	}
+	if cfg.Token == "" {
+		return fmt.Errorf("--cluster-reset: %s holds no cluster (no %s); to restore the snapshot on this machine, also give --token "+
+			"with the cluster's server token as it was when the snapshot was taken (server/token in a server's data dir): the snapshot carries the cluster's keys sealed with it",
+			cfg.DataDir, ca.ServerCA)
+	}
+	return restoreServerData(cfg, ca, log)
+}
+
+// restorePendingFile marks a data dir that took the cluster's files from a snapshot but whose
+// etcd does not hold the snapshot yet: it must not start a cluster of its own.
+func restorePendingFile(cfg *config.Config) string {
+	return filepath.Join(cfg.ServerDir(), "db", "restore-pending")
+}
+
+// restoreServerData writes the cluster's CAs and keys, secrets-encryption configuration and
+// server token into a data dir that holds no cluster, from the server data sealed in the
+// snapshot (follower.seal). Nothing is written unless --token opens it and it is of the
+// cluster whose CA the token pins, when it pins one.
+func restoreServerData(cfg *config.Config, ca *pki.Cluster, log *logrus.Logger) error {
+	tok, err := token.Parse(cfg.Token)
+	if err != nil {
+		return fmt.Errorf("--token: %w", err)
+	}
+	src := restoreSource(cfg)
+	seed := filepath.Join(cfg.ServerDir(), "db", "restore-seed")
+	if err := os.RemoveAll(seed); err != nil {
+		return fmt.Errorf("--cluster-reset: %w", err)
+	}
+	defer os.RemoveAll(seed)
+	db := filepath.Join(seed, "member", "snap", "db")
+	if err := os.MkdirAll(filepath.Dir(db), 0o700); err != nil {
+		return fmt.Errorf("--cluster-reset: %w", err)
+	}
+	if _, err := snapshot.Unpack(src, db); err != nil {
+		return fmt.Errorf("--cluster-reset: %w", err)
+	}
+	value, err := etcd.ReadKey(seed, join.SealedServerDataKey)
+	if err != nil {
+		return fmt.Errorf("--cluster-reset: %w", err)
+	}
+	if value == nil {
+		return fmt.Errorf("--cluster-reset: the snapshot %s holds none of the cluster's keys (taken by a kone before they were kept in etcd, or not of a kone cluster): "+
+			"restore it on a server of its cluster, whose data dir holds them; nothing was written", src)
+	}
+	data, err := join.OpenServerData(tok, value)
+	if err != nil {
+		return fmt.Errorf("--cluster-reset: --token: %w; nothing was written", err)
+	}
+	if err := completeServerData(cfg, ca, data); err != nil {
+		return fmt.Errorf("--cluster-reset: the server data in the snapshot %w; nothing was written", err)
+	}
+	if tok.CAHash != "" {
+		if err := tok.CheckCA(data["server-ca.crt"]); err != nil {
+			return fmt.Errorf("--cluster-reset: --token pins another CA than the snapshot's cluster has (%w); nothing was written", err)
+		}
+	}
+	if err := pki.WriteFile(restorePendingFile(cfg), []byte(src+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := writeServerData(cfg, ca, data, tok); err != nil {
+		return err
+	}
+	log.WithField("snapshot", src).Info("took the cluster's certificate authorities, keys and server token from the snapshot")
 	return nil
 }
 
@@ -45,6 +121,10 @@ func resetEtcd(ctx context.Context, cfg *config.Config, member etcd.Config, caFi
 		return err
 	}
 	if last != nil {
+		// The snapshot is in: a data dir set up from it is the cluster's now.
+		if err := removeFile(restorePendingFile(cfg)); err != nil {
+			return err
+		}
 		if cfg.ClusterReset {
 			from := "its own data"
 			if last.Snapshot != "" {
@@ -69,6 +149,9 @@ func resetEtcd(ctx context.Context, cfg *config.Config, member etcd.Config, caFi
 		fields["snapshot"] = reset.Snapshot
 	}
 	if err := reset.Run(ctx, time.Now()); err != nil {
+		return err
+	}
+	if err := removeFile(restorePendingFile(cfg)); err != nil {
 		return err
 	}
 	fields["took"] = time.Since(t0).Round(time.Millisecond)
@@ -130,4 +213,12 @@ func sameCluster(caFile, etcdPrefix string) func(string) error {
 		}
 		return nil
 	}
+}
+
+// removeFile removes path, which may be gone already.
+func removeFile(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }

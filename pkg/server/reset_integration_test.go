@@ -195,3 +195,74 @@ func TestClusterReset(t *testing.T) {
 	}
 	waitPodsRunning(t, cs, ns, 1)
 }
+
+// TestRestoreOnNewMachine restores a server's snapshot on a machine that holds none of its
+// cluster's files, with the cluster's server token: the cluster's CA is back with its objects
+// and its Secrets, which were encrypted at rest. Without the token, or with another, the
+// restore is refused and nothing of the cluster is written.
+func TestRestoreOnNewMachine(t *testing.T) {
+	bin := koneBinary(t)
+	ctx := context.Background()
+	old := newNode(t, bin, t.TempDir())
+	old.extra = []string{"--secrets-encryption"}
+	old.start()
+	cs := old.client()
+	if _, err := cs.CoreV1().ConfigMaps("default").Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "kept"}, Data: map[string]string{"a": "b"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cs.CoreV1().Secrets("default").Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "kept"}, Data: map[string][]byte{"password": []byte("s3cret")}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	etcdSnapshot(old, "save", "--name", "moving")
+	saved := listed(old, "moving-")
+	if len(saved) != 1 {
+		t.Fatalf("ls: %v", saved)
+	}
+	file := filepath.Join(old.dataDir, "server", "db", "snapshots", saved[0]+".db.gz")
+	tok, err := os.ReadFile(filepath.Join(old.dataDir, "server", "token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	old.stop()
+
+	fresh := newNode(t, bin, t.TempDir())
+	reset := []string{"--cluster-reset", "--cluster-reset-restore-path", file, "--secrets-encryption"}
+	for _, refused := range []struct {
+		args []string
+		want string
+	}{
+		{nil, "--token"},
+		{[]string{"--token", "not-the-cluster-token-at-all"}, "does not open"},
+	} {
+		if out := fresh.runFail(fresh.args(append(reset, refused.args...)...)...); !strings.Contains(out, refused.want) {
+			t.Errorf("a restore on a new machine with %v: want %q in:\n%s", refused.args, refused.want, out)
+		}
+		held, err := filepath.Glob(filepath.Join(fresh.dataDir, "server", "*", "*"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(held) != 0 {
+			t.Errorf("a refused restore wrote %v", held)
+		}
+	}
+
+	fresh.extra = append(reset, "--token", strings.TrimSpace(string(tok)))
+	fresh.start()
+	cs = fresh.client()
+	if cm, err := cs.CoreV1().ConfigMaps("default").Get(ctx, "kept", metav1.GetOptions{}); err != nil || cm.Data["a"] != "b" {
+		t.Errorf("the ConfigMap from the snapshot: %v %v", cm, err)
+	}
+	if s, err := cs.CoreV1().Secrets("default").Get(ctx, "kept", metav1.GetOptions{}); err != nil || string(s.Data["password"]) != "s3cret" {
+		t.Errorf("the Secret from the snapshot, encrypted at rest with the cluster's key: %v %v", s, err)
+	}
+	for _, f := range []string{"server-ca.crt", "server-ca.key", "service.key"} {
+		a, err1 := os.ReadFile(filepath.Join(old.dataDir, "server", "tls", f))
+		b, err2 := os.ReadFile(filepath.Join(fresh.dataDir, "server", "tls", f))
+		if err1 != nil || err2 != nil || string(a) != string(b) {
+			t.Errorf("%s is not the cluster's on the new machine (%v, %v)", f, err1, err2)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(fresh.dataDir, "server", "db", "restore-pending")); !os.IsNotExist(err) {
+		t.Errorf("the data dir is still marked as waiting for its restore: %v", err)
+	}
+}

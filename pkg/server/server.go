@@ -80,7 +80,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if err := checkPorts(cfg, self, cmArgs, schedArgs); err != nil {
 		return err
 	}
-	if err := checkResettable(cfg, ca.ServerCA); err != nil {
+	if err := prepareReset(cfg, ca, log.Logger); err != nil {
 		return err
 	}
 	if cfg.Server != "" {
@@ -195,7 +195,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	chain := []supervisor.Component{
 		store, apiserver,
 		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), store.Alone, own),
-		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, log.Logger),
+		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, store.Put, log.Logger),
 		etcd.NewMembers(store, adminClient, log.Logger, settler.Soon),
 		elect(cm, "kube-controller-manager"), elect(sched, "kube-scheduler"),
 		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),

@@ -64,11 +64,8 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	if err != nil {
 		return err
 	}
-	files := sharedFiles(cfg, ca)
-	for key := range files {
-		if len(data[key]) == 0 {
-			return fmt.Errorf("the server data of %s lacks %s; is every server of the cluster running this kone version?", cfg.Server, key)
-		}
+	if err := completeServerData(cfg, ca, data); err != nil {
+		return fmt.Errorf("the server data of %s %w; is every server of the cluster running this kone version?", cfg.Server, err)
 	}
 	secrets, err := encryption.Parse(data[join.EncryptionConfigKey], "of the cluster")
 	if err != nil {
@@ -85,17 +82,38 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	if err := pki.WriteFile(joinedFile(cfg), []byte(cfg.Server+"\n"), 0o600); err != nil {
 		return err
 	}
-	var last string
-	for key, path := range files {
+	// The server token joined this server; it is the cluster's, published already.
+	if err := writeServerData(cfg, ca, data, tok); err != nil {
+		return err
+	}
+	log.WithField("server", cfg.Server).Info("fetched the cluster's certificate authorities and keys to join as a server")
+	return nil
+}
+
+// completeServerData checks that data holds every file that servers share.
+func completeServerData(cfg *config.Config, ca *pki.Cluster, data map[string][]byte) error {
+	for key := range sharedFiles(cfg, ca) {
+		if len(data[key]) == 0 {
+			return fmt.Errorf("lacks %s", key)
+		}
+	}
+	return nil
+}
+
+// writeServerData writes the files that servers share from data, whose completeness was
+// checked, and tok, the cluster's server token, as this server's. The CA certificate is
+// written last: a data dir with it holds all of them.
+func writeServerData(cfg *config.Config, ca *pki.Cluster, data map[string][]byte, tok token.Token) error {
+	var caPEM []byte
+	for key, path := range sharedFiles(cfg, ca) {
 		if path == ca.ServerCA {
-			last = key
+			caPEM = data[key]
 			continue
 		}
 		if err := pki.WriteFile(path, data[key], 0o600); err != nil {
 			return err
 		}
 	}
-	// The server token joined this server; it is the cluster's, published already.
 	pinned, err := tok.WithCA(caPEM)
 	if err != nil {
 		return fmt.Errorf("the server token: %w", err)
@@ -106,11 +124,7 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	if err := pki.WriteFile(cfg.ServerToken().Published, []byte(tok.ID+"\n"), 0o600); err != nil {
 		return err
 	}
-	if err := pki.WriteFile(ca.ServerCA, data[last], 0o644); err != nil {
-		return err
-	}
-	log.WithField("server", cfg.Server).Info("fetched the cluster's certificate authorities and keys to join as a server")
-	return nil
+	return pki.WriteFile(ca.ServerCA, caPEM, 0o644)
 }
 
 // etcdJoinFile holds the answer to this server's request to join the etcd cluster.
