@@ -29,6 +29,7 @@ import (
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/renew"
 	"github.com/kone-dev/kone/pkg/sdnotify"
 	"github.com/kone-dev/kone/pkg/token"
 )
@@ -77,7 +78,19 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 	if err != nil {
 		return err
 	}
-	return node.Supervisor(logs, notify).Run(ctx, chain...)
+	renewer := renew.New(func(ctx context.Context, now time.Time) ([]string, error) {
+		// As the node: kubelet's identity, through the load balancer its kubeconfig names.
+		cs, err := client(creds.Kubelet, "")
+		if err != nil {
+			return nil, err
+		}
+		secret, err := join.LoadOrCreateSecret(j.paths.NodeSecret())
+		if err != nil {
+			return nil, err
+		}
+		return j.renew(ctx, cs, secret, now)
+	}, []string{j.paths.TLSDir()}, logs.Logger)
+	return node.Supervisor(logs, notify).Run(ctx, append(chain, renewer)...)
 }
 
 // joiner obtains the node's credentials and the cluster's settings. It talks to server; the
@@ -187,28 +200,50 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 	if err := kubeconfig.Write(creds.Kubelet, 0o600); err != nil {
 		return creds, settings, err
 	}
-	for _, c := range []struct {
-		component, name, kubeconfig string
-	}{
-		{join.ProxyUser, "client-kube-proxy", creds.Proxy},
-		{join.DNSGroup, "client-coredns", creds.DNS},
-		{join.FlannelGroup, "client-flannel", creds.Flannel},
-	} {
-		f, subject := j.tls(c.name), join.Subject(c.component, j.id.Name)
-		if !join.Valid(f, subject, now, pki.RenewBefore) {
-			err := join.ClientCertificate(ctx, cs, f, c.component, j.id.Name, secret)
-			if err != nil && !join.Valid(f, subject, now, 0) {
-				return creds, settings, err
-			}
-			if err != nil {
-				j.log.WithError(err).Warn("cannot renew a certificate yet; the current one stays in use")
-			}
-		}
-		if err := (pki.Kubeconfig{Server: j.local, CAFile: serverCA, Client: f}).Write(c.kubeconfig, 0o600); err != nil {
+	if _, err := j.renew(ctx, cs, secret, now); err != nil {
+		return creds, settings, err
+	}
+	for _, c := range j.components() {
+		if err := (pki.Kubeconfig{Server: j.local, CAFile: serverCA, Client: j.tls(c.name)}).Write(c.kubeconfig, 0o600); err != nil {
 			return creds, settings, err
 		}
 	}
 	return creds, settings, nil
+}
+
+// component is a part of the node side with a client certificate that kone obtains for it.
+type component struct{ component, name, kubeconfig string }
+
+func (j joiner) components() []component {
+	return []component{
+		{join.ProxyUser, "client-kube-proxy", j.file("kube-proxy.kubeconfig")},
+		{join.DNSGroup, "client-coredns", j.file("coredns.kubeconfig")},
+		{join.FlannelGroup, "client-flannel", j.file("flannel.kubeconfig")},
+	}
+}
+
+// renew requests a client certificate for each component whose certificate is missing or ends
+// within pki.RenewBefore, as the agent starts and while it runs (renew.Renewer), and returns
+// those it obtained. A request that fails while the current certificate is still valid only
+// warns: the server may be away for now. kubelet renews its own certificates.
+func (j joiner) renew(ctx context.Context, cs kubernetes.Interface, secret join.NodeSecret, now time.Time) ([]string, error) {
+	var issued []string
+	for _, c := range j.components() {
+		f, subject := j.tls(c.name), join.Subject(c.component, j.id.Name)
+		if join.Valid(f, subject, now, pki.RenewBefore) {
+			continue
+		}
+		err := join.ClientCertificate(ctx, cs, f, c.component, j.id.Name, secret)
+		if err != nil && !join.Valid(f, subject, now, 0) {
+			return issued, err
+		}
+		if err != nil {
+			j.log.WithError(err).Warn("cannot renew a certificate yet; the current one stays in use")
+			continue
+		}
+		issued = append(issued, f.Cert)
+	}
+	return issued, nil
 }
 
 // dropServingFromServerCA removes a kubelet serving certificate that an earlier kone had signed

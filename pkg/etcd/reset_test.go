@@ -54,6 +54,7 @@ func startMember(t *testing.T, c Config) (e *Etcd, cancel func(), done <-chan er
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel) // a test that fails before it stops the member does not leave it running
 	ended := make(chan error, 1)
 	go func() { ended <- e.Run(ctx) }()
 	return e, cancel, ended

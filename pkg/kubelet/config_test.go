@@ -45,8 +45,9 @@ func TestConfiguration(t *testing.T) {
 	if kc.Authorization.Mode != kubeletv1beta1.KubeletAuthorizationModeWebhook {
 		t.Errorf("authorization: %v", kc.Authorization.Mode)
 	}
-	if kc.ReadOnlyPort != 0 || !kc.RotateCertificates {
-		t.Errorf("read-only port %d, rotation %v", kc.ReadOnlyPort, kc.RotateCertificates)
+	// A server's kubelet, given its certificates, leaves renewing them to kone.
+	if kc.ReadOnlyPort != 0 || kc.RotateCertificates {
+		t.Errorf("read-only port %d, client certificate rotation %v", kc.ReadOnlyPort, kc.RotateCertificates)
 	}
 	if kc.ContainerRuntimeEndpoint != "unix:///run/kone/containerd/containerd.sock" {
 		t.Errorf("runtime endpoint %q", kc.ContainerRuntimeEndpoint)
@@ -86,8 +87,8 @@ func TestJoiningKubelet(t *testing.T) {
 	c := testConfig()
 	c.ServingCert, c.ServingKey = "", ""
 	kc := configured(t, c)
-	if !kc.ServerTLSBootstrap || kc.TLSCertFile != "" {
-		t.Errorf("serving certificate: bootstrap %v, file %q", kc.ServerTLSBootstrap, kc.TLSCertFile)
+	if !kc.ServerTLSBootstrap || kc.TLSCertFile != "" || !kc.RotateCertificates {
+		t.Errorf("serving certificate: bootstrap %v, file %q; client certificate rotation %v", kc.ServerTLSBootstrap, kc.TLSCertFile, kc.RotateCertificates)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -74,10 +75,11 @@ func InClusterNames(clusterDomain string) []string {
 	return []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc." + clusterDomain}
 }
 
-// Ensure creates or renews everything in the layout. apiserver are the serving certificate's
-// names (InClusterNames, host names, node IPs, the first service IP, --tls-san); etcd are the
-// names of etcd's serving and peer certificates. It returns the leaves it issued.
-func (c *Cluster) Ensure(apiserver, etcd, peer Names, now time.Time) ([]string, error) {
+// Ensure creates or renews everything in the layout, and issues the leaves in rotate anew
+// with new keys. apiserver are the serving certificate's names (InClusterNames, host names,
+// node IPs, the first service IP, --tls-san); etcd are the names of etcd's serving and peer
+// certificates. It returns the leaves it issued.
+func (c *Cluster) Ensure(apiserver, etcd, peer Names, now time.Time, rotate ...File) ([]string, error) {
 	cas := map[string]*CA{}
 	for _, name := range caNames() {
 		ca, err := EnsureCA(c.Dir, name, now)
@@ -109,7 +111,7 @@ func (c *Cluster) Ensure(apiserver, etcd, peer Names, now time.Time) ([]string, 
 	}
 	var issued []string
 	for _, l := range leaves {
-		done, err := cas[l.ca].EnsureLeaf(l.file, l.spec, now)
+		done, err := EnsureOrRotate(cas[l.ca], l.file, l.spec, now, rotate)
 		if err != nil {
 			return nil, err
 		}
@@ -136,4 +138,13 @@ func (c *Cluster) Shared() map[string]string {
 		files[key+".key"] = filepath.Join(c.Dir, name+".key")
 	}
 	return files
+}
+
+// EnsureOrRotate rotates f when it is among rotate, and ensures it otherwise; it reports whether
+// it issued a certificate.
+func EnsureOrRotate(ca *CA, f File, spec LeafSpec, now time.Time, rotate []File) (bool, error) {
+	if slices.Contains(rotate, f) {
+		return true, ca.RotateLeaf(f, spec, now)
+	}
+	return ca.EnsureLeaf(f, spec, now)
 }

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 
@@ -19,7 +20,8 @@ type Kubeconfig struct {
 	Embed bool
 }
 
-// Write writes the kubeconfig to path with mode.
+// Write writes the kubeconfig to path with mode, unless path holds it already: kone writes its
+// kubeconfigs at every start and after each renewal, and flash wears with each write.
 func (k Kubeconfig) Write(path string, mode os.FileMode) error {
 	cluster := &clientcmdapi.Cluster{Server: k.Server, CertificateAuthority: k.CAFile}
 	user := &clientcmdapi.AuthInfo{ClientCertificate: k.Client.Cert, ClientKey: k.Client.Key}
@@ -47,6 +49,11 @@ func (k Kubeconfig) Write(path string, mode os.FileMode) error {
 	data, err := clientcmd.Write(*cfg)
 	if err != nil {
 		return fmt.Errorf("kubeconfig %s: %w", path, err)
+	}
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		if info, err := os.Stat(path); err == nil && info.Mode().Perm() == mode.Perm() {
+			return nil
+		}
 	}
 	return WriteFile(path, data, mode)
 }

@@ -121,6 +121,23 @@ func (ca *CA) EnsureLeaf(f File, spec LeafSpec, now time.Time) (bool, error) {
 			return false, err
 		}
 	}
+	return true, ca.issue(f, spec, key, now)
+}
+
+// RotateLeaf replaces f with a new certificate for spec signed by ca, with a new key, in one
+// step (WritePair): a process that reads the pair at any moment finds the old or the new one.
+func (ca *CA) RotateLeaf(f File, spec LeafSpec, now time.Time) error {
+	if err := RecoverPair(f); err != nil {
+		return err
+	}
+	key, err := newKey()
+	if err != nil {
+		return err
+	}
+	return ca.issue(f, spec, key, now)
+}
+
+func (ca *CA) issue(f File, spec LeafSpec, key crypto.Signer, now time.Time) error {
 	tmpl := &x509.Certificate{
 		Subject:               pkix.Name{CommonName: spec.CommonName, Organization: spec.Organization},
 		DNSNames:              spec.DNSNames,
@@ -133,9 +150,9 @@ func (ca *CA) EnsureLeaf(f File, spec LeafSpec, now time.Time) (bool, error) {
 	}
 	cert, err := sign(tmpl, ca.Cert, key.Public(), ca.Key)
 	if err != nil {
-		return false, fmt.Errorf("issue %s: %w", f.Cert, err)
+		return fmt.Errorf("issue %s: %w", f.Cert, err)
 	}
-	return true, write(f, cert, key)
+	return write(f, cert, key)
 }
 
 // EnsureKey makes sure path holds a private key, for signing service-account tokens.

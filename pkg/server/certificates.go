@@ -13,6 +13,7 @@ import (
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/datadir"
+	"github.com/kone-dev/kone/pkg/loadbalancer"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
 )
@@ -21,10 +22,7 @@ import (
 // what uses them, k3s's names where they match: what `kone certificate rotate --service` takes.
 func certificateServices(cfg *config.Config) map[string][]pki.File {
 	ca := pki.Layout(cfg.TLSDir())
-	nodeTLS := node.Paths{Agent: cfg.AgentDir()}.TLSDir()
-	nodeLeaf := func(name string) pki.File {
-		return pki.File{Cert: filepath.Join(nodeTLS, name+".crt"), Key: filepath.Join(nodeTLS, name+".key")}
-	}
+	paths := node.Paths{Agent: cfg.AgentDir()}
 	return map[string][]pki.File{
 		"admin":              {ca.Admin},
 		"api-server":         {ca.APIServerServing, ca.APIServerKubelet},
@@ -32,17 +30,66 @@ func certificateServices(cfg *config.Config) map[string][]pki.File {
 		"controller-manager": {ca.ControllerManager},
 		"scheduler":          {ca.Scheduler},
 		"etcd":               {ca.EtcdServing, ca.EtcdPeer, ca.APIServerEtcd},
-		"kubelet":            {nodeLeaf("client-kubelet"), nodeLeaf("serving-kubelet")},
-		"kube-proxy":         {nodeLeaf("client-kube-proxy")},
-		"coredns":            {nodeLeaf("client-coredns")},
-		"flannel":            {nodeLeaf("client-flannel")},
+		"kubelet":            {nodeLeaf(paths, kubeletClientLeaf), nodeLeaf(paths, kubeletServingLeaf)},
+		"kube-proxy":         {nodeLeaf(paths, proxyClientLeaf)},
+		"coredns":            {nodeLeaf(paths, dnsClientLeaf)},
+		"flannel":            {nodeLeaf(paths, flannelClientLeaf)},
 	}
 }
 
-// RotateCertificates moves the leaf certificates of services (all when none is named), with
-// their keys, into a directory beside the PKI, tls-rotated-TIME, so that the server's next
-// start issues new ones. kone must be stopped, as k3s asks: a running kone would go on using
-// the old ones.
+// serverCertificates issues, renews and rotates the leaf certificates of a server and of its
+// own node, and writes the kubeconfigs that carry them. The server does so as it starts and
+// while it runs (renewer); `kone certificate rotate` does so beside it or while it is stopped.
+// The components reload what it writes from disk.
+type serverCertificates struct {
+	cfg  *config.Config
+	ca   *pki.Cluster
+	self node.Identity // the server's name and address, which its node shares
+}
+
+// lock is taken by whoever issues, for the length of an issue.
+func (c serverCertificates) lock() (unlock func(), err error) {
+	if err := os.MkdirAll(c.ca.Dir, 0o700); err != nil {
+		return nil, err
+	}
+	return datadir.LockFile(filepath.Join(c.ca.Dir, ".lock"), true)
+}
+
+// issue ensures every leaf certificate, rotating those in rotate, and returns those it issued.
+func (c serverCertificates) issue(now time.Time, rotate ...pki.File) ([]string, error) {
+	unlock, err := c.lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	issued, err := c.ca.Ensure(apiserverNames(c.cfg), etcdNames(), peerNames(c.self), now, rotate...)
+	if err != nil {
+		return issued, fmt.Errorf("certificates: %w", err)
+	}
+	if !c.cfg.DisableAgent {
+		paths := node.Paths{Agent: c.cfg.AgentDir()}
+		_, more, err := nodeCredentials(c.ca, paths, c.self, loadbalancer.URL(c.cfg.Node.LoadBalancer()), now, rotate...)
+		issued = append(issued, more...)
+		if err != nil {
+			return issued, fmt.Errorf("node certificates: %w", err)
+		}
+	}
+	if c.cfg.WriteKubeconfig != "" {
+		// The one kubeconfig that holds its certificate rather than naming its file: it leaves
+		// the machine.
+		admin := pki.Kubeconfig{Server: adminConfig(c.cfg, c.ca).Host, CAFile: c.ca.ServerCA, Client: c.ca.Admin, Embed: true}
+		if err := admin.Write(c.cfg.WriteKubeconfig, os.FileMode(c.cfg.WriteKubeconfigMode)); err != nil {
+			return issued, fmt.Errorf("%w; choose another path with --write-kubeconfig", err)
+		}
+	}
+	return issued, nil
+}
+
+// RotateCertificates issues the leaf certificates of services (all when none is named) anew,
+// with new keys, in place, after copying the old ones into a directory beside the PKI,
+// tls-rotated-TIME. A running kone takes the new ones from disk: its servers at once, its
+// clients within minutes. The old certificates stay valid until they expire: rotation replaces
+// a certificate, it does not revoke one (Kubernetes has no revocation list).
 func RotateCertificates(cfg *config.Config, services []string, now time.Time, out io.Writer) error {
 	all := certificateServices(cfg)
 	if len(services) == 0 {
@@ -61,41 +108,84 @@ func RotateCertificates(cfg *config.Config, services []string, now time.Time, ou
 			return fmt.Errorf("--service %q: kone has no certificate for it; choose among %s", s, strings.Join(names, ", "))
 		}
 	}
-	if _, err := os.Stat(pki.Layout(cfg.TLSDir()).ServerCA); err != nil {
+	ca := pki.Layout(cfg.TLSDir())
+	if _, err := os.Stat(ca.ServerCA); err != nil {
 		return fmt.Errorf("%s holds no server's certificates (%w); run this on a server, with its --data-dir", cfg.DataDir, err)
 	}
-	lock, err := datadir.Acquire(cfg.DataDir)
+	self, err := serverIdentity(cfg)
 	if err != nil {
-		return fmt.Errorf("%w; the certificates are rotated while kone is stopped, and its next start issues new ones", err)
+		return err
 	}
-	defer lock.Release()
+	certs := serverCertificates{cfg: cfg, ca: ca, self: self}
+	unlock, err := certs.lock()
+	if err != nil {
+		return err
+	}
 	aside := filepath.Join(cfg.ServerDir(), "tls-rotated-"+now.UTC().Format("20060102T150405Z"))
-	moved := 0
+	var rotate []pki.File
+	kept := 0
 	for _, s := range slices.Compact(services) {
 		for _, f := range all[s] {
-			for _, p := range []string{f.Cert, f.Key} {
-				rel, err := filepath.Rel(cfg.DataDir, p)
-				if err != nil {
-					return err
-				}
-				if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
-					continue // a server without its node side has no node certificates
-				}
-				target := filepath.Join(aside, rel)
-				if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
-					return fmt.Errorf("rotate certificates: %w", err)
-				}
-				if err := os.Rename(p, target); err != nil {
-					return fmt.Errorf("rotate certificates: %w", err)
-				}
-				moved++
+			// A pair that a crash left half-replaced is finished or undone first, so that what
+			// is kept aside is a certificate with its own key.
+			if err := pki.RecoverPair(f); err != nil {
+				unlock()
+				return fmt.Errorf("rotate certificates: %w", err)
+			}
+			n, err := copyAside(cfg.DataDir, aside, f.Cert, f.Key)
+			if err != nil {
+				unlock()
+				return err
+			}
+			kept += n
+			rotate = append(rotate, f)
+		}
+	}
+	unlock()
+	issued, err := certs.issue(now, rotate...)
+	if err != nil {
+		return err
+	}
+	for _, s := range slices.Compact(services) {
+		n := 0
+		for _, f := range all[s] {
+			if slices.Contains(issued, f.Cert) {
+				n++
 			}
 		}
-		fmt.Fprintf(out, "rotated %s\n", s)
+		if n == 0 {
+			fmt.Fprintf(out, "%s: none, this server runs no node side (--disable-agent)\n", s)
+			continue
+		}
+		fmt.Fprintf(out, "%s: %d issued with new keys\n", s, n)
 	}
-	if moved == 0 {
-		return errors.New("no certificates to rotate: kone issues them as it first starts")
+	if kept > 0 {
+		fmt.Fprintf(out, "the old certificates and keys are in %s; a running kone takes the new ones from disk without a restart\n", aside)
 	}
-	fmt.Fprintf(out, "the old certificates and keys are in %s; start kone to issue new ones\n", aside)
 	return nil
+}
+
+// copyAside copies the files at paths that exist, all under dataDir, to the same places under
+// aside, and says how many it copied. Copied, not moved: a running kone reads them until the
+// new ones replace them.
+func copyAside(dataDir, aside string, paths ...string) (int, error) {
+	copied := 0
+	for _, p := range paths {
+		rel, err := filepath.Rel(dataDir, p)
+		if err != nil {
+			return copied, err
+		}
+		data, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return copied, fmt.Errorf("rotate certificates: %w", err)
+		}
+		if err := pki.WriteFile(filepath.Join(aside, rel), data, 0o600); err != nil {
+			return copied, fmt.Errorf("rotate certificates: %w", err)
+		}
+		copied++
+	}
+	return copied, nil
 }

@@ -17,6 +17,8 @@ import (
 	"k8s.io/client-go/kubernetes"
 	cloudproviderapi "k8s.io/cloud-provider/api"
 	"k8s.io/utils/ptr"
+
+	"github.com/kone-dev/kone/pkg/pki"
 )
 
 // The extra nodes' network: the host is .1 on the bridge that scripts/node makes.
@@ -193,6 +195,20 @@ func TestAgents(t *testing.T) {
 	from := onNode["agent-1"]
 	if out := kubectlEventually(t, n, "exec", "-n", ns, from.Name, "--", "timeout", "5", "wget", "-q", "-O-", "http://web/"); !strings.HasPrefix(out, "hello from web-") {
 		t.Errorf("the Service from the restarted agent: %q", out)
+	}
+
+	// A running agent renews a certificate of its that has 10 days left, through the cluster.
+	agentTLS := filepath.Join("/var/lib/kone-nodes", agents[1].name, "lib", "kone", "agent", "tls")
+	proxyCert := pki.File{Cert: filepath.Join(agentTLS, "client-kube-proxy.crt"), Key: filepath.Join(agentTLS, "client-kube-proxy.key")}
+	short := shorten(t, filepath.Join(n.dataDir, "server", "tls"), "client-ca", proxyCert)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		c := readCert(t, proxyCert.Cert)
+		if c.SerialNumber.Cmp(short) != 0 && c.NotAfter.After(time.Now().Add(300*24*time.Hour)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("agent %s did not renew its kube-proxy certificate with 10 days left within a minute:\n%s", agents[1].name, agents[1].log())
+		}
 	}
 
 	// A server restart: the agents' pods keep running and their nodes are Ready again soon after.

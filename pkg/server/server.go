@@ -1,7 +1,8 @@
 // Package server assembles a kone server from its components: it prepares the data dir (lock,
 // free ports, PKI, join token, encryption keys, kubeconfigs; for a server that joins another
 // with --server, the cluster's CAs and keys and its etcd membership, first) and then hands
-// etcd, kube-apiserver, the cluster bootstrap, etcd membership, kube-controller-manager,
+// etcd, kube-apiserver, the certificate renewer, the cluster bootstrap, the server data
+// follower, etcd membership, kube-controller-manager,
 // kube-scheduler, the secrets rewrite, the join approver, the cloud node controller and
 // (unless --disable-agent) its own node side to the supervisor, in that order. The controllers
 // run under leader election (pkg/leader): one of each is active among the servers. It also
@@ -35,6 +36,7 @@ import (
 	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/renew"
 	"github.com/kone-dev/kone/pkg/sdnotify"
 	"github.com/kone-dev/kone/pkg/snapshot"
 	"github.com/kone-dev/kone/pkg/supervisor"
@@ -91,9 +93,10 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 
 	t0 := time.Now()
 	servers := apiserverNames(cfg)
-	issued, err := ca.Ensure(servers, etcdNames(), peerNames(self), t0)
+	certs := serverCertificates{cfg: cfg, ca: ca, self: self}
+	issued, err := certs.issue(t0)
 	if err != nil {
-		return fmt.Errorf("certificates: %w", err)
+		return err
 	}
 	if len(issued) > 0 {
 		log.WithField("certificates", len(issued)).Debugf("issued certificates: %v", issued)
@@ -109,7 +112,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	admin := adminConfig(cfg, ca)
 	local := admin.Host
-	if err := writeKubeconfigs(cfg, ca, files, local); err != nil {
+	if err := writeKubeconfigs(ca, files, local); err != nil {
 		return err
 	}
 	profileFiles, err := control.ProfileFiles(cfg, files)
@@ -194,6 +197,8 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	chain := []supervisor.Component{
 		store, apiserver,
+		renew.New(func(_ context.Context, now time.Time) ([]string, error) { return certs.issue(now) },
+			[]string{ca.Dir, filepath.Dir(ca.EtcdServerCA), node.Paths{Agent: cfg.AgentDir()}.TLSDir()}, log.Logger),
 		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), store.Alone, own),
 		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, store.Put, log.Logger),
 		etcd.NewMembers(store, adminClient, log.Logger, settler.Soon),
@@ -243,9 +248,17 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 	paths := node.Paths{Agent: cfg.AgentDir()}
 	// The node side reaches this server's apiserver, and the others once it knows them,
 	// through its load balancer.
-	creds, err := nodeCredentials(ca, paths, id, loadbalancer.URL(cfg.Node.LoadBalancer()), time.Now())
+	creds, _, err := nodeCredentials(ca, paths, id, loadbalancer.URL(cfg.Node.LoadBalancer()), time.Now())
 	if err != nil {
 		return nil, join.Held{}, fmt.Errorf("node certificates: %w", err)
+	}
+	// kubelet on a server's node no longer renews its client certificate itself (the renewer
+	// does): what it kept from then would only expire, unused, in `kone certificate check`.
+	stale, _ := filepath.Glob(filepath.Join(paths.KubeletCertDir(), "kubelet-client-*.pem"))
+	for _, f := range stale {
+		if err := os.Remove(f); err != nil {
+			return nil, join.Held{}, err
+		}
 	}
 	secret, err := join.LoadOrCreateSecret(paths.NodeSecret())
 	if err != nil {
@@ -286,7 +299,7 @@ func serverIdentity(cfg *config.Config) (node.Identity, error) {
 	return id, nil
 }
 
-func writeKubeconfigs(cfg *config.Config, ca *pki.Cluster, files control.Files, local string) error {
+func writeKubeconfigs(ca *pki.Cluster, files control.Files, local string) error {
 	for path, client := range map[string]pki.File{
 		files.ControllerManagerKubeconfig: ca.ControllerManager,
 		files.SchedulerKubeconfig:         ca.Scheduler,
@@ -294,13 +307,6 @@ func writeKubeconfigs(cfg *config.Config, ca *pki.Cluster, files control.Files, 
 		if err := (pki.Kubeconfig{Server: local, CAFile: ca.ServerCA, Client: client}).Write(path, 0o600); err != nil {
 			return err
 		}
-	}
-	if cfg.WriteKubeconfig == "" {
-		return nil
-	}
-	admin := pki.Kubeconfig{Server: local, CAFile: ca.ServerCA, Client: ca.Admin, Embed: true}
-	if err := admin.Write(cfg.WriteKubeconfig, os.FileMode(cfg.WriteKubeconfigMode)); err != nil {
-		return fmt.Errorf("%w; choose another path with --write-kubeconfig", err)
 	}
 	return nil
 }
