@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -13,9 +12,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
@@ -25,28 +21,9 @@ import (
 // pod's container is not restarted.
 func TestCertificatesWhileRunning(t *testing.T) {
 	bin := koneBinary(t)
-	before := snapshotHost(t)
-	n := newNode(t, bin, t.TempDir())
-	n.nodeSide = true
-	addBusybox(t, filepath.Join(n.dataDir, "agent", "images"))
-	t.Cleanup(func() { teardownNode(t, n, before) })
-	n.start()
-	cs := n.client()
-	ctx := context.Background()
-	nodeName := waitNodesReady(t, cs, 1)[0]
+	n, cs, nodeName := startNodeServer(t, bin)
 	ns := "kone-node-it" // which teardownNode drains
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: "sleeper", Namespace: ns},
-		Spec: corev1.PodSpec{Containers: []corev1.Container{{
-			Name: "c", Image: busyboxImage, ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"},
-		}}},
-	}
-	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	startSleeper(t, cs, ns, "sleeper")
 	waitPodsRunning(t, cs, ns, 1)
 	containers := containerIDs(t, cs, ns)
 

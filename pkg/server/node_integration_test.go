@@ -15,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -322,4 +323,38 @@ func containerIDs(t *testing.T, cs kubernetes.Interface, ns string) []string {
 	}
 	sort.Strings(ids)
 	return ids
+}
+
+// startNodeServer starts a server with its node side, which can run the busybox image, and
+// waits until its node is Ready. After the test, the host is cleaned and checked.
+func startNodeServer(t *testing.T, bin string) (n *node, cs kubernetes.Interface, nodeName string) {
+	t.Helper()
+	before := snapshotHost(t)
+	n = newNode(t, bin, t.TempDir())
+	n.nodeSide = true
+	addBusybox(t, filepath.Join(n.dataDir, "agent", "images"))
+	t.Cleanup(func() { teardownNode(t, n, before) })
+	n.start()
+	cs = n.client()
+	return n, cs, waitNodesReady(t, cs, 1)[0]
+}
+
+// startSleeper creates a pod in ns, which it creates first if need be, whose container sleeps
+// for an hour.
+func startSleeper(t *testing.T, cs kubernetes.Interface, ns, name string) {
+	t.Helper()
+	ctx := context.Background()
+	_, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+	if err != nil && !apierrors.IsAlreadyExists(err) {
+		t.Fatal(err)
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.PodSpec{Containers: []corev1.Container{{
+			Name: "c", Image: busyboxImage, ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"},
+		}}},
+	}
+	if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -41,32 +41,10 @@ func dirState(t *testing.T, dir string) string {
 // snapshot, and a second time. Then it rotates certificates while the server is stopped.
 func TestClusterReset(t *testing.T) {
 	bin := koneBinary(t)
-	before := snapshotHost(t)
-	n := newNode(t, bin, t.TempDir())
-	n.nodeSide = true
-	addBusybox(t, filepath.Join(n.dataDir, "agent", "images"))
-	t.Cleanup(func() { teardownNode(t, n, before) })
-	n.start()
-	cs := n.client()
+	n, cs, _ := startNodeServer(t, bin)
 	ctx := context.Background()
-	waitNodesReady(t, cs, 1)
-
-	ns := "kone-reset-it"
-	if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	sleeper := func(name string) {
-		t.Helper()
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			Spec: corev1.PodSpec{Containers: []corev1.Container{{
-				Name: "c", Image: busyboxImage, ImagePullPolicy: corev1.PullNever, Command: []string{"sleep", "3600"},
-			}}},
-		}
-		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ns := "kone-node-it" // which teardownNode drains
+	sleeper := func(name string) { startSleeper(t, cs, ns, name) }
 	sleeper("kept")
 	waitPodsRunning(t, cs, ns, 1)
 	kept := containerIDs(t, cs, ns)
