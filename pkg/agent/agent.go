@@ -242,6 +242,12 @@ func (j joiner) renew(ctx context.Context, cs kubernetes.Interface, secret join.
 			continue
 		}
 		issued = append(issued, f.Cert)
+		if !join.Valid(f, subject, now, pki.RenewBefore) {
+			// Asked again at the next hourly check, not at once: a loop would flood the cluster
+			// with requests.
+			j.log.WithField("certificate", f.Cert).Warn("the certificate the cluster signed ends within 90 days, or starts after this machine's clock: " +
+				"check the clock, and the cluster's signing duration (--kube-controller-manager-arg cluster-signing-duration) or its client CA's expiry")
+		}
 	}
 	return issued, nil
 }

@@ -18,8 +18,9 @@ import (
 )
 
 // checkWithin is how close to its expiry a certificate makes `certificate check` fail: kone
-// renews leaves pki.RenewBefore (90 days) ahead as it starts, so one this close has gone
-// without a restart for long; a monitoring job that runs the check finds it in time.
+// renews leaves pki.RenewBefore (90 days) ahead, hourly while it runs, so one this close is one
+// that kone could not renew (or a kone that has not run for long); a monitoring job that runs
+// the check finds it in time.
 const checkWithin = 30
 
 func newCertificateCommand() *cobra.Command {
@@ -37,7 +38,7 @@ func newCertificateCommand() *cobra.Command {
 			return printCertificates(c.OutOrStdout(), held, cfg.DataDir, time.Now())
 		}))
 	var services []string
-	rotate := onServer("rotate", "With kone stopped, set leaf certificates aside so that its next start issues new ones", cobra.NoArgs,
+	rotate := onServer("rotate", "Issue leaf certificates anew with new keys, the old ones kept aside; kone may be running", cobra.NoArgs,
 		func(c *cobra.Command, cfg *config.Config, _ []string) error {
 			return server.RotateCertificates(cfg, services, time.Now(), c.OutOrStdout())
 		})
@@ -73,7 +74,7 @@ func printCertificates(out io.Writer, held []pki.Held, dataDir string, now time.
 	}
 	var problems []string
 	if len(leaves) > 0 {
-		problems = append(problems, fmt.Sprintf("%d certificates expire within %d days or have expired: %s; kone renews them as it starts, %d days ahead: restart it",
+		problems = append(problems, fmt.Sprintf("%d certificates expire within %d days or have expired: %s; kone renews them %d days ahead while it runs: see its log for why it could not, or run `kone certificate rotate`",
 			len(leaves), checkWithin, strings.Join(leaves, ", "), int(pki.RenewBefore.Hours()/24)))
 	}
 	if len(cas) > 0 {

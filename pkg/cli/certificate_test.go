@@ -33,12 +33,12 @@ func TestPrintCertificates(t *testing.T) {
 		pki.Held{File: "/var/lib/kone/agent/tls/kube-proxy.crt", Subject: "system:kube-proxy", NotAfter: now.Add(-time.Hour)})
 	err := printCertificates(&bytes.Buffer{}, soon, "/var/lib/kone", now)
 	if err == nil || !strings.Contains(err.Error(), "2 certificates") || !strings.Contains(err.Error(), "agent/tls/kubelet.crt") ||
-		!strings.Contains(err.Error(), "kube-proxy.crt") || strings.Contains(err.Error(), "client-admin") || !strings.Contains(err.Error(), "restart") {
+		!strings.Contains(err.Error(), "kube-proxy.crt") || strings.Contains(err.Error(), "client-admin") || !strings.Contains(err.Error(), "certificate rotate") {
 		t.Errorf("29 days left and expired: %v", err)
 	}
 	ca := []pki.Held{{File: "/var/lib/kone/server/tls/server-ca.crt", Subject: "kone-server-ca@1", NotAfter: now.Add(10 * 24 * time.Hour), IsCA: true}}
 	if err := printCertificates(&bytes.Buffer{}, ca, "/var/lib/kone", now); err == nil || !strings.Contains(err.Error(), "certificate authorities") ||
-		strings.Contains(err.Error(), "restart it") {
+		strings.Contains(err.Error(), "certificate rotate") {
 		t.Errorf("a CA 10 days from expiry: %v", err)
 	}
 }

@@ -215,6 +215,12 @@ func (e *Etcd) Put(ctx context.Context, key string, value []byte) error {
 	return err
 }
 
+// Delete removes key through this member, once Ready.
+func (e *Etcd) Delete(ctx context.Context, key string) error {
+	_, err := e.server.Server.DeleteRange(ctx, &etcdserverpb.DeleteRangeRequest{Key: []byte(key)})
+	return err
+}
+
 // stopped explains why etcd stopped by itself: mostly, because this member was removed.
 func (e *Etcd) stopped() error {
 	s := e.server.Server

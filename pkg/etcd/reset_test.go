@@ -27,7 +27,10 @@ func testMember(t *testing.T) (Config, *pki.Cluster) {
 	dir := t.TempDir()
 	ca := pki.Layout(filepath.Join(dir, "tls"))
 	names := pki.Names{DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}
-	if _, err := ca.Ensure(names, names, names, time.Now()); err != nil {
+	if err := ca.EnsureAuthorities(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.Renew(names, names, names, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	free := func() int {

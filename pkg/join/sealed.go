@@ -19,10 +19,16 @@ import (
 // its files (k3s keeps its bootstrap data in etcd the same way).
 const SealedServerDataKey = "/kone/bootstrap/server-data"
 
-// sealIterations is PBKDF2-SHA256's work factor for the key. A token that kone made has some
-// 80 random bits, which need none; a passphrase of 16 characters may have few, and the sealed
-// data holds the cluster's CA keys. Some 0.2 s on an edge board, once per change.
+// sealIterations is PBKDF2-SHA256's work factor for the key, some 0.2 s on an edge board, once
+// per change. A token that kone made has some 80 random bits, beyond any guessing. A passphrase
+// given as --token is not protected by it: the token's id, which every snapshot holds in clear
+// (the bootstrap-token Secret's name), is cut from one SHA-256 of the passphrase, so wrong
+// guesses are ruled out at SHA-256's speed. README says so.
 const sealIterations = 600_000
+
+// maxSealIterations bounds the work factor read from a snapshot: a crafted one would otherwise
+// keep a restore busy for hours.
+const maxSealIterations = 10 * sealIterations
 
 type sealed struct {
 	Version    int    `json:"version"`
@@ -87,8 +93,8 @@ func OpenServerData(tok token.Token, value []byte) (map[string][]byte, error) {
 }
 
 func sealCipher(tok token.Token, s sealed) (cipher.AEAD, error) {
-	if s.Iterations < 1 || len(s.Salt) == 0 {
-		return nil, errors.New("the sealed server data is damaged: no key derivation parameters")
+	if s.Iterations < 1 || s.Iterations > maxSealIterations || len(s.Salt) == 0 || len(s.Salt) > 64 {
+		return nil, errors.New("the sealed server data is damaged: its key derivation parameters are out of bounds")
 	}
 	key, err := pbkdf2.Key(sha256.New, tok.Bootstrap(), s.Salt, s.Iterations, 32)
 	if err != nil {

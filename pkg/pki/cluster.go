@@ -75,21 +75,34 @@ func InClusterNames(clusterDomain string) []string {
 	return []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc." + clusterDomain}
 }
 
-// Ensure creates or renews everything in the layout, and issues the leaves in rotate anew
-// with new keys. apiserver are the serving certificate's names (InClusterNames, host names,
-// node IPs, the first service IP, --tls-san); etcd are the names of etcd's serving and peer
-// certificates. It returns the leaves it issued.
-func (c *Cluster) Ensure(apiserver, etcd, peer Names, now time.Time, rotate ...File) ([]string, error) {
-	cas := map[string]*CA{}
+// EnsureAuthorities creates the CAs and the service-account key that do not exist yet: at a
+// server's first start, or one whose data dir lost them. Only kone's start does: a CA made
+// while the cluster runs would make it refuse every client and node it has.
+func (c *Cluster) EnsureAuthorities(now time.Time) error {
 	for _, name := range caNames() {
-		ca, err := EnsureCA(c.Dir, name, now)
-		if err != nil {
-			return nil, fmt.Errorf("certificate authority %s: %w", name, err)
+		if _, err := EnsureCA(c.Dir, name, now); err != nil {
+			return fmt.Errorf("certificate authority %s: %w", name, err)
 		}
-		cas[name] = ca
 	}
 	if err := EnsureKey(c.ServiceAccountKey); err != nil {
-		return nil, fmt.Errorf("service-account key: %w", err)
+		return fmt.Errorf("service-account key: %w", err)
+	}
+	return nil
+}
+
+// Renew issues every leaf of the layout that is missing, ends within RenewBefore or lacks a
+// name, and those in rotate anew with new keys, from the CAs, which must exist. apiserver are
+// the serving certificate's names (InClusterNames, host names, node IPs, the first service IP,
+// --tls-san); etcd and peer are those of etcd's serving and peer certificates. It returns the
+// leaves it issued.
+func (c *Cluster) Renew(apiserver, etcd, peer Names, now time.Time, rotate ...File) ([]string, error) {
+	cas := map[string]*CA{}
+	for _, name := range caNames() {
+		ca, err := LoadCA(c.Dir, name)
+		if err != nil {
+			return nil, err
+		}
+		cas[name] = ca
 	}
 	server := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	client := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}

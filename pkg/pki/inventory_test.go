@@ -14,7 +14,7 @@ func TestInventory(t *testing.T) {
 	dir := t.TempDir()
 	c := Layout(filepath.Join(dir, "server", "tls"))
 	names := Names{DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1)}}
-	if _, err := c.Ensure(names, names, names, now); err != nil {
+	if _, err := ensureAll(c, names, names, names, now); err != nil {
 		t.Fatal(err)
 	}
 	// kubelet keeps its serving certificate with its key in one file, behind a link.

@@ -67,14 +67,7 @@ func EnsureCA(dir, name string, now time.Time) (*CA, error) {
 		return nil, fmt.Errorf("certificate authority %s: only one of %s and %s exists; restore the other from a backup, or remove both to create a new CA (every certificate it signed must then be re-issued)", name, f.Cert, f.Key)
 	}
 	if certOK {
-		cert, key, err := load(f)
-		if err != nil {
-			return nil, err
-		}
-		if !cert.IsCA {
-			return nil, fmt.Errorf("%s is not a CA certificate; restore it from a backup", f.Cert)
-		}
-		return &CA{Cert: cert, Key: key, CertFile: f.Cert}, nil
+		return loadCA(f)
 	}
 	key, err := newKey()
 	if err != nil {
@@ -94,6 +87,30 @@ func EnsureCA(dir, name string, now time.Time) (*CA, error) {
 	}
 	if err := write(f, cert, key); err != nil {
 		return nil, err
+	}
+	return &CA{Cert: cert, Key: key, CertFile: f.Cert}, nil
+}
+
+// LoadCA loads the CA in dir/name.crt and dir/name.key, which must both exist.
+func LoadCA(dir, name string) (*CA, error) {
+	f := File{filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")}
+	if err := RecoverPair(f); err != nil {
+		return nil, err
+	}
+	if !exists(f.Cert) || !exists(f.Key) {
+		return nil, fmt.Errorf("certificate authority %s: %s or %s is missing; kone makes a CA only as it starts, and one made now would not be the cluster's: "+
+			"restore both from a backup, or from a server of the cluster", name, f.Cert, f.Key)
+	}
+	return loadCA(f)
+}
+
+func loadCA(f File) (*CA, error) {
+	cert, key, err := load(f)
+	if err != nil {
+		return nil, err
+	}
+	if !cert.IsCA {
+		return nil, fmt.Errorf("%s is not a CA certificate; restore it from a backup", f.Cert)
 	}
 	return &CA{Cert: cert, Key: key, CertFile: f.Cert}, nil
 }
@@ -124,8 +141,10 @@ func (ca *CA) EnsureLeaf(f File, spec LeafSpec, now time.Time) (bool, error) {
 	return true, ca.issue(f, spec, key, now)
 }
 
-// RotateLeaf replaces f with a new certificate for spec signed by ca, with a new key, in one
-// step (WritePair): a process that reads the pair at any moment finds the old or the new one.
+// RotateLeaf replaces f with a new certificate for spec signed by ca, with a new key
+// (WritePair). A process that reads the pair while it is replaced may find the new key with
+// the old certificate for an instant, and fails to load it; kone's components keep the pair
+// they had and read it again.
 func (ca *CA) RotateLeaf(f File, spec LeafSpec, now time.Time) error {
 	if err := RecoverPair(f); err != nil {
 		return err

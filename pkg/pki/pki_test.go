@@ -34,7 +34,7 @@ func readCert(t *testing.T, path string) *x509.Certificate {
 
 func ensure(t *testing.T, c *Cluster, at time.Time) []string {
 	t.Helper()
-	issued, err := c.Ensure(apiNames, etcdNames, etcdNames, at)
+	issued, err := ensureAll(c, apiNames, etcdNames, etcdNames, at)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +168,7 @@ func TestNewSANReissuesServingCertOnly(t *testing.T) {
 	ensure(t, c, now)
 	more := apiNames
 	more.DNSNames = append(slices.Clone(more.DNSNames), "new.example")
-	issued, err := c.Ensure(more, etcdNames, etcdNames, now)
+	issued, err := ensureAll(c, more, etcdNames, etcdNames, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestCorruptFilesAreRefusedAndKept(t *testing.T) {
 			ensure(t, c, now)
 			damaged := tc.corrupt(c)
 			before, _ := os.ReadFile(damaged)
-			_, err := c.Ensure(apiNames, etcdNames, etcdNames, now)
+			_, err := ensureAll(c, apiNames, etcdNames, etcdNames, now)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got %v, want an error mentioning %q", err, tc.want)
 			}
@@ -389,4 +389,42 @@ func leafPEM(t *testing.T, ca *CA, cn string) (cert, key []byte) {
 	cert, _ = os.ReadFile(f.Cert)
 	key, _ = os.ReadFile(f.Key)
 	return cert, key
+}
+
+// ensureAll does what a server's start does: the authorities, then the leaves.
+func ensureAll(c *Cluster, apiserver, etcd, peer Names, now time.Time) ([]string, error) {
+	if err := c.EnsureAuthorities(now); err != nil {
+		return nil, err
+	}
+	return c.Renew(apiserver, etcd, peer, now)
+}
+
+// Leaves are renewed from the CAs there are: a CA that is gone is an error, never a new CA.
+func TestRenewNeedsTheAuthorities(t *testing.T) {
+	c := Layout(t.TempDir())
+	names := Names{DNSNames: []string{"localhost"}}
+	now := time.Now()
+	if _, err := c.Renew(names, names, names, now); err == nil {
+		t.Fatal("leaves renewed without CAs")
+	}
+	if _, err := ensureAll(c, names, names, names, now); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(c.ClientCA); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadDir(c.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Renew(names, names, names, now.Add(LeafValidity)); err == nil || !strings.Contains(err.Error(), "client-ca") {
+		t.Errorf("a renewal with the client CA gone: %v", err)
+	}
+	after, _ := os.ReadDir(c.Dir)
+	if len(after) != len(before) {
+		t.Errorf("a refused renewal changed %s: %d entries, then %d", c.Dir, len(before), len(after))
+	}
+	if _, err := os.Stat(c.ClientCAKey); err != nil {
+		t.Errorf("the client CA's key was moved: %v", err)
+	}
 }

@@ -8,7 +8,9 @@ package renew
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io/fs"
+	"os"
 	"strings"
 	"time"
 
@@ -43,39 +45,75 @@ func (r *Renewer) Name() string { return "certificate renewer" }
 func (r *Renewer) Ready(context.Context) error { return nil }
 
 func (r *Renewer) Run(ctx context.Context) error {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	for _, d := range r.dirs {
-		if err := w.Add(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
+	var events <-chan fsnotify.Event
+	var errs <-chan error
+	if w, err := r.watch(); err != nil {
+		// inotify is a limited resource of the machine; the hourly check does without it.
+		r.log.WithError(err).Warn("certificate renewer: cannot watch the certificate directories; checking every hour only")
+	} else {
+		defer w.Close()
+		events, errs = w.Events, w.Errors
 	}
 	tick := time.NewTicker(r.every)
 	defer tick.Stop()
 	var changed <-chan time.Time
+	seen := r.state()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
 			r.check(ctx)
-		case ev, ok := <-w.Events:
+			seen = r.state()
+		case ev, ok := <-events:
 			if !ok {
-				return errors.New("certificate renewer: the watch on the certificate directories ended")
+				r.log.Warn("certificate renewer: the watch on the certificate directories ended; checking every hour only")
+				events, errs = nil, nil
+				continue
 			}
 			if ev.Op != fsnotify.Chmod && changed == nil {
 				changed = time.After(settle)
 			}
-		case err := <-w.Errors:
+		case err := <-errs:
 			r.log.WithError(err).Debug("certificate renewer: watch")
 		case <-changed:
 			changed = nil
-			r.check(ctx)
+			// The renewer's own writes are changes too; only one from elsewhere is checked, or
+			// a certificate that cannot be renewed for good would be asked for again and again.
+			if now := r.state(); now != seen {
+				r.check(ctx)
+				seen = r.state()
+			}
 		}
 	}
+}
+
+func (r *Renewer) watch() (*fsnotify.Watcher, error) {
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range r.dirs {
+		if err := w.Add(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			w.Close()
+			return nil, err
+		}
+	}
+	return w, nil
+}
+
+// state sums up the files in the watched directories: names, sizes and times.
+func (r *Renewer) state() string {
+	var b strings.Builder
+	for _, d := range r.dirs {
+		entries, _ := os.ReadDir(d)
+		for _, e := range entries {
+			if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+				fmt.Fprintf(&b, "%s/%s %d %d\n", d, e.Name(), info.Size(), info.ModTime().UnixNano())
+			}
+		}
+	}
+	return b.String()
 }
 
 func (r *Renewer) check(ctx context.Context) {

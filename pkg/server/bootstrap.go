@@ -24,7 +24,7 @@ import (
 // bootstrap writes what the cluster needs from kone once the apiserver serves: the server's
 // join token as a bootstrap-token Secret, the cluster-info a joining node reads, the settings
 // agents follow, what joining servers fetch, the claim on this server's node name, the RBAC
-// rules of kone's own identities, and the kube-dns Service.
+// rules of kone's own identities, and the kube-dns Service; and it seals the server data in etcd.
 type bootstrap struct {
 	admin    *rest.Config
 	log      *logrus.Logger
@@ -37,11 +37,12 @@ type bootstrap struct {
 	shared   map[string]string
 	alone    func() bool // whether this server is the cluster's only one
 	held     []join.Held // this server's own node name
+	sealer   *sealer
 	ready    *supervisor.Latch
 }
 
-func newBootstrap(admin *rest.Config, log *logrus.Logger, tok token.Token, files token.ServerFiles, caFile, server string, settings join.Settings, dnsIP net.IP, shared map[string]string, alone func() bool, held []join.Held) *bootstrap {
-	return &bootstrap{admin: admin, log: log, tok: tok, files: files, caFile: caFile, server: server, settings: settings, dnsIP: dnsIP, shared: shared, alone: alone, held: held, ready: supervisor.NewLatch()}
+func newBootstrap(admin *rest.Config, log *logrus.Logger, tok token.Token, files token.ServerFiles, caFile, server string, settings join.Settings, dnsIP net.IP, shared map[string]string, alone func() bool, held []join.Held, sealer *sealer) *bootstrap {
+	return &bootstrap{admin: admin, log: log, tok: tok, files: files, caFile: caFile, server: server, settings: settings, dnsIP: dnsIP, shared: shared, alone: alone, held: held, sealer: sealer, ready: supervisor.NewLatch()}
 }
 
 func (b *bootstrap) Name() string { return "cluster bootstrap" }
@@ -81,7 +82,12 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err := join.PublishSettings(ctx, cs, b.settings); err != nil {
 		return err
 	}
-	if err := b.publishServerData(ctx, cs, usable); err != nil {
+	stored, err := b.publishServerData(ctx, cs, usable)
+	if err != nil {
+		return err
+	}
+	// Before kone is ready: a snapshot taken as soon as it is carries the keys.
+	if err := b.sealer.seal(ctx, stored); err != nil {
 		return err
 	}
 	for _, h := range b.held {
@@ -111,12 +117,12 @@ func (b *bootstrap) Ready(ctx context.Context) error {
 // (--secrets-encryption, a key or token rotation by an earlier kone); one of several follows the
 // cluster's (follower), but cannot turn encryption on or off for the others. A token that was
 // deleted is never published: the others would take a token that joins nothing.
-func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interface, tokenUsable bool) error {
+func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interface, tokenUsable bool) (map[string][]byte, error) {
 	data := map[string][]byte{}
 	for key, path := range b.shared {
 		content, err := os.ReadFile(path)
 		if err != nil {
-			return fmt.Errorf("server data for joining servers: %w", err)
+			return nil, fmt.Errorf("server data for joining servers: %w", err)
 		}
 		data[key] = content
 	}
@@ -133,21 +139,21 @@ func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interfa
 	}
 	stored, err := join.PublishServerData(ctx, cs, data, replace...)
 	if err != nil || alone {
-		return err
+		return stored, err
 	}
 	ours, err := encryption.Parse(data[join.EncryptionConfigKey], b.shared[join.EncryptionConfigKey])
 	if err != nil {
-		return err
+		return nil, err
 	}
 	theirs, err := encryption.Parse(stored[join.EncryptionConfigKey], "of the cluster")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if ours.Enabled != theirs.Enabled {
-		return fmt.Errorf("--secrets-encryption is %t here but %t on the cluster's other servers; start with --secrets-encryption=%t (turning it on or off in a cluster of several servers is not supported yet)",
+		return nil, fmt.Errorf("--secrets-encryption is %t here but %t on the cluster's other servers; start with --secrets-encryption=%t (turning it on or off in a cluster of several servers is not supported yet)",
 			ours.Enabled, theirs.Enabled, theirs.Enabled)
 	}
-	return nil
+	return stored, nil
 }
 
 // clusterInfoServer is the apiserver URL published to joining nodes: the advertise address, or

@@ -55,20 +55,25 @@ func (c serverCertificates) lock() (unlock func(), err error) {
 	return datadir.LockFile(filepath.Join(c.ca.Dir, ".lock"), true)
 }
 
-// issue ensures every leaf certificate, rotating those in rotate, and returns those it issued.
+// issue renews every leaf certificate that needs it, rotates those in rotate, and returns
+// those it issued.
 func (c serverCertificates) issue(now time.Time, rotate ...pki.File) ([]string, error) {
 	unlock, err := c.lock()
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	issued, err := c.ca.Ensure(apiserverNames(c.cfg), etcdNames(), peerNames(c.self), now, rotate...)
+	return c.issueLocked(now, rotate...)
+}
+
+func (c serverCertificates) issueLocked(now time.Time, rotate ...pki.File) ([]string, error) {
+	issued, err := c.ca.Renew(apiserverNames(c.cfg), etcdNames(), peerNames(c.self), now, rotate...)
 	if err != nil {
 		return issued, fmt.Errorf("certificates: %w", err)
 	}
 	if !c.cfg.DisableAgent {
 		paths := node.Paths{Agent: c.cfg.AgentDir()}
-		_, more, err := nodeCredentials(c.ca, paths, c.self, loadbalancer.URL(c.cfg.Node.LoadBalancer()), now, rotate...)
+		more, err := issueNodeCertificates(c.ca, paths, c.self, loadbalancer.URL(c.cfg.Node.LoadBalancer()), now, rotate...)
 		issued = append(issued, more...)
 		if err != nil {
 			return issued, fmt.Errorf("node certificates: %w", err)
@@ -121,7 +126,9 @@ func RotateCertificates(cfg *config.Config, services []string, now time.Time, ou
 	if err != nil {
 		return err
 	}
-	aside := filepath.Join(cfg.ServerDir(), "tls-rotated-"+now.UTC().Format("20060102T150405Z"))
+	defer unlock()
+	// Two rotations within a second each keep their own copies.
+	aside := filepath.Join(cfg.ServerDir(), "tls-rotated-"+now.UTC().Format("20060102T150405.000000000Z"))
 	var rotate []pki.File
 	kept := 0
 	for _, s := range slices.Compact(services) {
@@ -129,20 +136,17 @@ func RotateCertificates(cfg *config.Config, services []string, now time.Time, ou
 			// A pair that a crash left half-replaced is finished or undone first, so that what
 			// is kept aside is a certificate with its own key.
 			if err := pki.RecoverPair(f); err != nil {
-				unlock()
 				return fmt.Errorf("rotate certificates: %w", err)
 			}
 			n, err := copyAside(cfg.DataDir, aside, f.Cert, f.Key)
 			if err != nil {
-				unlock()
 				return err
 			}
 			kept += n
 			rotate = append(rotate, f)
 		}
 	}
-	unlock()
-	issued, err := certs.issue(now, rotate...)
+	issued, err := certs.issueLocked(now, rotate...)
 	if err != nil {
 		return err
 	}

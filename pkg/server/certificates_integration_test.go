@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"k8s.io/client-go/tools/clientcmd"
+
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
@@ -64,6 +66,17 @@ func TestCertificatesWhileRunning(t *testing.T) {
 	if readCert(t, admin.Cert).NotAfter.Before(time.Now().Add(300 * 24 * time.Hour)) {
 		t.Error("the admin certificate with 10 days left was not renewed")
 	}
+	kubeconfig, err := clientcmd.LoadFromFile(n.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	renewedAdmin, err := os.ReadFile(admin.Cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if user := kubeconfig.AuthInfos["default"]; user == nil || string(user.ClientCertificateData) != string(renewedAdmin) {
+		t.Error("the admin kubeconfig does not carry the renewed admin certificate")
+	}
 	// The admin kubeconfig carries the renewed certificate, and works.
 	if out := n.run(nil, bin, "kubectl", "--kubeconfig", n.kubeconfig, "get", "node", nodeName, "-o", "name"); !strings.Contains(out, nodeName) {
 		t.Errorf("kubectl with the renewed admin kubeconfig: %s", out)
@@ -77,7 +90,6 @@ func TestCertificatesWhileRunning(t *testing.T) {
 		t.Errorf("certificate rotate:\n%s", out)
 	}
 	rotated := readCert(t, api.file.Cert)
-	var err error
 	if rotated.SerialNumber.Cmp(old.SerialNumber) == 0 {
 		t.Fatal("certificate rotate left the apiserver's certificate as it was")
 	}

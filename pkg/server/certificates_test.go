@@ -25,6 +25,17 @@ func testServer(t *testing.T) *config.Config {
 	return cfg
 }
 
+// firstStart issues what a server's first start does.
+func firstStart(t *testing.T, certs serverCertificates, now time.Time) {
+	t.Helper()
+	if err := certs.ca.EnsureAuthorities(now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := certs.issue(now); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestRotateCertificates(t *testing.T) {
 	cfg := testServer(t)
 	now := time.Now()
@@ -33,9 +44,7 @@ func TestRotateCertificates(t *testing.T) {
 		t.Errorf("a data dir without certificates: %v", err)
 	}
 	certs := serverCertificates{cfg: cfg, ca: pki.Layout(cfg.TLSDir()), self: node.Identity{Name: cfg.Node.Name, IP: cfg.Node.IP}}
-	if _, err := certs.issue(now); err != nil {
-		t.Fatal(err)
-	}
+	firstStart(t, certs, now)
 	ca := certs.ca
 	read := func(path string) string {
 		t.Helper()
@@ -102,9 +111,7 @@ func TestIssueRenews(t *testing.T) {
 	cfg := testServer(t)
 	now := time.Now()
 	certs := serverCertificates{cfg: cfg, ca: pki.Layout(cfg.TLSDir()), self: node.Identity{Name: cfg.Node.Name, IP: cfg.Node.IP}}
-	if _, err := certs.issue(now.Add(-(pki.LeafValidity - 10*24*time.Hour))); err != nil {
-		t.Fatal(err)
-	}
+	firstStart(t, certs, now.Add(-(pki.LeafValidity - 10*24*time.Hour)))
 	admin, _ := os.ReadFile(cfg.WriteKubeconfig)
 	issued, err := certs.issue(now)
 	if err != nil {
@@ -151,9 +158,7 @@ func certificateFiles(cfg *config.Config) map[string]bool {
 func TestEveryLeafHasAService(t *testing.T) {
 	cfg := testServer(t)
 	certs := serverCertificates{cfg: cfg, ca: pki.Layout(cfg.TLSDir()), self: node.Identity{Name: cfg.Node.Name, IP: cfg.Node.IP}}
-	if _, err := certs.issue(time.Now()); err != nil {
-		t.Fatal(err)
-	}
+	firstStart(t, certs, time.Now())
 	held, err := pki.Inventory(cfg.TLSDir(), node.Paths{Agent: cfg.AgentDir()}.TLSDir())
 	if err != nil {
 		t.Fatal(err)

@@ -3,8 +3,6 @@ package server
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -30,19 +28,17 @@ import (
 // rotate`, run on any server, reach every server within seconds. It runs on every server: each
 // keeps its own files.
 //
-// It also keeps the server data sealed with the server token in etcd (join.SealedServerDataKey),
-// so that every snapshot carries what a new machine needs to restore it (restoreServerData).
+// It also has the sealed copy of the server data follow each change (sealer).
 type follower struct {
 	cs         kubernetes.Interface
 	encryption string
 	token      token.ServerFiles
-	put        func(ctx context.Context, key string, value []byte) error // into etcd
+	sealer     *sealer
 	log        *logrus.Logger
-	sealedSum  [sha256.Size]byte // of the server data last sealed
 }
 
-func newFollower(cs kubernetes.Interface, encryptionConfig string, tokenFiles token.ServerFiles, put func(context.Context, string, []byte) error, log *logrus.Logger) *follower {
-	return &follower{cs: cs, encryption: encryptionConfig, token: tokenFiles, put: put, log: log}
+func newFollower(cs kubernetes.Interface, encryptionConfig string, tokenFiles token.ServerFiles, sealer *sealer, log *logrus.Logger) *follower {
+	return &follower{cs: cs, encryption: encryptionConfig, token: tokenFiles, sealer: sealer, log: log}
 }
 
 func (f *follower) Name() string { return "server data follower" }
@@ -87,40 +83,9 @@ func (f *follower) take(ctx context.Context, data map[string][]byte) {
 	if err := f.takeToken(ctx, data[join.ServerTokenKey]); err != nil {
 		f.log.WithError(err).Warn("cannot take the cluster's server token; trying again")
 	}
-	if err := f.seal(ctx, data); err != nil {
+	if err := f.sealer.seal(ctx, data); err != nil {
 		f.log.WithError(err).Warn("cannot keep the server data sealed in etcd for restores on a new machine; trying again")
 	}
-}
-
-// seal stores data sealed with the server token it holds, when it differs from what this server
-// sealed last. Every server does: the cluster's data is the same, and each writes it once per
-// change. Without a token (deleted) the last sealed copy stays.
-func (f *follower) seal(ctx context.Context, data map[string][]byte) error {
-	if len(data[join.ServerTokenKey]) == 0 {
-		return nil
-	}
-	plain, err := json.Marshal(data)
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(plain)
-	if sum == f.sealedSum {
-		return nil
-	}
-	t, err := token.Parse(string(data[join.ServerTokenKey]))
-	if err != nil {
-		return fmt.Errorf("the cluster's server token: %w", err)
-	}
-	value, err := join.SealServerData(t, data)
-	if err != nil {
-		return err
-	}
-	if err := f.put(ctx, join.SealedServerDataKey, value); err != nil {
-		return fmt.Errorf("store the sealed server data: %w", err)
-	}
-	f.sealedSum = sum
-	f.log.WithField("token", t.ID).Debug("sealed the server data in etcd with the server token")
-	return nil
 }
 
 func (f *follower) takeEncryption(theirs []byte) error {

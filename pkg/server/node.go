@@ -13,8 +13,8 @@ import (
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
-// The leaf certificates of a server's own node, in node.Paths.TLSDir(): nodeCredentials issues
-// them and `kone certificate rotate` sets them aside.
+// The leaf certificates of a server's own node, in node.Paths.TLSDir(): issueNodeCertificates
+// issues them and `kone certificate rotate` names them.
 const (
 	kubeletClientLeaf  = "client-kubelet"
 	kubeletServingLeaf = "serving-kubelet"
@@ -28,19 +28,31 @@ func nodeLeaf(paths node.Paths, name string) pki.File {
 	return pki.File{Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
 }
 
-// nodeCredentials issues the server's own node its certificates from the cluster's CAs, which a
-// server holds, renews them, rotates those in rotate, and writes the kubeconfigs of its
-// kubelet, kube-proxy, CoreDNS and flannel. It returns the certificates it issued too. An agent
-// gets the same by joining instead.
-func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiserver string, now time.Time, rotate ...pki.File) (node.Credentials, []string, error) {
-	clientCA, err := pki.EnsureCA(ca.Dir, "client-ca", now)
-	if err != nil {
-		return node.Credentials{}, nil, err
+// nodeCredentials are where the server's own node finds the kubeconfigs of its kubelet,
+// kube-proxy, CoreDNS and flannel and the kubelet's certificates, which issueNodeCertificates
+// writes. An agent gets the same by joining instead.
+func nodeCredentials(ca *pki.Cluster, paths node.Paths) node.Credentials {
+	serving := nodeLeaf(paths, kubeletServingLeaf)
+	return node.Credentials{
+		Kubelet: filepath.Join(paths.Agent, "kubelet.kubeconfig"), Proxy: filepath.Join(paths.Agent, "kube-proxy.kubeconfig"),
+		DNS: filepath.Join(paths.Agent, "coredns.kubeconfig"), Flannel: filepath.Join(paths.Agent, "flannel.kubeconfig"),
+		ClientCA: ca.ClientCA, ServingCert: serving.Cert, ServingKey: serving.Key,
 	}
-	servingCA, err := pki.EnsureCA(ca.Dir, "kubelet-serving-ca", now)
+}
+
+// issueNodeCertificates issues the server's own node its certificates from the cluster's CAs,
+// which a server holds, renews them, rotates those in rotate, and writes the node's
+// kubeconfigs. It returns the certificates it issued.
+func issueNodeCertificates(ca *pki.Cluster, paths node.Paths, id node.Identity, apiserver string, now time.Time, rotate ...pki.File) ([]string, error) {
+	clientCA, err := pki.LoadCA(ca.Dir, "client-ca")
 	if err != nil {
-		return node.Credentials{}, nil, err
+		return nil, err
 	}
+	servingCA, err := pki.LoadCA(ca.Dir, "kubelet-serving-ca")
+	if err != nil {
+		return nil, err
+	}
+	creds := nodeCredentials(ca, paths)
 	var issued []string
 	client := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
 	// A component's certificate has the subject an agent's would have.
@@ -53,43 +65,37 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths, id node.Identity, apiser
 		kubeconfig string
 		spec       pki.LeafSpec
 	}{
-		{nodeLeaf(paths, kubeletClientLeaf), filepath.Join(paths.Agent, "kubelet.kubeconfig"),
+		{nodeLeaf(paths, kubeletClientLeaf), creds.Kubelet,
 			pki.LeafSpec{CommonName: "system:node:" + id.Name, Organization: []string{"system:nodes"}, Usages: client}},
-		{nodeLeaf(paths, proxyClientLeaf), filepath.Join(paths.Agent, "kube-proxy.kubeconfig"),
-			component(join.ProxyUser)},
-		{nodeLeaf(paths, dnsClientLeaf), filepath.Join(paths.Agent, "coredns.kubeconfig"),
-			component(join.DNSGroup)},
-		{nodeLeaf(paths, flannelClientLeaf), filepath.Join(paths.Agent, "flannel.kubeconfig"),
-			component(join.FlannelGroup)},
+		{nodeLeaf(paths, proxyClientLeaf), creds.Proxy, component(join.ProxyUser)},
+		{nodeLeaf(paths, dnsClientLeaf), creds.DNS, component(join.DNSGroup)},
+		{nodeLeaf(paths, flannelClientLeaf), creds.Flannel, component(join.FlannelGroup)},
 	}
 	for _, c := range clients {
 		done, err := pki.EnsureOrRotate(clientCA, c.file, c.spec, now, rotate)
 		if err != nil {
-			return node.Credentials{}, nil, err
+			return issued, err
 		}
 		if done {
 			issued = append(issued, c.file.Cert)
 		}
 		if err := (pki.Kubeconfig{Server: apiserver, CAFile: ca.ServerCA, Client: c.file}).Write(c.kubeconfig, 0o600); err != nil {
-			return node.Credentials{}, nil, err
+			return issued, err
 		}
 	}
-	serving := nodeLeaf(paths, kubeletServingLeaf)
 	names := []string{id.Name, "localhost"}
 	if host, err := os.Hostname(); err == nil && host != id.Name {
 		names = append(names, host)
 	}
 	spec := pki.LeafSpec{CommonName: id.Name, DNSNames: names, IPs: []net.IP{id.IP, net.IPv4(127, 0, 0, 1)},
 		Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	serving := nodeLeaf(paths, kubeletServingLeaf)
 	done, err := pki.EnsureOrRotate(servingCA, serving, spec, now, rotate)
 	if err != nil {
-		return node.Credentials{}, nil, fmt.Errorf("kubelet serving certificate: %w", err)
+		return issued, fmt.Errorf("kubelet serving certificate: %w", err)
 	}
 	if done {
 		issued = append(issued, serving.Cert)
 	}
-	return node.Credentials{
-		Kubelet: clients[0].kubeconfig, Proxy: clients[1].kubeconfig, DNS: clients[2].kubeconfig, Flannel: clients[3].kubeconfig,
-		ClientCA: ca.ClientCA, ServingCert: serving.Cert, ServingKey: serving.Key,
-	}, issued, nil
+	return issued, nil
 }

@@ -16,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes/scheme"
 
 	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/etcd"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/pki"
@@ -28,6 +29,10 @@ import (
 // cluster is ready as it is. An empty one, on a machine new to the cluster, takes the cluster's
 // files from the snapshot itself (restoreServerData).
 func prepareReset(cfg *config.Config, ca *pki.Cluster, log *logrus.Logger) error {
+	// An unpacked snapshot that a killed restore left holds every Secret of the cluster.
+	if err := os.RemoveAll(restoreSeedDir(cfg)); err != nil {
+		return fmt.Errorf("remove what an interrupted restore left: %w", err)
+	}
 	pending := restorePendingFile(cfg)
 	_, err := os.Stat(pending)
 	isPending := err == nil
@@ -59,6 +64,11 @@ func restorePendingFile(cfg *config.Config) string {
 	return filepath.Join(cfg.ServerDir(), "db", "restore-pending")
 }
 
+// restoreSeedDir is where restoreServerData unpacks the snapshot to read the sealed data.
+func restoreSeedDir(cfg *config.Config) string {
+	return filepath.Join(cfg.ServerDir(), "db", "restore-seed")
+}
+
 // restoreServerData writes the cluster's CAs and keys, secrets-encryption configuration and
 // server token into a data dir that holds no cluster, from the server data sealed in the
 // snapshot (follower.seal). Nothing is written unless --token opens it and it is of the
@@ -69,10 +79,7 @@ func restoreServerData(cfg *config.Config, ca *pki.Cluster, log *logrus.Logger) 
 		return fmt.Errorf("--token: %w", err)
 	}
 	src := restoreSource(cfg)
-	seed := filepath.Join(cfg.ServerDir(), "db", "restore-seed")
-	if err := os.RemoveAll(seed); err != nil {
-		return fmt.Errorf("--cluster-reset: %w", err)
-	}
+	seed := restoreSeedDir(cfg)
 	defer os.RemoveAll(seed)
 	db := filepath.Join(seed, "member", "snap", "db")
 	if err := os.MkdirAll(filepath.Dir(db), 0o700); err != nil {
@@ -86,8 +93,8 @@ func restoreServerData(cfg *config.Config, ca *pki.Cluster, log *logrus.Logger) 
 		return fmt.Errorf("--cluster-reset: %w", err)
 	}
 	if value == nil {
-		return fmt.Errorf("--cluster-reset: the snapshot %s holds none of the cluster's keys (taken by a kone before they were kept in etcd, or not of a kone cluster): "+
-			"restore it on a server of its cluster, whose data dir holds them; nothing was written", src)
+		return fmt.Errorf("--cluster-reset: the snapshot %s holds none of the cluster's keys (its server token had been deleted, it was taken by a kone before they were kept in etcd, "+
+			"or it is not of a kone cluster): restore it on a server of its cluster, whose data dir holds them; nothing was written", src)
 	}
 	data, err := join.OpenServerData(tok, value)
 	if err != nil {
@@ -100,6 +107,13 @@ func restoreServerData(cfg *config.Config, ca *pki.Cluster, log *logrus.Logger) 
 		if err := tok.CheckCA(data["server-ca.crt"]); err != nil {
 			return fmt.Errorf("--cluster-reset: --token pins another CA than the snapshot's cluster has (%w); nothing was written", err)
 		}
+	}
+	// What opened with the token is whole: checked before anything is written.
+	if _, err := token.CAHash(data["server-ca.crt"]); err != nil {
+		return fmt.Errorf("--cluster-reset: the CA in the snapshot: %w; nothing was written", err)
+	}
+	if _, err := encryption.Parse(data[join.EncryptionConfigKey], "in the snapshot"); err != nil {
+		return fmt.Errorf("--cluster-reset: %w; nothing was written", err)
 	}
 	if err := pki.WriteFile(restorePendingFile(cfg), []byte(src+"\n"), 0o600); err != nil {
 		return err

@@ -31,7 +31,6 @@ import (
 	"github.com/kone-dev/kone/pkg/host"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/leader"
-	"github.com/kone-dev/kone/pkg/loadbalancer"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/memory"
 	"github.com/kone-dev/kone/pkg/node"
@@ -93,6 +92,9 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 
 	t0 := time.Now()
 	servers := apiserverNames(cfg)
+	if err := ca.EnsureAuthorities(t0); err != nil {
+		return fmt.Errorf("certificates: %w", err)
+	}
 	certs := serverCertificates{cfg: cfg, ca: ca, self: self}
 	issued, err := certs.issue(t0)
 	if err != nil {
@@ -195,12 +197,13 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	elect := func(c supervisor.Component, lease string) supervisor.Component {
 		return leader.Elect(settleWhenReady{c, settler.Soon}, adminClient, lease, self.Name, log.Logger)
 	}
+	sealer := newSealer(adminClient, store, log.Logger)
 	chain := []supervisor.Component{
 		store, apiserver,
 		renew.New(func(_ context.Context, now time.Time) ([]string, error) { return certs.issue(now) },
 			[]string{ca.Dir, filepath.Dir(ca.EtcdServerCA), node.Paths{Agent: cfg.AgentDir()}.TLSDir()}, log.Logger),
-		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), store.Alone, own),
-		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, store.Put, log.Logger),
+		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), store.Alone, own, sealer),
+		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, sealer, log.Logger),
 		etcd.NewMembers(store, adminClient, log.Logger, settler.Soon),
 		elect(cm, "kube-controller-manager"), elect(sched, "kube-scheduler"),
 		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),
@@ -248,10 +251,8 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 	paths := node.Paths{Agent: cfg.AgentDir()}
 	// The node side reaches this server's apiserver, and the others once it knows them,
 	// through its load balancer.
-	creds, _, err := nodeCredentials(ca, paths, id, loadbalancer.URL(cfg.Node.LoadBalancer()), time.Now())
-	if err != nil {
-		return nil, join.Held{}, fmt.Errorf("node certificates: %w", err)
-	}
+	// Issued with the server's own (serverCertificates).
+	creds := nodeCredentials(ca, paths)
 	// kubelet on a server's node no longer renews its client certificate itself (the renewer
 	// does): what it kept from then would only expire, unused, in `kone certificate check`.
 	stale, _ := filepath.Glob(filepath.Join(paths.KubeletCertDir(), "kubelet-client-*.pem"))
