@@ -10,13 +10,11 @@ import (
 
 	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
-	bootstraputil "k8s.io/cluster-bootstrap/token/util"
 
 	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/join"
@@ -133,13 +131,13 @@ func (f *follower) takeToken(ctx context.Context, theirs []byte) error {
 	if f.token.WasSuperseded(t.ID) {
 		return nil
 	}
-	_, err = f.cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, bootstraputil.BootstrapTokenSecretName(t.ID), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		f.log.WithField("token", t.ID).Debug("the cluster's server token was deleted; this server keeps its own")
-		return nil
-	}
+	exists, err := token.Exists(ctx, f.cs, t.ID)
 	if err != nil {
 		return fmt.Errorf("the cluster's server token: %w", err)
+	}
+	if !exists {
+		f.log.WithField("token", t.ID).Debug("the cluster's server token was deleted; this server keeps its own")
+		return nil
 	}
 	// The token it replaces is recorded as `kone token rotate` records it on its own server: a
 	// restart that still gives it as --token is then told to update it, not refused.

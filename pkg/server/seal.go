@@ -8,10 +8,7 @@ import (
 	"sync"
 
 	"github.com/sirupsen/logrus"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	bootstraputil "k8s.io/cluster-bootstrap/token/util"
 
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/token"
@@ -56,8 +53,11 @@ func (s *sealer) seal(ctx context.Context, data map[string][]byte) error {
 	if err != nil {
 		return fmt.Errorf("the cluster's server token: %w", err)
 	}
-	_, err = s.cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, bootstraputil.BootstrapTokenSecretName(t.ID), metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
+	exists, err := token.Exists(ctx, s.cs, t.ID)
+	if err != nil {
+		return fmt.Errorf("the cluster's server token: %w", err)
+	}
+	if !exists {
 		if s.dropped {
 			return nil
 		}
@@ -67,9 +67,6 @@ func (s *sealer) seal(ctx context.Context, data map[string][]byte) error {
 		s.dropped, s.sum = true, [sha256.Size]byte{}
 		s.log.WithField("token", t.ID).Warn("the server token was deleted, so snapshots carry no keys from now on and restore only on a server of the cluster; `kone token rotate` makes a new server token, which they carry again")
 		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("the cluster's server token: %w", err)
 	}
 	plain, err := json.Marshal(data)
 	if err != nil {

@@ -84,6 +84,19 @@ func Create(ctx context.Context, cs kubernetes.Interface, t Token, o Options, no
 	return nil
 }
 
+// Exists reports whether the token with id is in the cluster, that is, can join: a deleted
+// token can be neither used nor brought back.
+func Exists(ctx context.Context, cs kubernetes.Interface, id string) (bool, error) {
+	_, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, bootstraputil.BootstrapTokenSecretName(id), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("read token %s: %w", id, err)
+	}
+	return true, nil
+}
+
 // Ensure is Create that leaves an existing token with the same id and secret alone, so that a
 // server restart keeps its token, but for its groups: a server token that an earlier kone
 // created gains ServerGroup. A token with the same id and another secret is an error.

@@ -72,12 +72,8 @@ func (f ServerFiles) Publish(ctx context.Context, cs kubernetes.Interface, t Tok
 		return false, fmt.Errorf("read %s: %w", f.Published, err)
 	}
 	if strings.TrimSpace(string(published)) == t.ID {
-		_, err := cs.CoreV1().Secrets(metav1.NamespaceSystem).Get(ctx, bootstraputil.BootstrapTokenSecretName(t.ID), metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return false, nil
-		}
-		if err != nil {
-			return false, fmt.Errorf("read token %s: %w", t.ID, err)
+		if exists, err := Exists(ctx, cs, t.ID); !exists || err != nil {
+			return false, err
 		}
 		return true, Ensure(ctx, cs, t, serverOptions(), now)
 	}
