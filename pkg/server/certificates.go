@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -97,19 +98,13 @@ func (c serverCertificates) issueLocked(now time.Time, rotate ...pki.File) ([]st
 // a certificate, it does not revoke one (Kubernetes has no revocation list).
 func RotateCertificates(cfg *config.Config, services []string, now time.Time, out io.Writer) error {
 	all := certificateServices(cfg)
+	names := slices.Sorted(maps.Keys(all))
 	if len(services) == 0 {
-		for name := range all {
-			services = append(services, name)
-		}
+		services = slices.Clone(names)
 	}
 	slices.Sort(services)
 	for _, s := range services {
 		if _, ok := all[s]; !ok {
-			names := make([]string, 0, len(all))
-			for name := range all {
-				names = append(names, name)
-			}
-			slices.Sort(names)
 			return fmt.Errorf("--service %q: kone has no certificate for it; choose among %s", s, strings.Join(names, ", "))
 		}
 	}

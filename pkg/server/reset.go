@@ -71,7 +71,7 @@ func restoreSeedDir(cfg *config.Config) string {
 
 // restoreServerData writes the cluster's CAs and keys, secrets-encryption configuration and
 // server token into a data dir that holds no cluster, from the server data sealed in the
-// snapshot (follower.seal). Nothing is written unless --token opens it and it is of the
+// snapshot (sealer.seal). Nothing is written unless --token opens it and it is of the
 // cluster whose CA the token pins, when it pins one.
 func restoreServerData(cfg *config.Config, ca *pki.Cluster, log *logrus.Logger) error {
 	tok, err := token.Parse(cfg.Token)
