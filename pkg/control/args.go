@@ -156,11 +156,11 @@ func ControllerManagerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		// bootstrapsigner signs kube-public/cluster-info for joining nodes; tokencleaner
 		// removes expired join tokens. Both are off upstream by default.
 		"controllers": "*,bootstrapsigner,tokencleaner",
-		"cluster-signing-kube-apiserver-client-cert-file": p.ClientCA,
+		"cluster-signing-kube-apiserver-client-cert-file": p.ClientCASigner,
 		"cluster-signing-kube-apiserver-client-key-file":  p.ClientCAKey,
-		"cluster-signing-kubelet-client-cert-file":        p.ClientCA,
+		"cluster-signing-kubelet-client-cert-file":        p.ClientCASigner,
 		"cluster-signing-kubelet-client-key-file":         p.ClientCAKey,
-		"cluster-signing-kubelet-serving-cert-file":       p.KubeletServingCA,
+		"cluster-signing-kubelet-serving-cert-file":       p.KubeletServingCASigner,
 		"cluster-signing-kubelet-serving-key-file":        p.KubeletServingCAKey,
 		// No legacy-unknown signer: nothing kone runs needs it, and it would sign with a CA
 		// that something trusts.

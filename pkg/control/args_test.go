@@ -61,7 +61,7 @@ func TestControllerManagerAndSchedulerArgs(t *testing.T) {
 	has(t, ControllerManagerArgs(testConfig(), p, files),
 		"--kubeconfig=/d/cm.kubeconfig", "--cluster-cidr=10.42.0.0/16", "--allocate-node-cidrs=true",
 		"--controllers=*,bootstrapsigner,tokencleaner", "--bind-address=127.0.0.1", "--secure-port=10257",
-		"--cluster-signing-kubelet-serving-cert-file=/d/tls/kubelet-serving-ca.crt", "--root-ca-file=/d/tls/server-ca.crt",
+		"--cluster-signing-kubelet-serving-cert-file=/d/tls/kubelet-serving-ca.signer.pem", "--root-ca-file=/d/tls/server-ca.crt",
 		"--service-account-private-key-file=/d/tls/service.key", "--leader-elect=false")
 	// kubelets' serving certificates come from a CA of their own, which no client trusts, and
 	// nothing signs with the CA that clients trust for the apiserver.

@@ -27,6 +27,10 @@ type Cluster struct {
 	// checks kubelets against it, and no client of the apiserver trusts it, so that no
 	// certificate a node can obtain passes for a server.
 	KubeletServingCA, KubeletServingCAKey string
+	// The client and kubelet serving CAs' certificates alone, without what a rotate-ca keeps
+	// in their files: the controller-manager signs with them and takes a file of one
+	// certificate only. Renew writes them.
+	ClientCASigner, KubeletServingCASigner string
 
 	ServiceAccountKey string
 
@@ -54,19 +58,22 @@ func Layout(dir string) *Cluster {
 		ClientCAKey:         filepath.Join(dir, "client-ca.key"),
 		KubeletServingCA:    filepath.Join(dir, "kubelet-serving-ca.crt"),
 		KubeletServingCAKey: filepath.Join(dir, "kubelet-serving-ca.key"),
-		RequestHeaderCA:     filepath.Join(dir, "request-header-ca.crt"),
-		EtcdServerCA:        filepath.Join(etcd, "server-ca.crt"),
-		EtcdPeerCA:          filepath.Join(etcd, "peer-ca.crt"),
-		ServiceAccountKey:   filepath.Join(dir, "service.key"),
-		APIServerServing:    leaf("serving-kube-apiserver"),
-		Admin:               leaf("client-admin"),
-		ControllerManager:   leaf("client-controller-manager"),
-		Scheduler:           leaf("client-scheduler"),
-		APIServerKubelet:    leaf("client-kube-apiserver"),
-		APIServerEtcd:       File{filepath.Join(etcd, "client.crt"), filepath.Join(etcd, "client.key")},
-		AuthProxy:           leaf("client-auth-proxy"),
-		EtcdServing:         File{filepath.Join(etcd, "server.crt"), filepath.Join(etcd, "server.key")},
-		EtcdPeer:            File{filepath.Join(etcd, "peer.crt"), filepath.Join(etcd, "peer.key")},
+		// Not .crt: `kone certificate check` lists each CA once, from its own file.
+		ClientCASigner:         filepath.Join(dir, "client-ca.signer.pem"),
+		KubeletServingCASigner: filepath.Join(dir, "kubelet-serving-ca.signer.pem"),
+		RequestHeaderCA:        filepath.Join(dir, "request-header-ca.crt"),
+		EtcdServerCA:           filepath.Join(etcd, "server-ca.crt"),
+		EtcdPeerCA:             filepath.Join(etcd, "peer-ca.crt"),
+		ServiceAccountKey:      filepath.Join(dir, "service.key"),
+		APIServerServing:       leaf("serving-kube-apiserver"),
+		Admin:                  leaf("client-admin"),
+		ControllerManager:      leaf("client-controller-manager"),
+		Scheduler:              leaf("client-scheduler"),
+		APIServerKubelet:       leaf("client-kube-apiserver"),
+		APIServerEtcd:          File{filepath.Join(etcd, "client.crt"), filepath.Join(etcd, "client.key")},
+		AuthProxy:              leaf("client-auth-proxy"),
+		EtcdServing:            File{filepath.Join(etcd, "server.crt"), filepath.Join(etcd, "server.key")},
+		EtcdPeer:               File{filepath.Join(etcd, "peer.crt"), filepath.Join(etcd, "peer.key")},
 	}
 }
 
@@ -79,6 +86,12 @@ func InClusterNames(clusterDomain string) []string {
 // server's first start, or one whose data dir lost them. Only kone's start does: a CA made
 // while the cluster runs would make it refuse every client and node it has.
 func (c *Cluster) EnsureAuthorities(now time.Time) error {
+	// A rotate-ca killed while it put its CAs in place: finished, never half of them.
+	if exists(filepath.Join(c.Dir, stagedDir, stagedComplete)) {
+		if err := c.finishRotation(); err != nil {
+			return err
+		}
+	}
 	for _, name := range caNames() {
 		if _, err := EnsureCA(c.Dir, name, now); err != nil {
 			return fmt.Errorf("certificate authority %s: %w", name, err)
@@ -103,6 +116,11 @@ func (c *Cluster) Renew(apiserver, etcd, peer Names, now time.Time, rotate ...Fi
 			return nil, err
 		}
 		cas[name] = ca
+	}
+	for path, name := range map[string]string{c.ClientCASigner: "client-ca", c.KubeletServingCASigner: "kubelet-serving-ca"} {
+		if err := writeIfChanged(path, EncodeCert(cas[name].Cert), 0o644); err != nil {
+			return nil, err
+		}
 	}
 	server := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
 	client := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}

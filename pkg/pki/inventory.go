@@ -2,7 +2,6 @@ package pki
 
 import (
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -30,7 +29,9 @@ func (h Held) DaysLeft(now time.Time) int {
 // Inventory lists the certificates in the files under dirs that kone and kubelet keep
 // certificates in: every .crt, and kubelet's current serving certificate (*-current.pem, the
 // link that kubelet moves to each one it obtains). A directory that does not exist holds none.
-// A file that is not a certificate is an error that names it.
+// A file that is not a certificate is an error that names it. Of each file it lists the first
+// certificate, the one the file is for: what follows is a chain to a CA that rotate-ca replaced,
+// or in a CA's file that CA, trusted until the next rotate-ca; they end when it ends.
 func Inventory(dirs ...string) ([]Held, error) {
 	var held []Held
 	for _, dir := range dirs {
@@ -45,9 +46,8 @@ func Inventory(dirs ...string) ([]Held, error) {
 			if err != nil {
 				return err
 			}
-			for _, c := range certs {
-				held = append(held, Held{File: path, Subject: c.Subject.CommonName, Issuer: c.Issuer.CommonName, NotAfter: c.NotAfter, IsCA: c.IsCA})
-			}
+			c := certs[0]
+			held = append(held, Held{File: path, Subject: c.Subject.CommonName, Issuer: c.Issuer.CommonName, NotAfter: c.NotAfter, IsCA: c.IsCA})
 			return nil
 		})
 		if err != nil {
@@ -64,24 +64,9 @@ func readCerts(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue // kubelet keeps its key in the same file
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("%s: corrupt certificate: %w", path, err)
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, fmt.Errorf("%s holds no PEM certificate", path)
+	certs, err := ParseCerts(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return certs, nil
 }

@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -32,6 +33,10 @@ type CA struct {
 	Cert     *x509.Certificate
 	Key      crypto.Signer
 	CertFile string
+	// Chain is Cert cross-signed by the CA it replaced (RotateAuthorities), which every leaf
+	// carries after its own certificate: a party that still trusts only the old CA accepts
+	// the leaf through it.
+	Chain []*x509.Certificate
 }
 
 // LeafSpec describes one certificate to issue.
@@ -69,12 +74,27 @@ func EnsureCA(dir, name string, now time.Time) (*CA, error) {
 	if certOK {
 		return loadCA(f)
 	}
+	ca, err := newCA(name, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := write(f, ca.Cert, ca.Key); err != nil {
+		return nil, err
+	}
+	ca.CertFile = f.Cert
+	return ca, nil
+}
+
+func caName(name string, now time.Time) string { return fmt.Sprintf("kone-%s@%d", name, now.Unix()) }
+
+// newCA makes a self-signed CA named for name and the time.
+func newCA(name string, now time.Time) (*CA, error) {
 	key, err := newKey()
 	if err != nil {
 		return nil, err
 	}
 	tmpl := &x509.Certificate{
-		Subject:               pkix.Name{CommonName: fmt.Sprintf("kone-%s@%d", name, now.Unix())},
+		Subject:               pkix.Name{CommonName: caName(name, now)},
 		NotBefore:             now.Add(-time.Hour),
 		NotAfter:              now.Add(CAValidity),
 		IsCA:                  true,
@@ -85,10 +105,7 @@ func EnsureCA(dir, name string, now time.Time) (*CA, error) {
 	if err != nil {
 		return nil, fmt.Errorf("create CA %s: %w", name, err)
 	}
-	if err := write(f, cert, key); err != nil {
-		return nil, err
-	}
-	return &CA{Cert: cert, Key: key, CertFile: f.Cert}, nil
+	return &CA{Cert: cert, Key: key}, nil
 }
 
 // LoadCA loads the CA in dir/name.crt and dir/name.key, which must both exist.
@@ -112,7 +129,15 @@ func loadCA(f File) (*CA, error) {
 	if !cert.IsCA {
 		return nil, fmt.Errorf("%s is not a CA certificate; restore it from a backup", f.Cert)
 	}
-	return &CA{Cert: cert, Key: key, CertFile: f.Cert}, nil
+	data, err := os.ReadFile(f.Cert)
+	if err != nil {
+		return nil, err
+	}
+	all, err := ParseCerts(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", f.Cert, err)
+	}
+	return &CA{Cert: cert, Key: key, CertFile: f.Cert, Chain: crossSigned(all)}, nil
 }
 
 // EnsureLeaf makes sure f holds a certificate for spec signed by ca that is valid for at least
@@ -171,7 +196,7 @@ func (ca *CA) issue(f File, spec LeafSpec, key crypto.Signer, now time.Time) err
 	if err != nil {
 		return fmt.Errorf("issue %s: %w", f.Cert, err)
 	}
-	return write(f, cert, key)
+	return write(f, cert, key, ca.Chain...)
 }
 
 // EnsureKey makes sure path holds a private key, for signing service-account tokens.
@@ -262,6 +287,31 @@ func load(f File) (*x509.Certificate, crypto.Signer, error) {
 	return cert, key, nil
 }
 
+// ParseCerts decodes every PEM certificate in data, in order; it skips other PEM blocks (kubelet
+// keeps its key in the file of its certificate).
+func ParseCerts(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
+	for {
+		var block *pem.Block
+		block, data = pem.Decode(data)
+		if block == nil {
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("corrupt certificate: %w", err)
+		}
+		certs = append(certs, c)
+	}
+	if len(certs) == 0 {
+		return nil, errors.New("holds no PEM certificate")
+	}
+	return certs, nil
+}
+
 // ParseCert decodes the first PEM certificate in data.
 func ParseCert(data []byte) (*x509.Certificate, error) {
 	block, _ := pem.Decode(data)
@@ -312,12 +362,29 @@ func EncodeCert(cert *x509.Certificate) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 }
 
-func write(f File, cert *x509.Certificate, key crypto.Signer) error {
-	der, err := x509.MarshalPKCS8PrivateKey(key)
+// write writes cert, followed by the certificates of chain, and its key.
+func write(f File, cert *x509.Certificate, key crypto.Signer, chain ...*x509.Certificate) error {
+	keyPEM, err := encodeKey(key)
 	if err != nil {
 		return err
 	}
-	return WritePair(f, EncodeCert(cert), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	return WritePair(f, encodeCerts(append([]*x509.Certificate{cert}, chain...)), keyPEM)
+}
+
+func encodeCerts(certs []*x509.Certificate) []byte {
+	var out []byte
+	for _, c := range certs {
+		out = append(out, EncodeCert(c)...)
+	}
+	return out
+}
+
+func encodeKey(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
 // next is where WritePair puts a file of the new pair before it takes its place.
@@ -414,6 +481,14 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// writeIfChanged writes data to path unless it holds it already: flash wears with each write.
+func writeIfChanged(path string, data []byte, mode os.FileMode) error {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
+		return nil
+	}
+	return WriteFile(path, data, mode)
 }
 
 func exists(path string) bool {

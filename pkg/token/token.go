@@ -113,20 +113,25 @@ func (t Token) WithCA(caPEM []byte) (Token, error) {
 	return t, nil
 }
 
-// CheckCA tells whether caPEM is the CA the token pins. A token without a hash pins nothing
-// and passes; the caller decides whether to allow that.
+// CheckCA tells whether caPEM is the CA the token pins: its first certificate, or the CA
+// that a rotate-ca replaced, which cross-signed it (pki.Pinnable). A token without a hash pins
+// nothing and passes; the caller decides whether to allow that.
 func (t Token) CheckCA(caPEM []byte) error {
 	if t.CAHash == "" {
 		return nil
 	}
-	hash, err := CAHash(caPEM)
+	pins, err := pki.Pinnable(caPEM)
 	if err != nil {
-		return err
+		return fmt.Errorf("CA certificate: %w", err)
 	}
-	if subtle.ConstantTimeCompare([]byte(hash), []byte(t.CAHash)) != 1 {
-		return fmt.Errorf("the server's CA certificate (sha256 %s) does not match the hash in the token (%s): the token is for another cluster, or something is intercepting the connection", hash, t.CAHash)
+	for _, p := range pins {
+		sum := sha256.Sum256(p.Raw)
+		if subtle.ConstantTimeCompare([]byte(hex.EncodeToString(sum[:])), []byte(t.CAHash)) == 1 {
+			return nil
+		}
 	}
-	return nil
+	sum := sha256.Sum256(pins[0].Raw)
+	return fmt.Errorf("the server's CA certificate (sha256 %s) does not match the hash in the token (%s): the token is for another cluster, was made before the cluster's CAs were rotated twice, or something is intercepting the connection", hex.EncodeToString(sum[:]), t.CAHash)
 }
 
 // CAHash is the hex SHA-256 of the DER bytes of the first certificate in caPEM.

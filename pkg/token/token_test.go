@@ -26,6 +26,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
+
+	"github.com/kone-dev/kone/pkg/pki"
 )
 
 func testCA(t *testing.T) ([]byte, string) {
@@ -120,6 +122,46 @@ func TestCheckCA(t *testing.T) {
 	}
 	if err := pinned.CheckCA([]byte("garbage")); err == nil {
 		t.Fatal("garbage accepted as a CA")
+	}
+}
+
+// A token handed out before a rotate-ca (baked into a machine image, say) still joins after
+// it, and no longer after the next one.
+func TestCheckCAAcrossRotations(t *testing.T) {
+	ca := pki.Layout(t.TempDir())
+	if err := ca.EnsureAuthorities(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	read := func() []byte {
+		data, err := os.ReadFile(ca.ServerCA)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return data
+	}
+	tok, _ := Generate()
+	before, err := tok.WithCA(read())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ca.RotateAuthorities(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := before.CheckCA(read()); err != nil {
+		t.Fatalf("a token from before the rotation was refused: %v", err)
+	}
+	after, err := tok.WithCA(read())
+	if err != nil || after.CAHash == before.CAHash {
+		t.Fatalf("a token made after the rotation pins %s, as before it (%v)", after.CAHash, err)
+	}
+	if _, err := ca.RotateAuthorities(time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if err := before.CheckCA(read()); err == nil || !strings.Contains(err.Error(), "rotated twice") {
+		t.Fatalf("a token from two rotations ago: got %v", err)
+	}
+	if err := after.CheckCA(read()); err != nil {
+		t.Fatalf("a token from the rotation before was refused: %v", err)
 	}
 }
 
