@@ -88,7 +88,17 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 		if err != nil {
 			return nil, err
 		}
-		return j.renew(ctx, cs, secret, now)
+		issued, err := j.renew(ctx, cs, secret, now)
+		if err != nil {
+			return issued, err
+		}
+		// After a rotate-ca the new CAs reach the node this way too, not only as it restarts.
+		if settings, err := join.ReadSettings(ctx, cs); err != nil {
+			logs.WithError(err).Warn("cannot read the cluster's CAs; trying again within the hour")
+		} else if err := j.trust(settings); err != nil {
+			return issued, err
+		}
+		return issued, nil
 	}, []string{j.paths.TLSDir()}, logs.Logger)
 	return node.Supervisor(logs, notify).Run(ctx, append(chain, renewer)...)
 }
@@ -107,6 +117,7 @@ type joiner struct {
 
 func (j joiner) file(name string) string { return filepath.Join(j.paths.Agent, name) }
 func (j joiner) serverCA() string        { return filepath.Join(j.paths.TLSDir(), "server-ca.crt") }
+func (j joiner) clientCA() string        { return filepath.Join(j.paths.TLSDir(), "client-ca.crt") }
 func (j joiner) tls(name string) pki.File {
 	dir := j.paths.TLSDir()
 	return pki.File{Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
@@ -118,7 +129,7 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		Proxy:    j.file("kube-proxy.kubeconfig"),
 		DNS:      j.file("coredns.kubeconfig"),
 		Flannel:  j.file("flannel.kubeconfig"),
-		ClientCA: filepath.Join(j.paths.TLSDir(), "client-ca.crt"),
+		ClientCA: j.clientCA(),
 	}
 	serverCA := j.serverCA()
 	settingsFile := filepath.Join(j.paths.Agent, "etc", "cluster.json")
@@ -186,7 +197,7 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 	default:
 		return creds, settings, err
 	}
-	if err := pki.WriteFile(creds.ClientCA, []byte(settings.ClientCA), 0o644); err != nil {
+	if err := j.trust(settings); err != nil {
 		return creds, settings, err
 	}
 
@@ -209,6 +220,32 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		}
 	}
 	return creds, settings, nil
+}
+
+// trust takes the cluster's CAs from its settings: the client CA, which kubelet checks the
+// apiserver's client certificate with, and the server CA, which the node's clients check the
+// apiserver with (after a rotate-ca the new one with the old). The settings came over a
+// connection that the CA the node had checked, so what they name is the cluster's.
+func (j joiner) trust(s join.Settings) error {
+	files := map[string]string{j.clientCA(): s.ClientCA, j.serverCA(): s.ServerCA}
+	for path, pem := range files {
+		if pem == "" {
+			delete(files, path) // a server from before kone published its server CA
+			continue
+		}
+		if _, err := pki.ParseCerts([]byte(pem)); err != nil {
+			return fmt.Errorf("the cluster's settings: a CA %w", err)
+		}
+	}
+	for path, pem := range files {
+		if old, err := os.ReadFile(path); err == nil && string(old) == pem {
+			continue
+		}
+		if err := pki.WriteFile(path, []byte(pem), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // component is a part of the node side with a client certificate that kone obtains for it.

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
@@ -69,5 +71,38 @@ func TestDropServingFromServerCA(t *testing.T) {
 	}
 	if err := dropServingFromServerCA(certDir, serverCA.CertFile); err != nil {
 		t.Errorf("no serving certificate at all: %v", err)
+	}
+}
+
+// The cluster's CAs reach a joined node through its settings: a new server CA (after a
+// rotate-ca) replaces the node's, one from a server that does not publish it leaves the node's
+// as it is, and a setting that is not a certificate changes nothing.
+func TestTrustTakesTheClusterCAs(t *testing.T) {
+	dir := t.TempDir()
+	j := joiner{paths: node.Paths{Agent: dir}}
+	ca, err := pki.EnsureCA(t.TempDir(), "server-ca", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM := string(pki.EncodeCert(ca.Cert))
+	if err := j.trust(join.Settings{ClientCA: caPEM, ServerCA: caPEM}); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{j.clientCA(), j.serverCA()} {
+		if data, _ := os.ReadFile(f); string(data) != caPEM {
+			t.Errorf("%s does not hold the cluster's CA", f)
+		}
+	}
+	if err := j.trust(join.Settings{ClientCA: caPEM}); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(j.serverCA()); string(data) != caPEM {
+		t.Error("settings without a server CA emptied the node's")
+	}
+	if err := j.trust(join.Settings{ClientCA: caPEM, ServerCA: "not a certificate"}); err == nil {
+		t.Error("a server CA that is no certificate was taken")
+	}
+	if data, _ := os.ReadFile(j.serverCA()); string(data) != caPEM {
+		t.Error("a bad server CA replaced the node's")
 	}
 }

@@ -44,6 +44,10 @@ func newCertificateCommand() *cobra.Command {
 		})
 	rotate.Flags().StringSliceVar(&services, "service", nil, "what to rotate the certificates of (repeatable; default: all): admin, api-server, auth-proxy, controller-manager, scheduler, etcd, kubelet, kube-proxy, coredns, flannel")
 	cmd.AddCommand(rotate)
+	cmd.AddCommand(onServer("rotate-ca", "Replace the cluster's certificate authorities with new ones, cross-signed by the old so that joined nodes keep working; kone must be running", cobra.NoArgs,
+		func(c *cobra.Command, cfg *config.Config, _ []string) error {
+			return server.RotateAuthorities(c.Context(), cfg, time.Now(), c.OutOrStdout())
+		}))
 	return cmd
 }
 
@@ -78,7 +82,7 @@ func printCertificates(out io.Writer, held []pki.Held, dataDir string, now time.
 			len(leaves), checkWithin, strings.Join(leaves, ", "), int(pki.RenewBefore.Hours()/24)))
 	}
 	if len(cas) > 0 {
-		problems = append(problems, fmt.Sprintf("%d certificate authorities expire within %d days or have expired: %s; kone cannot replace a CA yet (no rotate-ca)",
+		problems = append(problems, fmt.Sprintf("%d certificate authorities expire within %d days or have expired: %s; replace them with `kone certificate rotate-ca`",
 			len(cas), checkWithin, strings.Join(cas, ", ")))
 	}
 	if len(problems) > 0 {

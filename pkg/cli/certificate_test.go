@@ -38,7 +38,7 @@ func TestPrintCertificates(t *testing.T) {
 	}
 	ca := []pki.Held{{File: "/var/lib/kone/server/tls/server-ca.crt", Subject: "kone-server-ca@1", NotAfter: now.Add(10 * 24 * time.Hour), IsCA: true}}
 	if err := printCertificates(&bytes.Buffer{}, ca, "/var/lib/kone", now); err == nil || !strings.Contains(err.Error(), "certificate authorities") ||
-		strings.Contains(err.Error(), "certificate rotate") {
+		!strings.Contains(err.Error(), "certificate rotate-ca") {
 		t.Errorf("a CA 10 days from expiry: %v", err)
 	}
 }

@@ -32,6 +32,10 @@ type Settings struct {
 	CoreDNS bool `json:"coreDNS"`
 	// ClientCA signs the apiserver's client certificate for kubelets; kubelet trusts it.
 	ClientCA string `json:"clientCA"`
+	// ServerCA is the CA clients trust for the apiserver, with the CA it replaced after a
+	// rotate-ca: a joined node takes it from here, over a connection it checked with the
+	// one it had. Empty from a kone before it.
+	ServerCA string `json:"serverCA,omitempty"`
 	// APIServerPort is the port of every apiserver of the cluster: the kubernetes Service has
 	// one. Zero from a kone before it.
 	APIServerPort int `json:"apiServerPort,omitempty"`

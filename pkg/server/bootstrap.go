@@ -3,8 +3,10 @@ package server
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -70,9 +72,7 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	info := clientcmdapi.NewConfig()
-	info.Clusters[""] = &clientcmdapi.Cluster{Server: b.server, CertificateAuthorityData: caPEM}
-	kubeconfig, err := clientcmd.Write(*info)
+	kubeconfig, err := clusterInfoKubeconfig(b.server, caPEM)
 	if err != nil {
 		return err
 	}
@@ -113,8 +113,8 @@ func (b *bootstrap) Ready(ctx context.Context) error {
 }
 
 // publishServerData publishes what joining servers fetch. A server that is the whole cluster
-// publishes its own secrets-encryption configuration and token, which may have changed since
-// (--secrets-encryption, a key or token rotation by an earlier kone); one of several follows the
+// publishes its own files and token, which may have changed since (--secrets-encryption, a key,
+// token or CA rotation that could not publish its result); one of several follows the
 // cluster's (follower), but cannot turn encryption on or off for the others. A token that was
 // deleted is never published: the others would take a token that joins nothing.
 func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interface, tokenUsable bool) (map[string][]byte, error) {
@@ -129,7 +129,7 @@ func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interfa
 	var replace []string
 	alone := b.alone()
 	if alone {
-		replace = append(replace, join.EncryptionConfigKey)
+		replace = slices.Collect(maps.Keys(data))
 	}
 	if tokenUsable {
 		data[join.ServerTokenKey] = b.tok.File()
@@ -154,6 +154,13 @@ func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interfa
 			ours.Enabled, theirs.Enabled, theirs.Enabled)
 	}
 	return stored, nil
+}
+
+// clusterInfoKubeconfig is the kubeconfig that cluster-info gives joining nodes.
+func clusterInfoKubeconfig(server string, caPEM []byte) ([]byte, error) {
+	info := clientcmdapi.NewConfig()
+	info.Clusters[""] = &clientcmdapi.Cluster{Server: server, CertificateAuthorityData: caPEM}
+	return clientcmd.Write(*info)
 }
 
 // clusterInfoServer is the apiserver URL published to joining nodes: the advertise address, or

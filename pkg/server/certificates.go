@@ -108,22 +108,11 @@ func RotateCertificates(cfg *config.Config, services []string, now time.Time, ou
 			return fmt.Errorf("--service %q: kone has no certificate for it; choose among %s", s, strings.Join(names, ", "))
 		}
 	}
-	ca := pki.Layout(cfg.TLSDir())
-	if _, err := os.Stat(ca.ServerCA); err != nil {
-		return fmt.Errorf("%s holds no server's certificates (%w); run this on a server, with its --data-dir", cfg.DataDir, err)
-	}
-	self, err := serverIdentity(cfg)
-	if err != nil {
-		return err
-	}
-	certs := serverCertificates{cfg: cfg, ca: ca, self: self}
-	unlock, err := certs.lock()
+	certs, aside, unlock, err := openServerCertificates(cfg, now)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	// Two rotations within a second each keep their own copies.
-	aside := filepath.Join(cfg.ServerDir(), "tls-rotated-"+now.UTC().Format("20060102T150405.000000000Z"))
 	var rotate []pki.File
 	kept := 0
 	for _, s := range slices.Compact(services) {
@@ -162,6 +151,26 @@ func RotateCertificates(cfg *config.Config, services []string, now time.Time, ou
 		fmt.Fprintf(out, "the old certificates and keys are in %s; a running kone takes the new ones from disk without a restart\n", aside)
 	}
 	return nil
+}
+
+// openServerCertificates is where `kone certificate rotate` and `rotate-ca` start: this
+// server's certificates, locked against a running kone's renewer, and the directory beside
+// them that the files they replace are copied into. Two rotations within a second each keep
+// their own copies.
+func openServerCertificates(cfg *config.Config, now time.Time) (certs serverCertificates, aside string, unlock func(), err error) {
+	ca := pki.Layout(cfg.TLSDir())
+	if _, err := os.Stat(ca.ServerCA); err != nil {
+		return certs, "", nil, fmt.Errorf("%s holds no server's certificates (%w); run this on a server, with its --data-dir", cfg.DataDir, err)
+	}
+	self, err := serverIdentity(cfg)
+	if err != nil {
+		return certs, "", nil, err
+	}
+	certs = serverCertificates{cfg: cfg, ca: ca, self: self}
+	if unlock, err = certs.lock(); err != nil {
+		return certs, "", nil, err
+	}
+	return certs, filepath.Join(cfg.ServerDir(), "tls-rotated-"+now.UTC().Format("20060102T150405.000000000Z")), unlock, nil
 }
 
 // copyAside copies the files at paths that exist, all under dataDir, to the same places under

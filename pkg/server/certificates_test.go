@@ -2,6 +2,9 @@ package server
 
 import (
 	"bytes"
+	"context"
+	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -177,4 +180,46 @@ func TestEveryLeafHasAService(t *testing.T) {
 	if leaves != len(rotatable) {
 		t.Errorf("found %d leaf certificates, want the %d that services name", leaves, len(rotatable))
 	}
+}
+
+// rotate-ca without a running kone on the machine is refused, and changes nothing: the
+// cluster would never learn the new CAs.
+func TestRotateAuthoritiesNeedsARunningServer(t *testing.T) {
+	cfg := testServer(t)
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.EtcdClientPort = free.Addr().(*net.TCPAddr).Port
+	free.Close()
+	certs := serverCertificates{cfg: cfg, ca: pki.Layout(cfg.TLSDir()), self: node.Identity{Name: "n1", IP: net.IPv4(127, 0, 0, 1)}}
+	firstStart(t, certs, time.Now())
+	before := dataDirFiles(t, cfg.DataDir)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	err = RotateAuthorities(ctx, cfg, time.Now(), io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "needs kone running") {
+		t.Fatalf("rotate-ca with no server running: %v", err)
+	}
+	if after := dataDirFiles(t, cfg.DataDir); !maps.Equal(before, after) {
+		t.Error("rotate-ca without a running server changed the data dir")
+	}
+}
+
+// dataDirFiles are the contents of every file under dir, by path.
+func dataDirFiles(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		files[path] = string(data)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
 }

@@ -92,8 +92,8 @@ func (a *agentNode) log() string {
 
 // TestAgents runs a cluster of one server and two agents on this machine: joins that must be
 // refused are, a Deployment spread over the three nodes reaches every pod by IP and the
-// Service by name from every node, NodePorts answer on every node, and an agent restart leaves
-// its pods untouched.
+// Service by name from every node, NodePorts answer on every node, the agents keep working
+// through a rotate-ca, and an agent restart leaves its pods untouched.
 func TestAgents(t *testing.T) {
 	bin := koneBinary(t)
 	n, cs, first := startClusterServer(t, bin)
@@ -169,9 +169,12 @@ func TestAgents(t *testing.T) {
 		}
 	}
 
+	// New CAs while the agents run; the restart below has the first take them.
+	containers := containerIDs(t, cs, ns)
+	newCA := checkRotateCA(t, n, cs, []string{agents[0].name, agents[1].name}, onNode["agent-1"])
+
 	// An agent restart, after the token it joined with was deleted: its pods keep running,
 	// untouched, and it is Ready again with the credentials it got when it joined.
-	containers := containerIDs(t, cs, ns)
 	_, cred, _ := strings.Cut(tok, "::")
 	id, _, _ := strings.Cut(cred, ".")
 	if err := cs.CoreV1().Secrets("kube-system").Delete(context.Background(), "bootstrap-token-"+id, metav1.DeleteOptions{}); err != nil {
@@ -188,6 +191,9 @@ func TestAgents(t *testing.T) {
 	agents[0].start()
 	waitNodesReady(t, cs, 3)
 	checkRenewedBySelf(t, cs, agents[0].name, flannelCert, restarted)
+	if got := agentCerts(t, agents[0].name, "server-ca.crt"); len(got) != 3 || !got[0].Equal(newCA) {
+		t.Errorf("the restarted agent trusts %d server CAs, the first the new one: %t", len(got), len(got) > 0 && got[0].Equal(newCA))
+	}
 	time.Sleep(10 * time.Second) // long enough for kubelet to have noticed a dead container
 	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(containers, ",") {
 		t.Errorf("containers changed across a restart of an agent:\nbefore %v\nafter  %v", containers, after)

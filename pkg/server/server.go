@@ -171,6 +171,9 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if settings.ClientCA, err = readFile(ca.ClientCA); err != nil {
 		return fmt.Errorf("client CA: %w", err)
 	}
+	if settings.ServerCA, err = readFile(ca.ServerCA); err != nil {
+		return fmt.Errorf("server CA: %w", err)
+	}
 	var dnsIP net.IP
 	if settings.CoreDNS {
 		dnsIP = cfg.ClusterDNS
@@ -274,7 +277,7 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 	return chain, join.Held{Name: id.Name, SecretHash: secret.Hash()}, err
 }
 
-// clusterSettings are what this server tells joining agents, but for the client CA.
+// clusterSettings are what this server tells joining agents, but for the CAs.
 func clusterSettings(cfg *config.Config) join.Settings {
 	return join.Settings{
 		ClusterCIDR: cfg.ClusterCIDR.String(), ServiceCIDR: cfg.ServiceCIDR.String(), ClusterDNS: cfg.ClusterDNS.String(),
