@@ -238,10 +238,7 @@ func (j joiner) trust(s join.Settings) error {
 		}
 	}
 	for path, pem := range files {
-		if old, err := os.ReadFile(path); err == nil && string(old) == pem {
-			continue
-		}
-		if err := pki.WriteFile(path, []byte(pem), 0o644); err != nil {
+		if err := pki.WriteIfChanged(path, []byte(pem), 0o644); err != nil {
 			return err
 		}
 	}

@@ -2,6 +2,8 @@ package join
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
@@ -33,15 +35,19 @@ import (
 )
 
 // clusterInfoServer serves kube-public/cluster-info as a kone server does, signed for the
-// tokens in signed (id → secret).
-func clusterInfoServer(t *testing.T, signed map[string]string) (*httptest.Server, []byte) {
+// tokens in signed (id → secret), with its CA followed by the certificates of more, if any.
+func clusterInfoServer(t *testing.T, signed map[string]string, more ...func(ca *x509.Certificate) []byte) (*httptest.Server, []byte) {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(nil)
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
 	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+	served := ca
+	for _, m := range more {
+		served = append(served, m(srv.Certificate())...)
+	}
 	info := clientcmdapi.NewConfig()
-	info.Clusters[""] = &clientcmdapi.Cluster{Server: srv.URL, CertificateAuthorityData: ca}
+	info.Clusters[""] = &clientcmdapi.Cluster{Server: srv.URL, CertificateAuthorityData: served}
 	kubeconfig, err := clientcmd.Write(*info)
 	if err != nil {
 		t.Fatal(err)
@@ -111,6 +117,31 @@ func TestDiscover(t *testing.T) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
 		}
 	}
+	// Someone who knows the token's secret serves the cluster's CA followed by a CA of their own
+	// and a certificate of the cluster CA's key signed by it: the node trusts the cluster's CA
+	// alone.
+	attacker, err := pki.EnsureCA(t.TempDir(), "attacker", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	forgery := func(ca *x509.Certificate) []byte {
+		tmpl := *ca
+		tmpl.SignatureAlgorithm = x509.UnknownSignatureAlgorithm // the attacker's key's
+		der, err := x509.CreateCertificate(rand.Reader, &tmpl, attacker.Cert, ca.PublicKey, attacker.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pki.EncodeCert(attacker.Cert)...)
+	}
+	mitm, realCA := clusterInfoServer(t, map[string]string{"abcdef": "0123456789abcdef"}, forgery)
+	pinnedHere, err := good.WithCA(realCA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Discover(context.Background(), mitm.URL, pinnedHere, noWarning); err != nil || string(got) != string(realCA) {
+		t.Errorf("cluster-info with more CAs after the pinned one: trusted %d bytes (%v), want the pinned CA alone", len(got), err)
+	}
+
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -118,7 +118,7 @@ func (c *Cluster) Renew(apiserver, etcd, peer Names, now time.Time, rotate ...Fi
 		cas[name] = ca
 	}
 	for path, name := range map[string]string{c.ClientCASigner: "client-ca", c.KubeletServingCASigner: "kubelet-serving-ca"} {
-		if err := writeIfChanged(path, EncodeCert(cas[name].Cert), 0o644); err != nil {
+		if err := WriteIfChanged(path, EncodeCert(cas[name].Cert), 0o644); err != nil {
 			return nil, err
 		}
 	}

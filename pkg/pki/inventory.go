@@ -39,6 +39,10 @@ func Inventory(dirs ...string) ([]Held, error) {
 			if errors.Is(err, fs.ErrNotExist) && path == dir {
 				return filepath.SkipDir
 			}
+			// A rotate-ca's stage (.rotate-ca) holds CAs that are not in use yet.
+			if err == nil && d.IsDir() && path != dir && strings.HasPrefix(d.Name(), ".") {
+				return filepath.SkipDir
+			}
 			if err != nil || d.IsDir() || !(strings.HasSuffix(path, ".crt") || strings.HasSuffix(path, "-current.pem")) {
 				return err
 			}

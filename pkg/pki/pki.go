@@ -368,10 +368,11 @@ func write(f File, cert *x509.Certificate, key crypto.Signer, chain ...*x509.Cer
 	if err != nil {
 		return err
 	}
-	return WritePair(f, encodeCerts(append([]*x509.Certificate{cert}, chain...)), keyPEM)
+	return WritePair(f, EncodeCerts(append([]*x509.Certificate{cert}, chain...)), keyPEM)
 }
 
-func encodeCerts(certs []*x509.Certificate) []byte {
+// EncodeCerts returns certs as PEM, in order.
+func EncodeCerts(certs []*x509.Certificate) []byte {
 	var out []byte
 	for _, c := range certs {
 		out = append(out, EncodeCert(c)...)
@@ -483,8 +484,9 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
-// writeIfChanged writes data to path unless it holds it already: flash wears with each write.
-func writeIfChanged(path string, data []byte, mode os.FileMode) error {
+// WriteIfChanged writes data to path (WriteFile) unless it holds it already: flash wears with
+// each write.
+func WriteIfChanged(path string, data []byte, mode os.FileMode) error {
 	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, data) {
 		return nil
 	}

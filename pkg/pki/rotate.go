@@ -23,18 +23,35 @@ const (
 // issued from then on carry after their own (CA.Chain). A party that trusts only the old CA,
 // an agent's kubelet say, still accepts them; one that reads the CA's file trusts both. Each
 // CA's file holds, in this order, the new CA, its cross-signed certificate, and the old CA;
-// the CA the old one replaced in turn, and its chain, are dropped. The caller re-issues the
-// leaves (Renew issues every leaf that its CA did not sign).
+// the caller re-issues the leaves (Renew issues every leaf that its CA did not sign).
 //
 // It reports whether it finished a rotation that a crash interrupted instead of starting one.
+// It refuses a rotation while the CAs of the last one are still trusted: some nodes may hold
+// only certificates they signed.
 func (c *Cluster) RotateAuthorities(now time.Time) (resumed bool, err error) {
-	if exists(filepath.Join(c.Dir, stagedDir, stagedComplete)) {
+	if c.RotationStaged() {
 		return true, c.finishRotation()
+	}
+	for _, name := range caNames() {
+		data, err := os.ReadFile(filepath.Join(c.Dir, name+".crt"))
+		if err != nil {
+			return false, err
+		}
+		if certs, err := ParseCerts(data); err == nil && len(certs) > 1 {
+			return false, fmt.Errorf("certificate authority %s was replaced by an earlier rotate-ca, and the one before it is still trusted: "+
+				"a second rotation would end that trust while nodes may still hold certificates from it, which kone does not check yet; nothing changed", name)
+		}
 	}
 	if err := c.stageRotation(now); err != nil {
 		return false, err
 	}
 	return false, c.finishRotation()
+}
+
+// RotationStaged reports whether a rotation is staged, complete, and not yet in place: one that
+// a crash interrupted, which the next RotateAuthorities or start finishes.
+func (c *Cluster) RotationStaged() bool {
+	return exists(filepath.Join(c.Dir, stagedDir, stagedComplete))
 }
 
 // stageRotation writes the new CAs beside the PKI and marks them complete.
@@ -70,7 +87,7 @@ func (c *Cluster) stageRotation(now time.Time) error {
 		if err := WriteFile(f.Key, keyPEM, 0o600); err != nil {
 			return err
 		}
-		if err := WriteFile(f.Cert, encodeCerts([]*x509.Certificate{next.Cert, cross, old.Cert}), 0o644); err != nil {
+		if err := WriteFile(f.Cert, EncodeCerts([]*x509.Certificate{next.Cert, cross, old.Cert}), 0o644); err != nil {
 			return err
 		}
 	}
@@ -84,6 +101,13 @@ func (c *Cluster) stageRotation(now time.Time) error {
 // the stage once all are.
 func (c *Cluster) finishRotation() error {
 	stage := filepath.Join(c.Dir, stagedDir)
+	type move struct {
+		staged, place   File
+		certPEM, keyPEM []byte
+	}
+	// All checked before any moves: a stage from before a restore of the data dir, say, must
+	// not replace CAs it was not made for, not even some of them.
+	var moves []move
 	for _, name := range caNames() {
 		f := staged(stage, name)
 		certPEM, err := os.ReadFile(f.Cert)
@@ -98,11 +122,29 @@ func (c *Cluster) finishRotation() error {
 			return fmt.Errorf("finish the rotation of %s: %w", name, err)
 		}
 		place := File{filepath.Join(c.Dir, name+".crt"), filepath.Join(c.Dir, name+".key")}
-		if err := WritePair(place, certPEM, keyPEM); err != nil {
-			return fmt.Errorf("finish the rotation of %s: %w", name, err)
+		certs, err := ParseCerts(certPEM)
+		if err != nil || len(certs) != 3 {
+			return fmt.Errorf("finish the rotation of %s: %s is not a staged CA; remove %s and run rotate-ca again", name, f.Cert, stage)
 		}
-		if err := os.Remove(f.Cert); err != nil {
+		current, err := LoadCA(c.Dir, name)
+		if err != nil {
 			return err
+		}
+		if current.Cert.Equal(certs[0]) {
+			continue // in place, killed before its stage was removed
+		}
+		if !current.Cert.Equal(certs[2]) {
+			return fmt.Errorf("finish the rotation of %s: the rotation staged in %s replaces another CA than %s; remove %s and run rotate-ca again", name, stage, place.Cert, stage)
+		}
+		moves = append(moves, move{f, place, certPEM, keyPEM})
+	}
+	for _, m := range moves {
+		if err := WritePair(m.place, m.certPEM, m.keyPEM); err != nil {
+			return fmt.Errorf("finish the rotation of %s: %w", m.place.Cert, err)
+		}
+		// Gone once in place: a crash after this finds the CA there, not its stage.
+		if err := os.Remove(m.staged.Cert); err != nil {
+			return fmt.Errorf("finish the rotation of %s: %w", m.place.Cert, err)
 		}
 	}
 	return os.RemoveAll(stage)
@@ -144,29 +186,29 @@ func crossSigned(certs []*x509.Certificate) []*x509.Certificate {
 	return chain
 }
 
-// Pinnable are the CA certificates of a CA's file that a join token may pin: the first, the CA
-// itself, and the CA that cross-signed it, found in the file, so that tokens made before a
-// rotate-ca keep joining until the next one. A certificate in the file that claims to be the
-// cross-signature but is not signed by that CA's key pins nothing: only the holder of the old
-// CA's key can make the new one pass for it. A file with any other certificate is refused: a
-// joining node trusts every certificate of it, and a pin must vouch for each.
-func Pinnable(caPEM []byte) ([]*x509.Certificate, error) {
+// Vouched are the certificates of a CA's file that a join token's pin vouches for, the first
+// first: the pinned CA when it is the file's first, the CA the file is for; or, when the pin
+// names the CA that a rotate-ca replaced, that CA, its cross-signature of the first, and the
+// first, so that tokens made before a rotate-ca keep joining. None when the pin vouches for the
+// first CA neither way. Trust flows from the pinned certificate only: nothing else in the
+// file, which its sender chose, is taken on its own word.
+func Vouched(caPEM []byte, pinned func(*x509.Certificate) bool) ([]*x509.Certificate, error) {
 	certs, err := ParseCerts(caPEM)
 	if err != nil {
 		return nil, err
 	}
-	pins := certs[:1]
-	vouched := map[*x509.Certificate]bool{certs[0]: true}
-	for _, cross := range crossSigned(certs) {
-		for _, old := range certs[1:] {
-			if old != cross && old.IsCA && cross.CheckSignatureFrom(old) == nil {
-				pins = append(pins, old)
-				vouched[cross], vouched[old] = true, true
+	if pinned(certs[0]) {
+		return certs[:1], nil
+	}
+	for _, old := range certs[1:] {
+		if !pinned(old) || !old.IsCA {
+			continue
+		}
+		for _, cross := range certs[1:] {
+			if cross != old && cross.IsCA && publicKeysEqual(cross.PublicKey, certs[0].PublicKey) && cross.CheckSignatureFrom(old) == nil {
+				return []*x509.Certificate{certs[0], cross, old}, nil
 			}
 		}
 	}
-	if len(vouched) != len(certs) {
-		return nil, errors.New("holds certificates besides the CA and the one it replaced, which no pin vouches for")
-	}
-	return pins, nil
+	return nil, nil
 }

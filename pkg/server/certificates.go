@@ -124,7 +124,7 @@ func RotateCertificates(cfg *config.Config, services []string, now time.Time, ou
 			}
 			n, err := copyAside(cfg.DataDir, aside, f.Cert, f.Key)
 			if err != nil {
-				return err
+				return fmt.Errorf("rotate certificates: keep the old ones: %w", err)
 			}
 			kept += n
 			rotate = append(rotate, f)
@@ -188,10 +188,10 @@ func copyAside(dataDir, aside string, paths ...string) (int, error) {
 			continue
 		}
 		if err != nil {
-			return copied, fmt.Errorf("rotate certificates: %w", err)
+			return copied, err
 		}
 		if err := pki.WriteFile(filepath.Join(aside, rel), data, 0o600); err != nil {
-			return copied, fmt.Errorf("rotate certificates: %w", err)
+			return copied, err
 		}
 		copied++
 	}

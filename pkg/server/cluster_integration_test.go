@@ -228,18 +228,7 @@ func TestAgents(t *testing.T) {
 	back := time.Now()
 	// Ready again: every kubelet has renewed its node's lease with the returned server.
 	waitNodesReady(t, cs, 3)
-	for _, name := range []string{agents[0].name, agents[1].name} {
-		for {
-			lease, err := cs.CoordinationV1().Leases("kube-node-lease").Get(context.Background(), name, metav1.GetOptions{})
-			if err == nil && lease.Spec.RenewTime != nil && lease.Spec.RenewTime.After(back) {
-				break
-			}
-			if time.Since(back) > 30*time.Second {
-				t.Fatalf("node %s has not renewed its lease within 30 s of the server's return", name)
-			}
-			time.Sleep(200 * time.Millisecond)
-		}
-	}
+	waitLeasesRenewed(t, cs, []string{agents[0].name, agents[1].name}, back, 30*time.Second, "the server's return")
 	t.Logf("every agent renewed its node lease %s after the server returned", time.Since(back).Round(100*time.Millisecond))
 	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(containers, ",") {
 		t.Errorf("containers changed across a restart of the server:\nbefore %v\nafter  %v", containers, after)
@@ -252,6 +241,24 @@ func TestAgents(t *testing.T) {
 	agents[1].stop()
 	newToken := strings.TrimSpace(n.run(nil, bin, "token", "create", "--kubeconfig", n.kubeconfig, "--ttl", "1h"))
 	checkIdentityAfterDelete(t, n, cs, newToken, agents[1].name)
+}
+
+// waitLeasesRenewed waits until each node of names has renewed its lease after since, which
+// its kubelet does every 10 s while it reaches the apiserver, for up to within after since.
+func waitLeasesRenewed(t *testing.T, cs kubernetes.Interface, names []string, since time.Time, within time.Duration, event string) {
+	t.Helper()
+	for _, name := range names {
+		for {
+			lease, err := cs.CoordinationV1().Leases("kube-node-lease").Get(context.Background(), name, metav1.GetOptions{})
+			if err == nil && lease.Spec.RenewTime != nil && lease.Spec.RenewTime.After(since) {
+				break
+			}
+			if time.Since(since) > within {
+				t.Fatalf("node %s has not renewed its lease within %s of %s", name, within, event)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
 }
 
 // checkRenewedBySelf: node name asks for its flannel certificate again after since, with its

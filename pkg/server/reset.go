@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -216,17 +217,30 @@ func sameCluster(caFile, etcdPrefix string) func(string) error {
 		if err != nil {
 			return fmt.Errorf("--cluster-reset: this server's CA: %w", err)
 		}
-		theirHash, err1 := token.CAHash(theirs)
-		ourHash, err2 := token.CAHash(ours)
-		if err := errors.Join(err1, err2); err != nil {
+		same, err := sameAuthority(theirs, ours)
+		if err != nil {
 			return fmt.Errorf("--cluster-reset: compare the snapshot's cluster with this one: %w", err)
 		}
-		if theirHash != ourHash {
+		if !same {
 			return errors.New("--cluster-reset: the snapshot is of another cluster (its CA is not this server's): nothing was restored; " +
 				"restore a snapshot of this cluster, or restore this one on a server of its own cluster")
 		}
 		return nil
 	}
+}
+
+// sameAuthority reports whether two CA files are of one cluster: the CA of one is in the other,
+// as after a rotate-ca the CA before it is, beside the new one.
+func sameAuthority(a, b []byte) (bool, error) {
+	as, err := pki.ParseCerts(a)
+	if err != nil {
+		return false, err
+	}
+	bs, err := pki.ParseCerts(b)
+	if err != nil {
+		return false, err
+	}
+	return slices.ContainsFunc(bs, as[0].Equal) || slices.ContainsFunc(as, bs[0].Equal), nil
 }
 
 // removeFile removes path, which may be gone already.

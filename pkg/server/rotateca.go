@@ -27,7 +27,8 @@ import (
 // CAs: the server data that joining servers and snapshots carry, cluster-info for joining
 // nodes, and the settings from which joined agents take them. Nodes that joined before keep
 // working throughout: they trust the old CAs, which the new leaves chain to, and the
-// apiserver trusts the certificates the old CAs signed until the next rotate-ca.
+// apiserver trusts the certificates the old CAs signed. A second rotation is refused while the
+// old CAs are trusted (pki.RotateAuthorities): dropping them is not done yet.
 //
 // kone must run on this machine: the cluster learns the CAs through it. A cluster of several
 // servers is refused for now: each would need the new CAs before any issues from them.
@@ -49,32 +50,41 @@ func RotateAuthorities(ctx context.Context, cfg *config.Config, now time.Time, o
 	if err != nil {
 		return err
 	}
-	for _, path := range ca.Shared() {
-		if path == ca.ServiceAccountKey {
-			continue // kept: a new one would end every service-account token
-		}
-		if _, err := copyAside(cfg.DataDir, aside, path); err != nil {
-			return err
+	// A rotation that a crash interrupted is finished, not made anew: its old CAs were copied
+	// by the run that staged it, and what is in place now is partly new.
+	resumed := ca.RotationStaged()
+	if !resumed {
+		for _, path := range ca.Shared() {
+			if path == ca.ServiceAccountKey {
+				continue // kept: a new one would end every service-account token
+			}
+			if _, err := copyAside(cfg.DataDir, aside, path); err != nil {
+				return fmt.Errorf("keep the old CAs: %w; nothing changed", err)
+			}
 		}
 	}
-	resumed, err := ca.RotateAuthorities(now)
-	if err != nil {
-		return fmt.Errorf("rotate the certificate authorities: %w; the old ones are in %s", err, aside)
+	if _, err := ca.RotateAuthorities(now); err != nil {
+		if ca.RotationStaged() {
+			return fmt.Errorf("put the new certificate authorities in place: %w; run rotate-ca again, or restart kone, to finish", err)
+		}
+		return fmt.Errorf("rotate the certificate authorities: %w", err)
 	}
 	issued, err := certs.issueLocked(now)
 	if err != nil {
-		return fmt.Errorf("the CAs are new, but %w; kone issues the certificates from them within the hour and as it starts (do not run rotate-ca again: it would drop the old CAs)", err)
+		return fmt.Errorf("the CAs are new, but %w; restart kone, which issues the certificates from them and gives the cluster the CAs", err)
 	}
 	tok, err := publishAuthorities(ctx, cs, cfg, ca)
 	if err != nil {
-		return fmt.Errorf("the CAs are new and this server uses them, but the cluster does not know them yet: %w; restarting kone publishes them", err)
+		return fmt.Errorf("the CAs are new and this server uses them, but the cluster does not know them yet: %w; restart kone, which gives them to it (the server token pinned to the new CA is in %s)", err, cfg.ServerToken().Token)
 	}
 	if resumed {
-		fmt.Fprintln(out, "finished a rotate-ca that was interrupted")
+		fmt.Fprintln(out, "finished a rotate-ca that was interrupted; the CAs before it were copied aside by that run")
+	} else {
+		fmt.Fprintf(out, "the old CAs and keys are in %s\n", aside)
 	}
 	fmt.Fprintf(out, "certificate authorities replaced, each cross-signed by the one before it; %d certificates re-issued from them\n", len(issued))
-	fmt.Fprintf(out, "the old CAs and keys are in %s; they stay trusted until the next rotate-ca, so joined nodes keep working: each takes the new CAs within an hour, or as it restarts\n", aside)
-	fmt.Fprintf(out, "the server token, pinned to the new CA (tokens made before keep joining until the next rotate-ca):\n%s\n", tok)
+	fmt.Fprintln(out, "the old CAs stay trusted, so joined nodes keep working; each takes the new CAs within an hour, or as it restarts")
+	fmt.Fprintf(out, "the server token, pinned to the new CA (tokens made before keep joining):\n%s\n", tok)
 	return nil
 }
 
@@ -85,7 +95,7 @@ func publishAuthorities(ctx context.Context, cs kubernetes.Interface, cfg *confi
 	for key, path := range ca.Shared() {
 		content, err := os.ReadFile(path)
 		if err != nil {
-			return token.Token{}, err
+			return token.Token{}, fmt.Errorf("the server data: %w", err)
 		}
 		data[key] = content
 	}
@@ -122,6 +132,7 @@ func publishAuthorities(ctx context.Context, cs kubernetes.Interface, cfg *confi
 		return token.Token{}, err
 	}
 
+	// Read back rather than made from this command's flags, which may differ from the server's.
 	settings, err := join.ReadSettings(ctx, cs)
 	if err != nil {
 		return token.Token{}, err

@@ -13,7 +13,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
+	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/pki"
+	"github.com/kone-dev/kone/pkg/token"
 )
 
 // checkRotateCA runs `kone certificate rotate-ca` on the running server of a cluster with
@@ -21,7 +23,8 @@ import (
 // agent, which trusts only the old CAs, goes on talking to it with the certificates the old
 // CAs signed (its node lease is renewed), the apiserver reaches the agents' kubelets (logs of
 // pod), a kubeconfig copied before the rotation still works, and the server token is pinned
-// to the new CA. It returns the new server CA.
+// to the new CA while the token from before still passes discovery. It returns the new server
+// CA.
 func checkRotateCA(t *testing.T, n *node, cs kubernetes.Interface, agents []string, pod corev1.Pod) *x509.Certificate {
 	t.Helper()
 	tlsDir := filepath.Join(n.dataDir, "server", "tls")
@@ -56,17 +59,8 @@ func checkRotateCA(t *testing.T, n *node, cs kubernetes.Interface, agents []stri
 
 	// Every agent's kubelet checked the new certificate with the old CA, and the apiserver took
 	// the kubelet's certificate from the old one.
+	waitLeasesRenewed(t, cs, agents, served, 40*time.Second, "the apiserver serving a certificate from the new CA")
 	for _, a := range agents {
-		for {
-			lease, err := cs.CoordinationV1().Leases("kube-node-lease").Get(context.Background(), a, metav1.GetOptions{})
-			if err == nil && lease.Spec.RenewTime != nil && lease.Spec.RenewTime.After(served) {
-				break
-			}
-			if time.Since(served) > 40*time.Second {
-				t.Fatalf("node %s has not renewed its lease within 40 s of the apiserver serving a certificate from the new CA", a)
-			}
-			time.Sleep(500 * time.Millisecond)
-		}
 		node, err := cs.CoreV1().Nodes().Get(context.Background(), a, metav1.GetOptions{})
 		if err != nil || !nodeReady(node) {
 			t.Fatalf("node %s after rotate-ca: ready %t, %v", a, err == nil && nodeReady(node), err)
@@ -87,6 +81,25 @@ func checkRotateCA(t *testing.T, n *node, cs kubernetes.Interface, agents []stri
 	_, oldCred, _ := strings.Cut(oldToken, "::")
 	if _, cred, _ := strings.Cut(tok, "::"); cred != oldCred {
 		t.Error("rotate-ca changed the server token's secret, not only its pin")
+	}
+	// A node joining with the token from before (baked into a machine image, say) trusts the
+	// new CA, which the one it pins vouches for; with the new token, the new CA alone.
+	for _, c := range []struct {
+		tok, when string
+		want      int
+	}{{oldToken, "before", 3}, {tok, "after", 1}} {
+		pinned, err := token.Parse(c.tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ca, err := join.Discover(context.Background(), "https://127.0.0.1:"+n.https, pinned, func(error) {})
+		if err != nil {
+			t.Errorf("discovery with a token pinned to the CA %s rotate-ca: %v", c.when, err)
+			continue
+		}
+		if got, err := pki.ParseCerts(ca); err != nil || len(got) != c.want || !got[0].Equal(newCA) {
+			t.Errorf("discovery with a token pinned to the CA %s rotate-ca trusts %d certificates, want %d, the new CA first", c.when, len(got), c.want)
+		}
 	}
 	t.Logf("rotate-ca: agents renewed their leases %s after the new certificate was served (%s after the command)",
 		time.Since(served).Round(100*time.Millisecond), time.Since(rotated).Round(100*time.Millisecond))

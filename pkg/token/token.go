@@ -3,6 +3,7 @@ package token
 import (
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -113,25 +114,31 @@ func (t Token) WithCA(caPEM []byte) (Token, error) {
 	return t, nil
 }
 
-// CheckCA tells whether caPEM is the CA the token pins: its first certificate, or the CA
-// that a rotate-ca replaced, which cross-signed it (pki.Pinnable). A token without a hash pins
-// nothing and passes; the caller decides whether to allow that.
+// CheckCA tells whether the token's pin vouches for the CA in caPEM (TrustedCA).
 func (t Token) CheckCA(caPEM []byte) error {
+	_, err := t.TrustedCA(caPEM)
+	return err
+}
+
+// TrustedCA is what of caPEM, a CA's file from a server, the token's pin vouches for
+// (pki.Vouched): the CA itself when the pin names it; after a rotate-ca, when the pin names the
+// CA it replaced, the CA with its cross-signature and the old CA. A token without a hash pins
+// nothing: caPEM is taken as it is, and the caller decides whether to allow that.
+func (t Token) TrustedCA(caPEM []byte) ([]byte, error) {
 	if t.CAHash == "" {
-		return nil
+		return caPEM, nil
 	}
-	pins, err := pki.Pinnable(caPEM)
+	trusted, err := pki.Vouched(caPEM, func(c *x509.Certificate) bool {
+		return subtle.ConstantTimeCompare([]byte(certHash(c)), []byte(t.CAHash)) == 1
+	})
 	if err != nil {
-		return fmt.Errorf("CA certificate: %w", err)
+		return nil, fmt.Errorf("CA certificate: %w", err)
 	}
-	for _, p := range pins {
-		sum := sha256.Sum256(p.Raw)
-		if subtle.ConstantTimeCompare([]byte(hex.EncodeToString(sum[:])), []byte(t.CAHash)) == 1 {
-			return nil
-		}
+	if len(trusted) == 0 {
+		hash, _ := CAHash(caPEM)
+		return nil, fmt.Errorf("the server's CA certificate (sha256 %s) does not match the hash in the token (%s): the token is for another cluster, pins a CA that the cluster no longer trusts (replaced by rotate-ca), or something is intercepting the connection", hash, t.CAHash)
 	}
-	sum := sha256.Sum256(pins[0].Raw)
-	return fmt.Errorf("the server's CA certificate (sha256 %s) does not match the hash in the token (%s): the token is for another cluster, was made before the cluster's CAs were rotated twice, or something is intercepting the connection", hex.EncodeToString(sum[:]), t.CAHash)
+	return pki.EncodeCerts(trusted), nil
 }
 
 // CAHash is the hex SHA-256 of the DER bytes of the first certificate in caPEM.
@@ -140,6 +147,10 @@ func CAHash(caPEM []byte) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("CA certificate: %w", err)
 	}
-	sum := sha256.Sum256(cert.Raw)
-	return hex.EncodeToString(sum[:]), nil
+	return certHash(cert), nil
+}
+
+func certHash(c *x509.Certificate) string {
+	sum := sha256.Sum256(c.Raw)
+	return hex.EncodeToString(sum[:])
 }
