@@ -1,6 +1,7 @@
 package pki
 
 import (
+	"bytes"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -32,20 +33,28 @@ func (c *Cluster) RotateAuthorities(now time.Time) (resumed bool, err error) {
 	if c.RotationStaged() {
 		return true, c.finishRotation()
 	}
-	for _, name := range caNames() {
-		data, err := os.ReadFile(filepath.Join(c.Dir, name+".crt"))
-		if err != nil {
-			return false, err
-		}
-		if certs, err := ParseCerts(data); err == nil && len(certs) > 1 {
-			return false, fmt.Errorf("certificate authority %s was replaced by an earlier rotate-ca, and the one before it is still trusted: "+
-				"a second rotation would end that trust while nodes may still hold certificates from it, which kone does not check yet; nothing changed", name)
-		}
+	if err := c.CanRotate(); err != nil {
+		return false, err
 	}
 	if err := c.stageRotation(now); err != nil {
 		return false, err
 	}
 	return false, c.finishRotation()
+}
+
+// CanRotate refuses a rotation while the CAs of the last one are still trusted.
+func (c *Cluster) CanRotate() error {
+	for _, name := range caNames() {
+		data, err := os.ReadFile(filepath.Join(c.Dir, name+".crt"))
+		if err != nil {
+			return err
+		}
+		if certs, err := ParseCerts(data); err == nil && len(certs) > 1 {
+			return fmt.Errorf("certificate authority %s was replaced by an earlier rotate-ca, and the one before it is still trusted: "+
+				"a second rotation would end that trust while nodes may still hold certificates from it, which kone does not check yet; nothing changed", name)
+		}
+	}
+	return nil
 }
 
 // RotationStaged reports whether a rotation is staged, complete, and not yet in place: one that
@@ -117,10 +126,6 @@ func (c *Cluster) finishRotation() error {
 		if err != nil {
 			return fmt.Errorf("finish the rotation of %s: %w", name, err)
 		}
-		keyPEM, err := os.ReadFile(f.Key)
-		if err != nil {
-			return fmt.Errorf("finish the rotation of %s: %w", name, err)
-		}
 		place := File{filepath.Join(c.Dir, name+".crt"), filepath.Join(c.Dir, name+".key")}
 		certs, err := ParseCerts(certPEM)
 		if err != nil || len(certs) != 3 {
@@ -136,16 +141,27 @@ func (c *Cluster) finishRotation() error {
 		if !current.Cert.Equal(certs[2]) {
 			return fmt.Errorf("finish the rotation of %s: the rotation staged in %s replaces another CA than %s; remove %s and run rotate-ca again", name, stage, place.Cert, stage)
 		}
+		keyPEM, err := os.ReadFile(f.Key)
+		if err != nil {
+			return fmt.Errorf("finish the rotation of %s: %w", name, err)
+		}
 		moves = append(moves, move{f, place, certPEM, keyPEM})
 	}
 	for _, m := range moves {
 		if err := WritePair(m.place, m.certPEM, m.keyPEM); err != nil {
-			return fmt.Errorf("finish the rotation of %s: %w", m.place.Cert, err)
+			return fmt.Errorf("put %s in place: %w; the next rotate-ca or start of kone finishes the rotation", m.place.Cert, err)
 		}
 		// Gone once in place: a crash after this finds the CA there, not its stage.
 		if err := os.Remove(m.staged.Cert); err != nil {
 			return fmt.Errorf("finish the rotation of %s: %w", m.place.Cert, err)
 		}
+	}
+	// Unmarked first: a crash while the stage is removed leaves one that is never taken up.
+	if err := os.Remove(filepath.Join(stage, stagedComplete)); err != nil {
+		return err
+	}
+	if err := SyncDir(stage); err != nil {
+		return err
 	}
 	return os.RemoveAll(stage)
 }
@@ -197,16 +213,23 @@ func Vouched(caPEM []byte, pinned func(*x509.Certificate) bool) ([]*x509.Certifi
 	if err != nil {
 		return nil, err
 	}
-	if pinned(certs[0]) {
+	first := certs[0]
+	if pinned(first) {
 		return certs[:1], nil
 	}
+	// The new CA is its own, made with its key: a certificate of the old CA's key under another
+	// name or term would extend the old CA's trust beyond what it signed.
+	if !first.IsCA || first.CheckSignatureFrom(first) != nil {
+		return nil, nil
+	}
 	for _, old := range certs[1:] {
-		if !pinned(old) || !old.IsCA {
+		if !pinned(old) || !old.IsCA || publicKeysEqual(old.PublicKey, first.PublicKey) {
 			continue
 		}
 		for _, cross := range certs[1:] {
-			if cross != old && cross.IsCA && publicKeysEqual(cross.PublicKey, certs[0].PublicKey) && cross.CheckSignatureFrom(old) == nil {
-				return []*x509.Certificate{certs[0], cross, old}, nil
+			if cross.IsCA && bytes.Equal(cross.RawSubject, first.RawSubject) && publicKeysEqual(cross.PublicKey, first.PublicKey) &&
+				cross.CheckSignatureFrom(old) == nil {
+				return []*x509.Certificate{first, cross, old}, nil
 			}
 		}
 	}

@@ -157,17 +157,16 @@ func TestStaleStageIsRefused(t *testing.T) {
 	if err := c.stageRotation(now); err != nil {
 		t.Fatal(err)
 	}
+	// Only the last CA it would move differs: the others must not move either.
 	other := Layout(t.TempDir())
 	ensure(t, other, now)
-	for _, name := range caNames() {
-		for _, ext := range []string{".crt", ".key"} {
-			data, err := os.ReadFile(filepath.Join(other.Dir, name+ext))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := WriteFile(filepath.Join(c.Dir, name+ext), data, 0o600); err != nil {
-				t.Fatal(err)
-			}
+	for _, ext := range []string{".crt", ".key"} {
+		data, err := os.ReadFile(filepath.Join(other.Dir, "etcd/peer-ca"+ext))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteFile(filepath.Join(c.Dir, "etcd/peer-ca"+ext), data, 0o600); err != nil {
+			t.Fatal(err)
 		}
 	}
 	before, _ := os.ReadFile(c.ServerCA)
@@ -218,6 +217,19 @@ func TestVouched(t *testing.T) {
 	if err != nil || len(got) != 1 || !got[0].Equal(old) {
 		t.Fatalf("a file of the pinned CA, a forgery and the attacker's CA vouches for %d certificates (%v), want the pinned CA alone", len(got), err)
 	}
+	// Nor a certificate of the old CA's own key under a name and term of their choosing, put
+	// first as if it were the new CA, with the old CA standing in for its cross-signature.
+	longer := *old
+	longer.NotAfter = old.NotAfter.Add(10 * 365 * 24 * time.Hour)
+	longer.SignatureAlgorithm = x509.UnknownSignatureAlgorithm
+	reissued, err := sign(&longer, attacker.Cert, old.PublicKey, attacker.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Vouched(EncodeCerts([]*x509.Certificate{reissued, old, old}), pin(old)); err != nil || len(got) != 0 {
+		t.Fatalf("the old CA's key presented as the new CA vouches for %d certificates (%v), want none", len(got), err)
+	}
+
 	// Nor can they pass their CA off as the pinned CA's successor without its key.
 	posing := *old
 	posing.PublicKey = attacker.Key.Public()

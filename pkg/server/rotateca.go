@@ -54,6 +54,9 @@ func RotateAuthorities(ctx context.Context, cfg *config.Config, now time.Time, o
 	// by the run that staged it, and what is in place now is partly new.
 	resumed := ca.RotationStaged()
 	if !resumed {
+		if err := ca.CanRotate(); err != nil {
+			return fmt.Errorf("%w (if an earlier rotate-ca failed after it replaced the CAs, restart kone: it issues from them and gives them to the cluster)", err)
+		}
 		for _, path := range ca.Shared() {
 			if path == ca.ServiceAccountKey {
 				continue // kept: a new one would end every service-account token
@@ -64,9 +67,6 @@ func RotateAuthorities(ctx context.Context, cfg *config.Config, now time.Time, o
 		}
 	}
 	if _, err := ca.RotateAuthorities(now); err != nil {
-		if ca.RotationStaged() {
-			return fmt.Errorf("put the new certificate authorities in place: %w; run rotate-ca again, or restart kone, to finish", err)
-		}
 		return fmt.Errorf("rotate the certificate authorities: %w", err)
 	}
 	issued, err := certs.issueLocked(now)
@@ -75,7 +75,7 @@ func RotateAuthorities(ctx context.Context, cfg *config.Config, now time.Time, o
 	}
 	tok, err := publishAuthorities(ctx, cs, cfg, ca)
 	if err != nil {
-		return fmt.Errorf("the CAs are new and this server uses them, but the cluster does not know them yet: %w; restart kone, which gives them to it (the server token pinned to the new CA is in %s)", err, cfg.ServerToken().Token)
+		return fmt.Errorf("the CAs are new and this server uses them, but the cluster does not know them yet: %w; restart kone, which gives them to it", err)
 	}
 	if resumed {
 		fmt.Fprintln(out, "finished a rotate-ca that was interrupted; the CAs before it were copied aside by that run")

@@ -74,7 +74,9 @@ func fetchServerData(ctx context.Context, cfg *config.Config, ca *pki.Cluster, l
 	if err := sameSettings(clusterSettings(cfg), theirs, cfg.SecretsEncryption, secrets.Enabled); err != nil {
 		return err
 	}
-	if string(data["server-ca.crt"]) != string(caPEM) {
+	// After a rotate-ca the server data's CA file holds the old CA too, which a token pinned to
+	// the new one does not vouch for (and discovery dropped).
+	if vouched, err := tok.TrustedCA(data["server-ca.crt"]); err != nil || string(vouched) != string(caPEM) {
 		return fmt.Errorf("the server data of %s holds another CA than the one the token pins; is something intercepting the connection?", cfg.Server)
 	}
 	// Written first: from here on this data dir belongs to the cluster it joins, and must never

@@ -35,11 +35,20 @@ func TestServersJoin(t *testing.T) {
 	}
 	checkRefusedServerJoins(t, n, tok)
 
+	// New CAs while the cluster is one server: the second server joins with the token that
+	// rotate-ca pinned to the new CA, the third with the one from before.
+	if out := n.run(nil, bin, append([]string{"certificate", "rotate-ca"}, n.args()[1:]...)...); !strings.Contains(out, "certificate authorities replaced") {
+		t.Fatalf("rotate-ca:\n%s", out)
+	}
+	repinned := strings.TrimSpace(readFile(t, filepath.Join(n.dataDir, "server", "token")))
+	if repinned == tok {
+		t.Fatal("rotate-ca left the server token's pin as it was")
+	}
 	first := "https://" + bridgeHost + ":" + n.https
-	servers := []*agentNode{newAgent(t, bin, "server-2", nodeNet+"12", first, tok), newAgent(t, bin, "server-3", nodeNet+"13", first, tok)}
-	for _, s := range servers {
+	servers := []*agentNode{newAgent(t, bin, "server-2", nodeNet+"12", first, repinned), newAgent(t, bin, "server-3", nodeNet+"13", first, tok)}
+	for i, s := range servers {
 		// Every apiserver of a cluster serves on the same port: the kubernetes Service has one.
-		s.args = []string{bin, "server", "--server", first, "--token", tok, "--node-ip", s.ip,
+		s.args = []string{bin, "server", "--server", first, "--token", []string{repinned, tok}[i], "--node-ip", s.ip,
 			"--https-listen-port", n.https, "--write-kubeconfig", "/var/lib/kone/admin.kubeconfig"}
 		s.up()
 	}
