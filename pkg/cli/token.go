@@ -111,10 +111,7 @@ func newTokenCommand() *cobra.Command {
 			// The other servers follow the cluster's token (their files are what users read to
 			// join nodes); one that another rotation replaced meanwhile stays.
 			publish := func(old, t token.Token) error {
-				return join.ReplaceServerData(cmd.Context(), cs, join.ServerTokenKey, t.File(), func(stored []byte) bool {
-					theirs, err := token.Parse(string(stored))
-					return len(stored) == 0 || (err == nil && theirs.ID == old.ID)
-				})
+				return join.ReplaceServerToken(cmd.Context(), cs, old.ID, t)
 			}
 			t, err := files.Rotate(cmd.Context(), cs, caPEM, time.Now(), publish)
 			if err != nil {

@@ -65,11 +65,12 @@ func checkClusterInfo(ctx context.Context, cs kubernetes.Interface, server strin
 		return nil, false, unreachable(server, err)
 	}
 	kubeconfig := cm.Data[bootstrapapi.KubeConfigKey]
-	if ca, err = token.ClusterInfoCA(cm); err != nil {
+	cluster, err := token.ClusterInfo(cm)
+	if err != nil {
 		return nil, false, fmt.Errorf("server %s publishes no usable cluster-info (%w); is it a kone server?", server, err)
 	}
 	// Only what the pin vouches for: the rest of what the server sent is its own word.
-	if ca, err = tok.TrustedCA(ca); err != nil {
+	if ca, err = tok.TrustedCA(cluster.CertificateAuthorityData); err != nil {
 		return nil, false, fmt.Errorf("refusing to join %s: %w", server, err)
 	}
 	signature, ok := cm.Data[bootstrapapi.JWSSignatureKeyPrefix+tok.ID]

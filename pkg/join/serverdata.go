@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -25,8 +26,8 @@ const ServerDataName = "kone-server-data"
 // ErrAgentToken is the answer to a server that joins with an agent token.
 var ErrAgentToken = errors.New("the token is an agent token, which cannot join a server: use the server token, in server/token of the data dir of a server of the cluster")
 
-// The server data's keys that change while the cluster runs (the others hold the CAs, which do
-// not): every server follows them.
+// The server data's keys that change while the cluster runs, besides the CAs that a rotate-ca
+// replaces: every server follows them.
 const (
 	EncryptionConfigKey = "encryption-config.yaml"
 	ServerTokenKey      = "server-token"
@@ -47,15 +48,25 @@ func PublishServerData(ctx context.Context, cs kubernetes.Interface, data map[st
 // first: two rotations at once on two servers must not both win.
 var ErrServerDataChanged = errors.New("another server changed it meanwhile (is a rotation running on another server?)")
 
-// ReplaceServerData gives every server of the cluster a new value of key (EncryptionConfigKey,
-// ServerTokenKey), which each server follows, if the value stored is the one this change
-// replaces (replaces reports it); ErrServerDataChanged if not.
-func ReplaceServerData(ctx context.Context, cs kubernetes.Interface, key string, value []byte, replaces func(stored []byte) bool) error {
-	_, err := storeServerData(ctx, cs, map[string][]byte{key: value}, []string{key}, false, replaces)
+// ReplaceServerData gives every server of the cluster new values of keys (EncryptionConfigKey,
+// ServerTokenKey, the CAs of a rotate-ca), which each server follows, all at once and only if
+// each value stored is one that this change replaces (replaces reports it); ErrServerDataChanged
+// if not.
+func ReplaceServerData(ctx context.Context, cs kubernetes.Interface, values map[string][]byte, replaces func(key string, stored []byte) bool) error {
+	_, err := storeServerData(ctx, cs, values, slices.Collect(maps.Keys(values)), false, replaces)
 	return err
 }
 
-func storeServerData(ctx context.Context, cs kubernetes.Interface, data map[string][]byte, replace []string, create bool, replaces func([]byte) bool) (map[string][]byte, error) {
+// ReplaceServerToken gives every server of the cluster the server token t in place of the one
+// with the id old (or of none); ErrServerDataChanged if another rotation replaced that first.
+func ReplaceServerToken(ctx context.Context, cs kubernetes.Interface, old string, t token.Token) error {
+	return ReplaceServerData(ctx, cs, map[string][]byte{ServerTokenKey: t.File()}, func(_ string, stored []byte) bool {
+		theirs, err := token.Parse(string(stored))
+		return len(stored) == 0 || (err == nil && theirs.ID == old)
+	})
+}
+
+func storeServerData(ctx context.Context, cs kubernetes.Interface, data map[string][]byte, replace []string, create bool, replaces func(string, []byte) bool) (map[string][]byte, error) {
 	secrets := cs.CoreV1().Secrets(metav1.NamespaceSystem)
 	var stored map[string][]byte
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -74,7 +85,7 @@ func storeServerData(ctx context.Context, cs kubernetes.Interface, data map[stri
 		}
 		changed := false
 		for key, value := range data {
-			if replaces != nil && !bytes.Equal(s.Data[key], value) && !replaces(s.Data[key]) {
+			if replaces != nil && !bytes.Equal(s.Data[key], value) && !replaces(key, s.Data[key]) {
 				return ErrServerDataChanged
 			}
 			if _, ok := s.Data[key]; !ok || (slices.Contains(replace, key) && !bytes.Equal(s.Data[key], value)) {

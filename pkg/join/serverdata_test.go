@@ -22,15 +22,17 @@ func TestServerData(t *testing.T) {
 	if err != nil || string(stored["ca"]) != "first" || string(stored[ServerTokenKey]) != "t1" || string(stored[EncryptionConfigKey]) != "v1" {
 		t.Fatalf("a later server's data: %q, %v", stored, err)
 	}
-	from := func(v string) func([]byte) bool { return func(b []byte) bool { return bytes.Equal(b, []byte(v)) } }
-	if err := ReplaceServerData(ctx, cs, EncryptionConfigKey, []byte("v2"), from("v1")); err != nil {
+	from := func(v string) func(string, []byte) bool {
+		return func(_ string, b []byte) bool { return bytes.Equal(b, []byte(v)) }
+	}
+	if err := ReplaceServerData(ctx, cs, map[string][]byte{EncryptionConfigKey: []byte("v2")}, from("v1")); err != nil {
 		t.Fatal(err)
 	}
 	// Done twice, as a rotation run again after a lost answer does.
-	if err := ReplaceServerData(ctx, cs, EncryptionConfigKey, []byte("v2"), from("v1")); err != nil {
+	if err := ReplaceServerData(ctx, cs, map[string][]byte{EncryptionConfigKey: []byte("v2")}, from("v1")); err != nil {
 		t.Errorf("the same replacement again: %v", err)
 	}
-	if err := ReplaceServerData(ctx, cs, EncryptionConfigKey, []byte("v3"), from("v1")); !errors.Is(err, ErrServerDataChanged) {
+	if err := ReplaceServerData(ctx, cs, map[string][]byte{EncryptionConfigKey: []byte("v3")}, from("v1")); !errors.Is(err, ErrServerDataChanged) {
 		t.Errorf("a replacement of a value replaced meanwhile: %v", err)
 	}
 	data, err := FetchServerData(ctx, cs)

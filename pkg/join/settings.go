@@ -110,6 +110,12 @@ func ReadSettings(ctx context.Context, cs kubernetes.Interface) (Settings, error
 	if err != nil {
 		return s, fmt.Errorf("read cluster settings: %w", describe(err))
 	}
+	return SettingsOf(cm)
+}
+
+// SettingsOf decodes the settings that PublishSettings wrote into cm.
+func SettingsOf(cm *corev1.ConfigMap) (Settings, error) {
+	var s Settings
 	if err := json.Unmarshal([]byte(cm.Data[settingsKey]), &s); err != nil {
 		return s, fmt.Errorf("cluster settings from the server are not valid: %w", err)
 	}

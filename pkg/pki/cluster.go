@@ -6,7 +6,6 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
-	"strings"
 	"time"
 )
 
@@ -87,8 +86,8 @@ func InClusterNames(clusterDomain string) []string {
 // while the cluster runs would make it refuse every client and node it has.
 func (c *Cluster) EnsureAuthorities(now time.Time) error {
 	// A rotate-ca killed while it put its CAs in place: finished, never half of them.
-	if exists(filepath.Join(c.Dir, stagedDir, stagedComplete)) {
-		if err := c.finishRotation(); err != nil {
+	if c.RotationStaged() {
+		if err := c.FinishRotation(); err != nil {
 			return err
 		}
 	}
@@ -164,9 +163,8 @@ func caNames() []string {
 func (c *Cluster) Shared() map[string]string {
 	files := map[string]string{"service.key": c.ServiceAccountKey}
 	for _, name := range caNames() {
-		key := strings.ReplaceAll(name, "/", "-")
-		files[key+".crt"] = filepath.Join(c.Dir, name+".crt")
-		files[key+".key"] = filepath.Join(c.Dir, name+".key")
+		files[flat(name)+".crt"] = filepath.Join(c.Dir, name+".crt")
+		files[flat(name)+".key"] = filepath.Join(c.Dir, name+".key")
 	}
 	return files
 }

@@ -33,7 +33,7 @@ type CA struct {
 	Cert     *x509.Certificate
 	Key      crypto.Signer
 	CertFile string
-	// Chain is Cert cross-signed by the CA it replaced (RotateAuthorities), which every leaf
+	// Chain is Cert cross-signed by the CA it replaced (StageRotation), which every leaf
 	// carries after its own certificate: a party that still trusts only the old CA accepts
 	// the leaf through it.
 	Chain []*x509.Certificate
@@ -122,22 +122,14 @@ func LoadCA(dir, name string) (*CA, error) {
 }
 
 func loadCA(f File) (*CA, error) {
-	cert, key, err := load(f)
+	certs, key, err := load(f)
 	if err != nil {
 		return nil, err
 	}
-	if !cert.IsCA {
+	if !certs[0].IsCA {
 		return nil, fmt.Errorf("%s is not a CA certificate; restore it from a backup", f.Cert)
 	}
-	data, err := os.ReadFile(f.Cert)
-	if err != nil {
-		return nil, err
-	}
-	all, err := ParseCerts(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", f.Cert, err)
-	}
-	return &CA{Cert: cert, Key: key, CertFile: f.Cert, Chain: crossSigned(all)}, nil
+	return &CA{Cert: certs[0], Key: key, CertFile: f.Cert, Chain: crossSigned(certs)}, nil
 }
 
 // EnsureLeaf makes sure f holds a certificate for spec signed by ca that is valid for at least
@@ -149,11 +141,11 @@ func (ca *CA) EnsureLeaf(f File, spec LeafSpec, now time.Time) (bool, error) {
 	var key crypto.Signer
 	// A key without its certificate is an issue that an earlier kone did not finish.
 	if exists(f.Cert) {
-		cert, k, err := load(f)
+		certs, k, err := load(f)
 		if err != nil {
 			return false, err
 		}
-		if cert.CheckSignatureFrom(ca.Cert) == nil && now.Add(RenewBefore).Before(cert.NotAfter) && covers(cert, spec) {
+		if cert := certs[0]; cert.CheckSignatureFrom(ca.Cert) == nil && now.Add(RenewBefore).Before(cert.NotAfter) && covers(cert, spec) {
 			return false, nil
 		}
 		key = k
@@ -262,14 +254,15 @@ func sign(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Si
 	return x509.ParseCertificate(der)
 }
 
-// load reads a certificate and its key, and checks that they belong together.
-func load(f File) (*x509.Certificate, crypto.Signer, error) {
+// load reads a certificate with what its file holds after it (a leaf's chain, what a rotated
+// CA keeps), and its key, and checks that the key is the first certificate's.
+func load(f File) ([]*x509.Certificate, crypto.Signer, error) {
 	fix := "restore it from a backup, or remove it together with its key to have kone issue a new one"
 	certPEM, err := os.ReadFile(f.Cert)
 	if err != nil {
 		return nil, nil, fmt.Errorf("read certificate: %w; %s", err, fix)
 	}
-	cert, err := ParseCert(certPEM)
+	certs, err := ParseCerts(certPEM)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w; %s", f.Cert, err, fix)
 	}
@@ -281,10 +274,10 @@ func load(f File) (*x509.Certificate, crypto.Signer, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w; %s", f.Key, err, fix)
 	}
-	if !publicKeysEqual(cert.PublicKey, key.Public()) {
+	if !publicKeysEqual(certs[0].PublicKey, key.Public()) {
 		return nil, nil, fmt.Errorf("%s does not belong to %s; %s", f.Key, f.Cert, fix)
 	}
-	return cert, key, nil
+	return certs, key, nil
 }
 
 // ParseCerts decodes every PEM certificate in data, in order; it skips other PEM blocks (kubelet

@@ -372,9 +372,9 @@ func TestWritePairOverAnUnfinishedOne(t *testing.T) {
 	if err := WritePair(f, c2, k2); err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := load(f)
-	if err != nil || cert.Subject.CommonName != "two" || key == nil {
-		t.Fatalf("after a write over an unfinished one: %v, %v", cert, err)
+	certs, key, err := load(f)
+	if err != nil || certs[0].Subject.CommonName != "two" || key == nil {
+		t.Fatalf("after a write over an unfinished one: %v, %v", certs, err)
 	}
 }
 

@@ -38,6 +38,14 @@ func fileCerts(t *testing.T, path string) []*x509.Certificate {
 	return certs
 }
 
+// rotate stages a rotation and puts it in place, as rotate-ca does on its server.
+func rotate(c *Cluster, at time.Time) error {
+	if err := c.StageRotation(at); err != nil {
+		return err
+	}
+	return c.FinishRotation()
+}
+
 func TestRotatedAuthoritiesKeepTheOldTrust(t *testing.T) {
 	c := Layout(t.TempDir())
 	ensure(t, c, now)
@@ -48,8 +56,8 @@ func TestRotatedAuthoritiesKeepTheOldTrust(t *testing.T) {
 	}
 
 	later := now.Add(24 * time.Hour)
-	if resumed, err := c.RotateAuthorities(later); err != nil || resumed {
-		t.Fatalf("RotateAuthorities: resumed %t, %v", resumed, err)
+	if err := rotate(c, later); err != nil {
+		t.Fatal(err)
 	}
 	if issued := ensure(t, c, later); len(issued) != 9 {
 		t.Fatalf("after the rotation %d leaves were issued, want all 9: %v", len(issued), issued)
@@ -88,8 +96,11 @@ func TestRotatedAuthoritiesKeepTheOldTrust(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := c.RotateAuthorities(later.Add(time.Hour)); err == nil || !strings.Contains(err.Error(), "still trusted") {
+	if err := c.StageRotation(later.Add(time.Hour)); err == nil || !strings.Contains(err.Error(), "still trusted") {
 		t.Fatalf("a second rotation: %v", err)
+	}
+	if c.RotationStaged() {
+		t.Error("a refused rotation was staged")
 	}
 	if after, _ := os.ReadFile(c.ServerCA); string(after) != string(before) {
 		t.Error("a refused rotation changed server-ca.crt")
@@ -99,7 +110,7 @@ func TestRotatedAuthoritiesKeepTheOldTrust(t *testing.T) {
 func TestInterruptedRotationIsFinished(t *testing.T) {
 	c := Layout(t.TempDir())
 	ensure(t, c, now)
-	if err := c.stageRotation(now); err != nil {
+	if err := c.StageRotation(now); err != nil {
 		t.Fatal(err)
 	}
 	staged := fileCerts(t, filepath.Join(c.Dir, stagedDir, "etcd-peer-ca.crt"))[0]
@@ -116,8 +127,11 @@ func TestInterruptedRotationIsFinished(t *testing.T) {
 	if err := WritePair(File{c.ServerCA, filepath.Join(c.Dir, "server-ca.key")}, first, key); err != nil {
 		t.Fatal(err)
 	}
-	// Its stage is left, as a kill between the two steps leaves it.
-	// The next start finishes it, rather than leaving the other CAs as they were.
+	// Its stage is left, marked, as a kill between the two steps leaves it. The next start
+	// finishes it, rather than leaving the other CAs as they were.
+	if err := WriteFile(filepath.Join(c.Dir, stagedDir, stagedComplete), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.EnsureAuthorities(now); err != nil {
 		t.Fatal(err)
 	}
@@ -131,18 +145,23 @@ func TestInterruptedRotationIsFinished(t *testing.T) {
 		t.Error(err)
 	}
 
-	// A stage without its mark was killed before anything took its place: made anew.
+	// A stage without its mark was killed before the cluster had its CAs: a start leaves it,
+	// and the next rotation makes its own.
 	c = Layout(t.TempDir())
 	ensure(t, c, now)
-	if err := c.stageRotation(now); err != nil {
+	before := readCert(t, c.EtcdPeerCA)
+	if err := c.StageRotation(now); err != nil {
 		t.Fatal(err)
 	}
 	abandoned := fileCerts(t, filepath.Join(c.Dir, stagedDir, "etcd-peer-ca.crt"))[0]
-	if err := os.Remove(filepath.Join(c.Dir, stagedDir, stagedComplete)); err != nil {
+	if err := c.EnsureAuthorities(now); err != nil {
 		t.Fatal(err)
 	}
-	if resumed, err := c.RotateAuthorities(now); err != nil || resumed {
-		t.Fatalf("resumed %t, %v", resumed, err)
+	if !readCert(t, c.EtcdPeerCA).Equal(before) {
+		t.Error("a start put in place a stage that was never marked")
+	}
+	if err := rotate(c, now); err != nil {
+		t.Fatal(err)
 	}
 	if readCert(t, c.EtcdPeerCA).Equal(abandoned) {
 		t.Error("an unfinished stage was put in place")
@@ -154,7 +173,7 @@ func TestInterruptedRotationIsFinished(t *testing.T) {
 func TestStaleStageIsRefused(t *testing.T) {
 	c := Layout(t.TempDir())
 	ensure(t, c, now)
-	if err := c.stageRotation(now); err != nil {
+	if err := c.StageRotation(now); err != nil {
 		t.Fatal(err)
 	}
 	// Only the last CA it would move differs: the others must not move either.
@@ -170,11 +189,11 @@ func TestStaleStageIsRefused(t *testing.T) {
 		}
 	}
 	before, _ := os.ReadFile(c.ServerCA)
-	if _, err := c.RotateAuthorities(now); err == nil || !strings.Contains(err.Error(), "replaces another CA") {
+	if err := c.FinishRotation(); err == nil || !strings.Contains(err.Error(), "replaces another CA") {
 		t.Fatalf("a stale stage: %v", err)
 	}
-	if after, _ := os.ReadFile(c.ServerCA); string(after) != string(before) {
-		t.Error("a stale stage replaced the server CA")
+	if after, _ := os.ReadFile(c.ServerCA); string(after) != string(before) || c.RotationStaged() {
+		t.Error("a stale stage replaced the server CA, or was marked to be finished at the next start")
 	}
 }
 
@@ -182,7 +201,7 @@ func TestVouched(t *testing.T) {
 	c := Layout(t.TempDir())
 	ensure(t, c, now)
 	old := readCert(t, c.ServerCA)
-	if _, err := c.RotateAuthorities(now); err != nil {
+	if err := rotate(c, now); err != nil {
 		t.Fatal(err)
 	}
 	data, err := os.ReadFile(c.ServerCA)
@@ -242,5 +261,122 @@ func TestVouched(t *testing.T) {
 	}
 	if got, err := Vouched(EncodeCerts([]*x509.Certificate{attacker.Cert, fakeCross, old}), pin(old)); err != nil || len(got) != 0 {
 		t.Fatalf("a forged cross-signature vouches for %d certificates (%v), want none", len(got), err)
+	}
+}
+
+// joined is a second server of c's cluster: the CAs and keys that a joining server fetches,
+// and its own leaves issued from them.
+func joined(t *testing.T, c *Cluster) *Cluster {
+	t.Helper()
+	other := Layout(t.TempDir())
+	for key, path := range c.Shared() {
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteFile(other.Shared()[key], data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ensure(t, other, now)
+	return other
+}
+
+// A server takes the rotation that another server of its cluster staged and published, and
+// issues its leaves from the new CAs; they chain to the old CA for a party that trusts only
+// that one.
+func TestTakeRotation(t *testing.T) {
+	c := Layout(t.TempDir())
+	ensure(t, c, now)
+	other := joined(t, c)
+	oldServer := readCert(t, c.ServerCA)
+
+	later := now.Add(time.Hour)
+	if err := c.StageRotation(later); err != nil {
+		t.Fatal(err)
+	}
+	published, err := c.Staged()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Read from its place once it is there: a rotate-ca killed while it moved its CAs
+	// publishes the same.
+	if err := c.FinishRotation(); err != nil {
+		t.Fatal(err)
+	}
+	if took, err := other.TakeRotation(published); err != nil || !took {
+		t.Fatalf("TakeRotation: took %t, %v", took, err)
+	}
+	for key, path := range c.Shared() {
+		ours, _ := os.ReadFile(path)
+		theirs, _ := os.ReadFile(other.Shared()[key])
+		if string(ours) != string(theirs) || string(published[key]) != string(ours) && key != "service.key" {
+			t.Errorf("%s differs between the server that rotated and the one that took the rotation", key)
+		}
+	}
+	if issued := ensure(t, other, later); len(issued) != 9 {
+		t.Fatalf("after it took the rotation, the server issued %d leaves, want all 9", len(issued))
+	}
+	next := readCert(t, c.ServerCA)
+	for _, root := range []*x509.Certificate{oldServer, next} {
+		if err := verifies(t, other.APIServerServing.Cert, x509.ExtKeyUsageServerAuth, later, root); err != nil {
+			t.Errorf("the serving certificate of the server that took the rotation does not verify against %s: %v", root.Subject.CommonName, err)
+		}
+	}
+	if took, err := other.TakeRotation(published); err != nil || took {
+		t.Errorf("the same rotation again: took %t, %v", took, err)
+	}
+}
+
+// What a server takes must be a rotation of its own CAs, made with their keys: another
+// cluster's CAs, a forged successor, a key that is not the new CA's are refused before any CA
+// moves, and nothing is left staged.
+func TestTakeRotationRefuses(t *testing.T) {
+	c := Layout(t.TempDir())
+	ensure(t, c, now)
+	if err := c.StageRotation(now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	published, err := c.Staged()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := joined(t, c)
+	oldServer := readCert(t, other.ServerCA)
+	attacker, err := newCA("etcd/peer-ca", now.Add(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	attackerKey, err := encodeKey(attacker.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldPeer := readCert(t, other.EtcdPeerCA)
+	// Only the last CA is bad in each: the others must not move either.
+	for what, change := range map[string]func(map[string][]byte){
+		"another cluster's CA": func(m map[string][]byte) {
+			m["etcd-peer-ca.crt"], m["etcd-peer-ca.key"] = EncodeCert(attacker.Cert), attackerKey
+		},
+		"a successor not signed by this server's CA": func(m map[string][]byte) {
+			m["etcd-peer-ca.crt"], m["etcd-peer-ca.key"] = EncodeCerts([]*x509.Certificate{attacker.Cert, attacker.Cert, oldPeer}), attackerKey
+		},
+		"a key that is not the new CA's": func(m map[string][]byte) {
+			m["etcd-peer-ca.key"] = attackerKey
+		},
+	} {
+		bad := map[string][]byte{}
+		for k, v := range published {
+			bad[k] = v
+		}
+		change(bad)
+		if took, err := other.TakeRotation(bad); err == nil || took || !strings.Contains(err.Error(), "not a rotate-ca of it") {
+			t.Errorf("%s: took %t, %v", what, took, err)
+		}
+		if !readCert(t, other.ServerCA).Equal(oldServer) || other.RotationStaged() {
+			t.Errorf("%s: a CA moved, or a stage was left", what)
+		}
+	}
+	if err := c.DropRotation(); err != nil || c.RotationStaged() {
+		t.Errorf("DropRotation: %v, still staged %t", err, c.RotationStaged())
 	}
 }

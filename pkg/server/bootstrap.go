@@ -118,13 +118,9 @@ func (b *bootstrap) Ready(ctx context.Context) error {
 // cluster's (follower), but cannot turn encryption on or off for the others. A token that was
 // deleted is never published: the others would take a token that joins nothing.
 func (b *bootstrap) publishServerData(ctx context.Context, cs kubernetes.Interface, tokenUsable bool) (map[string][]byte, error) {
-	data := map[string][]byte{}
-	for key, path := range b.shared {
-		content, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("server data for joining servers: %w", err)
-		}
-		data[key] = content
+	data, err := readFiles(b.shared)
+	if err != nil {
+		return nil, err
 	}
 	var replace []string
 	alone := b.alone()

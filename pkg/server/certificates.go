@@ -48,18 +48,19 @@ type serverCertificates struct {
 	self node.Identity // the server's name and address, which its node shares
 }
 
-// lock is taken by whoever issues, for the length of an issue.
-func (c serverCertificates) lock() (unlock func(), err error) {
+// lock is taken by whoever issues, for the length of an issue; without wait, it fails with
+// datadir.ErrBusy while another holds it.
+func (c serverCertificates) lock(wait bool) (unlock func(), err error) {
 	if err := os.MkdirAll(c.ca.Dir, 0o700); err != nil {
 		return nil, err
 	}
-	return datadir.LockFile(filepath.Join(c.ca.Dir, ".lock"), true)
+	return datadir.LockFile(filepath.Join(c.ca.Dir, ".lock"), wait)
 }
 
 // issue renews every leaf certificate that needs it, rotates those in rotate, and returns
 // those it issued.
 func (c serverCertificates) issue(now time.Time, rotate ...pki.File) ([]string, error) {
-	unlock, err := c.lock()
+	unlock, err := c.lock(true)
 	if err != nil {
 		return nil, err
 	}
@@ -167,7 +168,7 @@ func openServerCertificates(cfg *config.Config, now time.Time) (certs serverCert
 		return certs, "", nil, err
 	}
 	certs = serverCertificates{cfg: cfg, ca: ca, self: self}
-	if unlock, err = certs.lock(); err != nil {
+	if unlock, err = certs.lock(true); err != nil {
 		return certs, "", nil, err
 	}
 	return certs, filepath.Join(cfg.ServerDir(), "tls-rotated-"+now.UTC().Format("20060102T150405.000000000Z")), unlock, nil

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -16,27 +17,29 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/kone-dev/kone/pkg/datadir"
 	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
-// follower keeps this server's secrets-encryption configuration and server token as the
-// cluster's server data holds them, so that `kone secrets-encrypt rotate-keys` and `kone token
-// rotate`, run on any server, reach every server within seconds. It runs on every server: each
-// keeps its own files.
+// follower keeps this server's secrets-encryption configuration, server token and CAs as the
+// cluster's server data holds them, so that `kone secrets-encrypt rotate-keys`, `kone token
+// rotate` and `kone certificate rotate-ca`, run on any server, reach every server within
+// seconds. It runs on every server: each keeps its own files.
 //
 // It also has the sealed copy of the server data follow each change (sealer).
 type follower struct {
 	cs         kubernetes.Interface
 	encryption string
 	token      token.ServerFiles
+	certs      serverCertificates
 	sealer     *sealer
 	log        *logrus.Logger
 }
 
-func newFollower(cs kubernetes.Interface, encryptionConfig string, tokenFiles token.ServerFiles, sealer *sealer, log *logrus.Logger) *follower {
-	return &follower{cs: cs, encryption: encryptionConfig, token: tokenFiles, sealer: sealer, log: log}
+func newFollower(cs kubernetes.Interface, encryptionConfig string, tokenFiles token.ServerFiles, certs serverCertificates, sealer *sealer, log *logrus.Logger) *follower {
+	return &follower{cs: cs, encryption: encryptionConfig, token: tokenFiles, certs: certs, sealer: sealer, log: log}
 }
 
 func (f *follower) Name() string { return "server data follower" }
@@ -73,8 +76,11 @@ func (f *follower) Run(ctx context.Context) error {
 	return nil
 }
 
-// take writes the cluster's configuration and token where they differ from this server's.
+// take writes the cluster's configuration, token and CAs where they differ from this server's.
 func (f *follower) take(ctx context.Context, data map[string][]byte) {
+	if err := f.takeAuthorities(ctx, data); err != nil {
+		f.log.WithError(err).Warn("cannot take the cluster's certificate authorities; trying again")
+	}
 	if err := f.takeEncryption(data[join.EncryptionConfigKey]); err != nil {
 		f.log.WithError(err).Warn("cannot take the cluster's secrets-encryption configuration; trying again")
 	}
@@ -84,6 +90,39 @@ func (f *follower) take(ctx context.Context, data map[string][]byte) {
 	if err := f.sealer.seal(ctx, data); err != nil {
 		f.log.WithError(err).Warn("cannot keep the server data sealed in etcd for restores on a new machine; trying again")
 	}
+}
+
+// takeAuthorities puts in place the CAs of a rotate-ca run on another server, issues this
+// server's certificates from them, and gives them to joining and joined nodes again: a server
+// that started meanwhile with the CAs from before gave those.
+func (f *follower) takeAuthorities(ctx context.Context, data map[string][]byte) error {
+	same := true
+	for key, path := range f.certs.ca.Shared() {
+		same = same && (len(data[key]) == 0 || sameFile(path, data[key]))
+	}
+	if same {
+		return nil
+	}
+	// Not waited for: a rotation or renewal on this machine holds it, which the resync
+	// follows up on, and the token and configuration are followed meanwhile.
+	unlock, err := f.certs.lock(false)
+	if errors.Is(err, datadir.ErrBusy) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	took, err := f.certs.ca.TakeRotation(data)
+	if err != nil || !took {
+		return err
+	}
+	issued, err := f.certs.issueLocked(time.Now())
+	if err != nil {
+		return fmt.Errorf("took the cluster's new CAs, but %w", err)
+	}
+	f.log.WithField("issued", len(issued)).Info("took the cluster's new certificate authorities (a rotate-ca on another server) and issued this server's certificates from them")
+	return publishAuthorities(ctx, f.cs, data["server-ca.crt"], data["client-ca.crt"])
 }
 
 func (f *follower) takeEncryption(theirs []byte) error {

@@ -14,7 +14,9 @@ import (
 	"github.com/sirupsen/logrus"
 	"go.uber.org/zap"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes/scheme"
+	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/encryption"
@@ -160,7 +162,7 @@ func resetEtcd(ctx context.Context, cfg *config.Config, member etcd.Config, caFi
 	fields := logrus.Fields{}
 	if cfg.ClusterResetRestorePath != "" {
 		// The member's own data is of this cluster; a snapshot may not be.
-		reset.Snapshot, reset.Check = restoreSource(cfg), sameCluster(caFile, etcdPrefix)
+		reset.Snapshot, reset.Check = restoreSource(cfg), sameCluster(caFile, etcdPrefix, clusterSettings(cfg))
 		fields["snapshot"] = reset.Snapshot
 	}
 	if err := reset.Run(ctx, time.Now()); err != nil {
@@ -189,35 +191,28 @@ func restoreSource(cfg *config.Config) string {
 	return p
 }
 
-// sameCluster checks that etcd data is of the cluster whose CA is caFile: kone's cluster-info,
-// which every kone server publishes as it first starts, names the CA.
-func sameCluster(caFile, etcdPrefix string) func(string) error {
+// sameCluster checks that etcd data is of the cluster whose CA is caFile, and that its
+// settings are ours: kone's cluster-info, which every kone server publishes as it first
+// starts, names the CA, and its settings give the networks that its Services and Pods have
+// addresses from.
+func sameCluster(caFile, etcdPrefix string, ours join.Settings) func(string) error {
 	return func(dataDir string) error {
-		key := path.Join(etcdPrefix, "configmaps", "kube-public", "cluster-info")
-		value, err := etcd.ReadKey(dataDir, key)
+		info, err := snapshotConfigMap(dataDir, etcdPrefix, metav1.NamespacePublic, bootstrapapi.ConfigMapClusterInfo)
 		if err != nil {
-			return fmt.Errorf("--cluster-reset: %w", err)
+			return err
 		}
-		if value == nil {
+		if info == nil {
 			return errors.New("--cluster-reset: the snapshot holds no kone cluster (no kube-public/cluster-info in it): nothing was restored")
 		}
-		obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(value, nil, nil)
-		cm, ok := obj.(*corev1.ConfigMap)
-		if err == nil && !ok {
-			err = fmt.Errorf("it is a %T", obj)
-		}
-		if err != nil {
-			return fmt.Errorf("--cluster-reset: the snapshot's kube-public/cluster-info is not a ConfigMap that kone can read (%v): nothing was restored", err)
-		}
-		theirs, err := token.ClusterInfoCA(cm)
+		theirs, err := token.ClusterInfo(info)
 		if err != nil {
 			return fmt.Errorf("--cluster-reset: the snapshot's kube-public/cluster-info: %w: nothing was restored", err)
 		}
-		ours, err := os.ReadFile(caFile)
+		ca, err := os.ReadFile(caFile)
 		if err != nil {
 			return fmt.Errorf("--cluster-reset: this server's CA: %w", err)
 		}
-		same, err := sameAuthority(theirs, ours)
+		same, err := sameAuthority(theirs.CertificateAuthorityData, ca)
 		if err != nil {
 			return fmt.Errorf("--cluster-reset: compare the snapshot's cluster with this one: %w", err)
 		}
@@ -225,8 +220,44 @@ func sameCluster(caFile, etcdPrefix string) func(string) error {
 			return errors.New("--cluster-reset: the snapshot is of another cluster (its CA is not this server's): nothing was restored; " +
 				"restore a snapshot of this cluster, or restore this one on a server of its own cluster")
 		}
+		cm, err := snapshotConfigMap(dataDir, etcdPrefix, metav1.NamespaceSystem, join.SettingsName)
+		if err != nil || cm == nil {
+			return err // a kone before the settings did not publish them
+		}
+		settings, err := join.SettingsOf(cm)
+		if err != nil {
+			return fmt.Errorf("--cluster-reset: the snapshot's %s/%s: %w: nothing was restored", metav1.NamespaceSystem, join.SettingsName, err)
+		}
+		// Only what the stored objects depend on: their addresses come from the networks, and
+		// the pods' from the overlay. Whether kone runs CoreDNS, on which port it serves and
+		// whether it encrypts Secrets may change from one start to the next.
+		settings.CoreDNS, settings.APIServerPort = ours.CoreDNS, ours.APIServerPort
+		if err := sameSettings(ours, settings, false, false); err != nil {
+			return fmt.Errorf("--cluster-reset: the snapshot's Services and Pods have addresses from its cluster's networks, and %w: nothing was restored", err)
+		}
 		return nil
 	}
+}
+
+// snapshotConfigMap reads the ConfigMap namespace/name from the etcd data in dataDir; nil if
+// there is none.
+func snapshotConfigMap(dataDir, etcdPrefix, namespace, name string) (*corev1.ConfigMap, error) {
+	value, err := etcd.ReadKey(dataDir, path.Join(etcdPrefix, "configmaps", namespace, name))
+	if err != nil || value == nil {
+		if err != nil {
+			err = fmt.Errorf("--cluster-reset: %w", err)
+		}
+		return nil, err
+	}
+	obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(value, nil, nil)
+	cm, ok := obj.(*corev1.ConfigMap)
+	if err == nil && !ok {
+		err = fmt.Errorf("it is a %T", obj)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("--cluster-reset: the snapshot's %s/%s is not a ConfigMap that kone can read (%v): nothing was restored", namespace, name, err)
+	}
+	return cm, nil
 }
 
 // sameAuthority reports whether two CA files are of one cluster: the CA of one is in the other,

@@ -38,7 +38,7 @@ func dirState(t *testing.T, dir string) string {
 // TestClusterReset restores a snapshot into a server whose node runs pods: the pod from
 // before the snapshot is adopted with its container, what was created after it is gone, and
 // the restore is refused while the server runs, from a damaged file, from another cluster's
-// snapshot, and a second time. Then it rotates certificates while the server is stopped.
+// snapshot, with other networks than the snapshot's, and a second time. Then it rotates certificates while the server is stopped.
 func TestClusterReset(t *testing.T) {
 	bin := koneBinary(t)
 	n, cs, _ := startNodeServer(t, bin)
@@ -98,6 +98,10 @@ func TestClusterReset(t *testing.T) {
 		if !strings.Contains(out, refused.want) {
 			t.Errorf("restore of %s: want %q in:\n%s", refused.file, refused.want, out)
 		}
+	}
+	// This cluster's snapshot, into a server given other networks than the cluster's.
+	if out := n.runFail(n.args(append(reset, "--cluster-cidr", "10.99.0.0/16")...)...); !strings.Contains(out, "--cluster-cidr is 10.99.0.0/16 here but") {
+		t.Errorf("a restore with another --cluster-cidr:\n%s", out)
 	}
 	if now := dirState(t, db); now != state {
 		t.Errorf("refused restores changed %s:\nbefore:\n%s\nafter:\n%s", db, state, now)

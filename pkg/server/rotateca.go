@@ -1,144 +1,192 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"os"
 	"slices"
-	"strings"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/join"
-	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
 // RotateAuthorities is `kone certificate rotate-ca`: it replaces the cluster's CAs with new
-// ones cross-signed by the old (pki.RotateAuthorities), re-issues this server's leaves and its
-// node's from them, pins the server token to the new server CA, and gives the cluster the new
-// CAs: the server data that joining servers and snapshots carry, cluster-info for joining
-// nodes, and the settings from which joined agents take them. Nodes that joined before keep
-// working throughout: they trust the old CAs, which the new leaves chain to, and the
-// apiserver trusts the certificates the old CAs signed. A second rotation is refused while the
-// old CAs are trusted (pki.RotateAuthorities): dropping them is not done yet.
+// ones cross-signed by the old (pki.StageRotation), gives them to the cluster's servers through
+// the server data (each other server's follower takes them and issues its leaves from them),
+// re-issues this server's leaves and its node's, pins the server token to the new server CA,
+// and gives the new CAs to cluster-info for joining nodes and to the settings from which
+// joined agents take them. Nodes that joined before keep working throughout: they trust the
+// old CAs, which the new leaves chain to, and every apiserver trusts the certificates the old
+// CAs signed. A second rotation is refused while the old CAs are trusted
+// (pki.StageRotation): dropping them is not done yet.
 //
-// kone must run on this machine: the cluster learns the CAs through it. A cluster of several
-// servers is refused for now: each would need the new CAs before any issues from them.
+// kone must run on this machine: the cluster learns the CAs through it.
 func RotateAuthorities(ctx context.Context, cfg *config.Config, now time.Time, out io.Writer) error {
 	certs, aside, unlock, err := openServerCertificates(cfg, now)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	ca := certs.ca
-	voters, learners, err := etcdClient(cfg, ca).Servers(ctx)
+	voters, learners, err := etcdClient(cfg, certs.ca).Servers(ctx)
 	if err != nil {
 		return fmt.Errorf("%w; rotate-ca needs kone running on this machine, which gives the cluster the new CAs", err)
 	}
-	if servers := append(voters, learners...); len(servers) > 1 {
-		return fmt.Errorf("the cluster has %d servers (%s): rotate-ca in a cluster of several servers is not supported yet; nothing changed", len(servers), strings.Join(servers, ", "))
-	}
-	cs, err := kubernetes.NewForConfig(adminConfig(cfg, ca))
+	cs, err := kubernetes.NewForConfig(adminConfig(cfg, certs.ca))
 	if err != nil {
 		return err
 	}
-	// A rotation that a crash interrupted is finished, not made anew: its old CAs were copied
-	// by the run that staged it, and what is in place now is partly new.
-	resumed := ca.RotationStaged()
+	return rotateAuthorities(ctx, cs, certs, aside, len(voters)+len(learners)-1, now, out)
+}
+
+// rotateAuthorities is RotateAuthorities once this server's certificates are locked (certs),
+// with aside the directory for the CAs it replaces and others the number of other servers.
+func rotateAuthorities(ctx context.Context, cs kubernetes.Interface, certs serverCertificates, aside string, others int, now time.Time, out io.Writer) error {
+	ca := certs.ca
+	current, err := readFiles(ca.Shared())
+	if err != nil {
+		return err
+	}
+	// A rotation that a crash or a failed request interrupted is taken up, not made anew: the
+	// cluster may hold its CAs already, which the check of the server data below allows.
+	rotation, err := ca.Staged()
+	if err != nil {
+		return err
+	}
+	resumed := rotation != nil
 	if !resumed {
-		if err := ca.CanRotate(); err != nil {
-			return fmt.Errorf("%w (if an earlier rotate-ca failed after it replaced the CAs, restart kone: it issues from them and gives them to the cluster)", err)
+		if err := sameAuthorities(ctx, cs, current); err != nil {
+			return err
 		}
-		for _, path := range ca.Shared() {
+		if err := ca.StageRotation(now); err != nil {
+			return fmt.Errorf("rotate the certificate authorities: %w", err)
+		}
+		if rotation, err = ca.Staged(); err != nil {
+			return err
+		}
+	}
+	// Until the stage is marked, every CA in place is an old one, to keep aside.
+	partly := ca.RotationStaged()
+	if !partly {
+		for path := range maps.Values(ca.Shared()) {
 			if path == ca.ServiceAccountKey {
 				continue // kept: a new one would end every service-account token
 			}
-			if _, err := copyAside(cfg.DataDir, aside, path); err != nil {
-				return fmt.Errorf("keep the old CAs: %w; nothing changed", err)
+			if _, err := copyAside(certs.cfg.DataDir, aside, path); err != nil {
+				return errors.Join(fmt.Errorf("keep the old CAs: %w; nothing changed", err), ca.DropRotation(), os.RemoveAll(aside))
 			}
 		}
 	}
-	if _, err := ca.RotateAuthorities(now); err != nil {
-		return fmt.Errorf("rotate the certificate authorities: %w", err)
+	// The cluster's servers take the new CAs before this one puts them in place: a rotation
+	// on another server that came first wins, and this one changes nothing. Until the others
+	// have them, their leaves and this server's chain to the old CAs, which all trust.
+	err = join.ReplaceServerData(ctx, cs, rotation, func(key string, stored []byte) bool { return bytes.Equal(stored, current[key]) })
+	if errors.Is(err, join.ErrServerDataChanged) && !partly {
+		return errors.Join(fmt.Errorf("give the cluster the new CAs: %w; nothing changed here, and this server takes the cluster's CAs within seconds", err),
+			ca.DropRotation(), os.RemoveAll(aside))
+	}
+	if err != nil {
+		return fmt.Errorf("give the cluster the new CAs: %w; run rotate-ca again, which takes up this rotation", err)
+	}
+	if err := ca.FinishRotation(); err != nil {
+		return fmt.Errorf("the cluster has the new CAs, but this server cannot put them in place: %w; the running kone takes them from the cluster within seconds", err)
 	}
 	issued, err := certs.issueLocked(now)
 	if err != nil {
-		return fmt.Errorf("the CAs are new, but %w; restart kone, which issues the certificates from them and gives the cluster the CAs", err)
+		return fmt.Errorf("the CAs are new, but %w; the running kone issues the certificates from them within seconds, or as it restarts", err)
 	}
-	tok, err := publishAuthorities(ctx, cs, cfg, ca)
+	serverCA, clientCA := rotation["server-ca.crt"], rotation["client-ca.crt"]
+	tok, usable, err := repinServerToken(ctx, cs, certs.cfg.ServerToken(), serverCA)
+	if err == nil {
+		var signers []token.Token
+		if usable {
+			signers = append(signers, tok)
+		}
+		err = publishAuthorities(ctx, cs, serverCA, clientCA, signers...)
+	}
 	if err != nil {
-		return fmt.Errorf("the CAs are new and this server uses them, but the cluster does not know them yet: %w; restart kone, which gives them to it", err)
+		return fmt.Errorf("the servers use the new CAs, but %w. Restart kone, which gives joining and joined nodes the new CAs; "+
+			"the server token may still pin the old CA, which keeps joining nodes (`kone token rotate` makes one pinned to the new)", err)
 	}
 	if resumed {
-		fmt.Fprintln(out, "finished a rotate-ca that was interrupted; the CAs before it were copied aside by that run")
-	} else {
+		fmt.Fprintln(out, "took up a rotate-ca that was interrupted")
+	}
+	if !partly {
 		fmt.Fprintf(out, "the old CAs and keys are in %s\n", aside)
 	}
 	fmt.Fprintf(out, "certificate authorities replaced, each cross-signed by the one before it; %d certificates re-issued from them\n", len(issued))
+	if others > 0 {
+		fmt.Fprintf(out, "the cluster's other servers (%d) take the new CAs within seconds, and issue their certificates from them\n", others)
+	}
 	fmt.Fprintln(out, "the old CAs stay trusted, so joined nodes keep working; each takes the new CAs within an hour, or as it restarts")
 	fmt.Fprintf(out, "the server token, pinned to the new CA (tokens made before keep joining):\n%s\n", tok)
 	return nil
 }
 
-// publishAuthorities gives the cluster this server's CAs, and returns the server token pinned
-// to the new server CA.
-func publishAuthorities(ctx context.Context, cs kubernetes.Interface, cfg *config.Config, ca *pki.Cluster) (token.Token, error) {
+// readFiles reads the files that every server of the cluster holds alike (sharedFiles), by the
+// names that the server data gives them.
+func readFiles(files map[string]string) (map[string][]byte, error) {
 	data := map[string][]byte{}
-	for key, path := range ca.Shared() {
+	for key, path := range files {
 		content, err := os.ReadFile(path)
 		if err != nil {
-			return token.Token{}, fmt.Errorf("the server data: %w", err)
+			return nil, fmt.Errorf("the server data: %w", err)
 		}
 		data[key] = content
 	}
-	if _, err := join.PublishServerData(ctx, cs, data, slices.Collect(maps.Keys(data))...); err != nil {
-		return token.Token{}, err
-	}
-	serverCA, clientCA := string(data["server-ca.crt"]), string(data["client-ca.crt"])
-	tok, usable, err := repinServerToken(ctx, cs, cfg.ServerToken(), []byte(serverCA))
-	if err != nil {
-		return token.Token{}, err
-	}
+	return data, nil
+}
 
+// sameAuthorities refuses a rotation of CAs that are not the cluster's: those of a server that
+// has not yet taken another server's rotation.
+func sameAuthorities(ctx context.Context, cs kubernetes.Interface, ours map[string][]byte) error {
+	cluster, err := join.FetchServerData(ctx, cs)
+	if err != nil {
+		return err
+	}
+	for _, key := range slices.Sorted(maps.Keys(ours)) {
+		if !bytes.Equal(ours[key], cluster[key]) {
+			return fmt.Errorf("this server's %s is not the cluster's: another server's rotate-ca is under way, and this server takes its CAs within seconds; nothing changed", key)
+		}
+	}
+	return nil
+}
+
+// publishAuthorities gives joining nodes (cluster-info) and joined ones (the settings) the
+// cluster's CAs. cluster-info is signed for signers here, and for the other tokens by the
+// controller-manager.
+func publishAuthorities(ctx context.Context, cs kubernetes.Interface, serverCA, clientCA []byte, signers ...token.Token) error {
 	info, err := cs.CoreV1().ConfigMaps(metav1.NamespacePublic).Get(ctx, bootstrapapi.ConfigMapClusterInfo, metav1.GetOptions{})
 	if err != nil {
-		return token.Token{}, fmt.Errorf("read cluster-info: %w", err)
+		return fmt.Errorf("read cluster-info: %w", err)
 	}
-	kc, err := clientcmd.Load([]byte(info.Data[bootstrapapi.KubeConfigKey]))
-	if err != nil || len(kc.Clusters) != 1 {
-		return token.Token{}, fmt.Errorf("cluster-info holds no kubeconfig with one cluster (%v)", err)
-	}
-	var server string
-	for _, c := range kc.Clusters {
-		server = c.Server
-	}
-	kubeconfig, err := clusterInfoKubeconfig(server, []byte(serverCA))
+	cluster, err := token.ClusterInfo(info)
 	if err != nil {
-		return token.Token{}, err
+		return err
 	}
-	var signers []token.Token
-	if usable {
-		signers = append(signers, tok)
+	kubeconfig, err := clusterInfoKubeconfig(cluster.Server, serverCA)
+	if err != nil {
+		return err
 	}
 	if err := token.PublishClusterInfo(ctx, cs, kubeconfig, signers...); err != nil {
-		return token.Token{}, err
+		return err
 	}
-
 	// Read back rather than made from this command's flags, which may differ from the server's.
 	settings, err := join.ReadSettings(ctx, cs)
 	if err != nil {
-		return token.Token{}, err
+		return err
 	}
-	settings.ClientCA, settings.ServerCA = clientCA, serverCA
-	return tok, join.PublishSettings(ctx, cs, settings)
+	settings.ClientCA, settings.ServerCA = string(clientCA), string(serverCA)
+	return join.PublishSettings(ctx, cs, settings)
 }
 
 // repinServerToken pins the server's token to caPEM, here and, unless it was deleted, in the
@@ -168,11 +216,7 @@ func repinServerToken(ctx context.Context, cs kubernetes.Interface, files token.
 	}
 	// A deleted token is never published: the other servers would take a token that joins nothing.
 	if usable {
-		err = join.ReplaceServerData(ctx, cs, join.ServerTokenKey, tok.File(), func(stored []byte) bool {
-			theirs, err := token.Parse(string(stored))
-			return len(stored) == 0 || (err == nil && theirs.ID == old.ID)
-		})
-		if err != nil {
+		if err := join.ReplaceServerToken(ctx, cs, old.ID, tok); err != nil {
 			return token.Token{}, false, err
 		}
 	}

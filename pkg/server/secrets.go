@@ -131,7 +131,7 @@ func RotateSecretsKeys(ctx context.Context, cfg *config.Config, w io.Writer) err
 		if err != nil {
 			return err
 		}
-		if err := join.ReplaceServerData(ctx, cs, join.EncryptionConfigKey, data, func(stored []byte) bool { return bytes.Equal(stored, prev) }); err != nil {
+		if err := join.ReplaceServerData(ctx, cs, map[string][]byte{join.EncryptionConfigKey: data}, func(_ string, stored []byte) bool { return bytes.Equal(stored, prev) }); err != nil {
 			return fmt.Errorf("secrets-encryption configuration: %w", err)
 		}
 		prev = data

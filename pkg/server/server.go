@@ -206,7 +206,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		renew.New(func(_ context.Context, now time.Time) ([]string, error) { return certs.issue(now) },
 			[]string{ca.Dir, filepath.Dir(ca.EtcdServerCA), node.Paths{Agent: cfg.AgentDir()}.TLSDir()}, log.Logger),
 		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), store.Alone, own, sealer),
-		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, sealer, log.Logger),
+		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, certs, sealer, log.Logger),
 		etcd.NewMembers(store, adminClient, log.Logger, settler.Soon),
 		elect(cm, "kube-controller-manager"), elect(sched, "kube-scheduler"),
 		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),

@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"os/exec"
@@ -21,10 +22,11 @@ import (
 	"github.com/kone-dev/kone/pkg/pki"
 )
 
-// TestServersJoin grows a one-server cluster that holds data into three servers, two of them
-// started at once: each joins etcd and serves all the data; joins that must be refused are,
-// before anything changes on either side; and a controller whose lease is taken from its
-// server stops there and runs again, in the same process, once the server holds it back.
+// TestServersJoin grows a one-server cluster that holds data into three servers, with a
+// rotate-ca between the second and the third: each joins etcd and serves all the data; joins
+// that must be refused are, before anything changes on either side; and a controller whose
+// lease is taken from its server stops there and runs again, in the same process, once the
+// server holds it back.
 func TestServersJoin(t *testing.T) {
 	bin := koneBinary(t)
 	n, cs, tok := startClusterServer(t, bin)
@@ -35,25 +37,24 @@ func TestServersJoin(t *testing.T) {
 	}
 	checkRefusedServerJoins(t, n, tok)
 
-	// New CAs while the cluster is one server: the second server joins with the token that
-	// rotate-ca pinned to the new CA, the third with the one from before.
-	if out := n.run(nil, bin, append([]string{"certificate", "rotate-ca"}, n.args()[1:]...)...); !strings.Contains(out, "certificate authorities replaced") {
-		t.Fatalf("rotate-ca:\n%s", out)
-	}
-	repinned := strings.TrimSpace(readFile(t, filepath.Join(n.dataDir, "server", "token")))
-	if repinned == tok {
-		t.Fatal("rotate-ca left the server token's pin as it was")
-	}
 	first := "https://" + bridgeHost + ":" + n.https
-	servers := []*agentNode{newAgent(t, bin, "server-2", nodeNet+"12", first, repinned), newAgent(t, bin, "server-3", nodeNet+"13", first, tok)}
-	for i, s := range servers {
+	server := func(name, ip string) *agentNode {
+		s := newAgent(t, bin, name, ip, first, tok)
 		// Every apiserver of a cluster serves on the same port: the kubernetes Service has one.
-		s.args = []string{bin, "server", "--server", first, "--token", []string{repinned, tok}[i], "--node-ip", s.ip,
+		s.args = []string{bin, "server", "--server", first, "--token", tok, "--node-ip", s.ip,
 			"--https-listen-port", n.https, "--write-kubeconfig", "/var/lib/kone/admin.kubeconfig"}
-		s.up()
+		return s
 	}
+	servers := []*agentNode{server("server-2", nodeNet+"12"), server("server-3", nodeNet+"13")}
 	// The first server stops while the others keep etcd's quorum, before they go down.
 	t.Cleanup(func() { drainAndStop(n) })
+	servers[0].up()
+	waitNodesReady(t, cs, 2)
+	servers[0].waitReady()
+	// New CAs while the cluster has two servers: the second takes them; the third joins after,
+	// with the token from before, which pins the CA that the new one replaced.
+	checkRotateCAAcrossServers(t, n, servers[0])
+	servers[1].up()
 	waitNodesReady(t, cs, 3)
 	for _, s := range servers {
 		s.waitReady()
@@ -92,6 +93,42 @@ func TestServersJoin(t *testing.T) {
 	checkLeaseTakenAndRegained(t, n, cs, servers)
 	checkServerLoss(t, n, cs, servers)
 	checkServerRemoved(t, n, cs, servers)
+}
+
+// checkRotateCAAcrossServers runs rotate-ca on the first of two servers: the other takes the
+// new CAs and the re-pinned server token within seconds, and serves a certificate from the new
+// server CA.
+func checkRotateCAAcrossServers(t *testing.T, n *node, other *agentNode) {
+	t.Helper()
+	out := n.run(nil, n.bin, append([]string{"certificate", "rotate-ca"}, n.args()[1:]...)...)
+	if !strings.Contains(out, "certificate authorities replaced") || !strings.Contains(out, "other servers (1) take the new CAs") {
+		t.Fatalf("rotate-ca:\n%s", out)
+	}
+	ours := filepath.Join(n.dataDir, "server")
+	theirs := filepath.Join("/var/lib/kone-nodes", other.name, "lib", "kone", "server")
+	newCA := readCert(t, filepath.Join(ours, "tls", "server-ca.crt"))
+	var serving *x509.Certificate
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		same := true
+		for _, f := range []string{"tls/server-ca.crt", "tls/client-ca.key", "tls/etcd/peer-ca.crt", "token"} {
+			a, _ := os.ReadFile(filepath.Join(ours, f))
+			b, _ := os.ReadFile(filepath.Join(theirs, f))
+			same = same && len(a) > 0 && string(a) == string(b)
+		}
+		if data, err := os.ReadFile(filepath.Join(theirs, "tls", "serving-kube-apiserver.crt")); err == nil {
+			serving, _ = pki.ParseCert(data)
+		}
+		if same && serving != nil && serving.CheckSignatureFrom(newCA) == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s has not taken the new CAs and token, or issued its serving certificate from them, in a minute:\n%s", other.name, other.log())
+		}
+	}
+	waitServed(t, other.name+"'s apiserver", other.ip+":"+n.https, serving)
+	if !strings.Contains(other.log(), "took the cluster's new certificate authorities") {
+		t.Errorf("%s does not say that it took the new CAs:\n%s", other.name, other.log())
+	}
 }
 
 // checkRotationsReachEveryServer rotates the Secrets' keys and the server token on the first

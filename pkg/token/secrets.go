@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
+	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
@@ -166,18 +167,18 @@ func Delete(ctx context.Context, cs kubernetes.Interface, id string) error {
 	return nil
 }
 
-// ClusterInfoCA is the CA certificate that cluster-info (as PublishClusterInfo wrote it) gives
-// clients, in PEM.
-func ClusterInfoCA(cm *corev1.ConfigMap) ([]byte, error) {
+// ClusterInfo is the cluster that cluster-info (as PublishClusterInfo wrote it) gives clients:
+// the apiserver's URL and the CA certificate, in PEM.
+func ClusterInfo(cm *corev1.ConfigMap) (*clientcmdapi.Cluster, error) {
 	cfg, err := clientcmd.Load([]byte(cm.Data[bootstrapapi.KubeConfigKey]))
 	if err != nil || len(cfg.Clusters) != 1 {
 		return nil, errors.New("cluster-info holds no kubeconfig with one cluster")
 	}
-	var ca []byte
+	var cluster *clientcmdapi.Cluster
 	for _, c := range cfg.Clusters {
-		ca = c.CertificateAuthorityData
+		cluster = c
 	}
-	return ca, nil
+	return cluster, nil
 }
 
 // PublishClusterInfo writes kube-public/cluster-info, signed for the tokens given, and lets

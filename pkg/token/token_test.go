@@ -144,7 +144,10 @@ func TestCheckCAAcrossRotations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ca.RotateAuthorities(time.Now()); err != nil {
+	if err := ca.StageRotation(time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := ca.FinishRotation(); err != nil {
 		t.Fatal(err)
 	}
 	if err := before.CheckCA(read()); err != nil {
