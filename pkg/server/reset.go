@@ -243,11 +243,11 @@ func sameCluster(caFile, etcdPrefix string, ours join.Settings) func(string) err
 // there is none.
 func snapshotConfigMap(dataDir, etcdPrefix, namespace, name string) (*corev1.ConfigMap, error) {
 	value, err := etcd.ReadKey(dataDir, path.Join(etcdPrefix, "configmaps", namespace, name))
-	if err != nil || value == nil {
-		if err != nil {
-			err = fmt.Errorf("--cluster-reset: %w", err)
-		}
-		return nil, err
+	if err != nil {
+		return nil, fmt.Errorf("--cluster-reset: %w", err)
+	}
+	if value == nil {
+		return nil, nil
 	}
 	obj, _, err := scheme.Codecs.UniversalDeserializer().Decode(value, nil, nil)
 	cm, ok := obj.(*corev1.ConfigMap)
