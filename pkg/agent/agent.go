@@ -79,6 +79,12 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 		return err
 	}
 	renewer := renew.New(func(ctx context.Context, now time.Time) ([]string, error) {
+		// Not beside a `kone certificate rotate` of this node.
+		unlock, err := j.lock()
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
 		// As the node: kubelet's identity, through the load balancer its kubeconfig names.
 		cs, err := client(creds.Kubelet, "")
 		if err != nil {
@@ -118,6 +124,17 @@ type joiner struct {
 func (j joiner) file(name string) string { return filepath.Join(j.paths.Agent, name) }
 func (j joiner) serverCA() string        { return filepath.Join(j.paths.TLSDir(), "server-ca.crt") }
 func (j joiner) clientCA() string        { return filepath.Join(j.paths.TLSDir(), "client-ca.crt") }
+
+// lock keeps the running agent's renewer and `kone certificate rotate` from writing the node's
+// certificates at once.
+func (j joiner) lock() (unlock func(), err error) {
+	if err := os.MkdirAll(j.paths.Agent, 0o700); err != nil {
+		return nil, err
+	}
+	// Beside the certificate directory, which the renewer watches, not in it.
+	return datadir.LockFile(j.file(".tls.lock"), true)
+}
+
 func (j joiner) tls(name string) pki.File {
 	dir := j.paths.TLSDir()
 	return pki.File{Cert: filepath.Join(dir, name+".crt"), Key: filepath.Join(dir, name+".key")}
@@ -245,14 +262,15 @@ func (j joiner) trust(s join.Settings) error {
 	return nil
 }
 
-// component is a part of the node side with a client certificate that kone obtains for it.
-type component struct{ component, name, kubeconfig string }
+// component is a part of the node side with a client certificate that kone obtains for it;
+// service is its name for `kone certificate rotate --service`.
+type component struct{ component, name, kubeconfig, service string }
 
 func (j joiner) components() []component {
 	return []component{
-		{join.ProxyUser, "client-kube-proxy", j.file("kube-proxy.kubeconfig")},
-		{join.DNSGroup, "client-coredns", j.file("coredns.kubeconfig")},
-		{join.FlannelGroup, "client-flannel", j.file("flannel.kubeconfig")},
+		{join.ProxyUser, "client-kube-proxy", j.file("kube-proxy.kubeconfig"), "kube-proxy"},
+		{join.DNSGroup, "client-coredns", j.file("coredns.kubeconfig"), "coredns"},
+		{join.FlannelGroup, "client-flannel", j.file("flannel.kubeconfig"), "flannel"},
 	}
 }
 

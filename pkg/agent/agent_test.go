@@ -1,12 +1,20 @@
 package agent
 
 import (
+	"context"
 	"crypto/x509"
+	"io"
+	"io/fs"
+	"maps"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
@@ -105,4 +113,65 @@ func TestTrustTakesTheClusterCAs(t *testing.T) {
 	if data, _ := os.ReadFile(j.serverCA()); string(data) != caPEM {
 		t.Error("a bad server CA replaced the node's")
 	}
+}
+
+// `kone certificate rotate` on an agent refuses, changing nothing, where it cannot finish: an
+// unknown service, a data dir of no joined agent, a cluster that does not answer.
+func TestRotateCertificatesRefuses(t *testing.T) {
+	dataDir := t.TempDir()
+	paths := node.Paths{Agent: filepath.Join(dataDir, "agent")}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := "https://" + l.Addr().String()
+	l.Close()
+	cfg := &config.Config{DataDir: dataDir, Server: gone, Node: config.Node{Name: "edge-1", IP: net.ParseIP("192.0.2.10")}}
+	rotate := func(services ...string) error {
+		return RotateCertificates(context.Background(), cfg, services, time.Now(), io.Discard)
+	}
+	if err := rotate("etcd"); err == nil || !strings.Contains(err.Error(), "coredns, flannel, kube-proxy, kubelet") {
+		t.Errorf("--service etcd: %v", err)
+	}
+	if err := rotate(); err == nil || !strings.Contains(err.Error(), "no joined agent") {
+		t.Errorf("a data dir with no agent: %v", err)
+	}
+
+	ca, err := pki.EnsureCA(paths.TLSDir(), "server-ca", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := pki.File{Cert: filepath.Join(paths.TLSDir(), "client-kube-proxy.crt"), Key: filepath.Join(paths.TLSDir(), "client-kube-proxy.key")}
+	if _, err := ca.EnsureLeaf(client, pki.LeafSpec{CommonName: "system:kube-proxy", Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	kubeconfig := pki.Kubeconfig{Server: "https://127.0.0.1:6444", CAFile: filepath.Join(paths.TLSDir(), "server-ca.crt"), Client: client}
+	if err := kubeconfig.Write(filepath.Join(paths.Agent, "kubelet.kubeconfig"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := tree(t, dataDir)
+	if err := rotate(); err == nil || !strings.Contains(err.Error(), "does not answer at "+gone) || !strings.Contains(err.Error(), "nothing changed") {
+		t.Errorf("a cluster that does not answer: %v", err)
+	}
+	if after := tree(t, dataDir); !maps.Equal(before, after) {
+		t.Errorf("a refused rotation changed the data dir:\nbefore %v\nafter  %v", slices.Sorted(maps.Keys(before)), slices.Sorted(maps.Keys(after)))
+	}
+}
+
+// tree maps every regular file under dir to its content.
+func tree(t *testing.T, dir string) map[string]string {
+	t.Helper()
+	files := map[string]string{}
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		data, err := os.ReadFile(path)
+		files[path] = string(data)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"strings"
 	"text/tabwriter"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/kone-dev/kone/pkg/agent"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
@@ -25,7 +27,49 @@ const checkWithin = 30
 
 func newCertificateCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "certificate", Short: "Check and rotate the certificates kone keeps"}
-	cmd.AddCommand(onServer("check", fmt.Sprintf("List this machine's certificates with their expiry; fail if one expires within %d days", checkWithin), cobra.NoArgs,
+	cmd.AddCommand(newCertificateCheckCommand())
+	var services []string
+	rotate := onAnyNode("rotate", "Issue leaf certificates anew with new keys, the old ones kept aside; kone may be running", cobra.NoArgs,
+		func(c *cobra.Command, cfg *config.Config, _ []string) error {
+			if _, err := os.Stat(cfg.TLSDir()); err != nil {
+				return agent.RotateCertificates(c.Context(), cfg, services, time.Now(), c.OutOrStdout())
+			}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
+			return server.RotateCertificates(cfg, services, time.Now(), c.OutOrStdout())
+		})
+	rotate.Flags().StringSliceVar(&services, "service", nil, "what to rotate the certificates of (repeatable; default: all): on a server admin, api-server, auth-proxy, controller-manager, scheduler, etcd, "+
+		"and those of its node; on an agent kubelet, kube-proxy, coredns, flannel")
+	cmd.AddCommand(rotate)
+	cmd.AddCommand(onServer("rotate-ca", "Replace the cluster's certificate authorities with new ones, cross-signed by the old so that joined nodes keep working; kone must be running", cobra.NoArgs,
+		func(c *cobra.Command, cfg *config.Config, _ []string) error {
+			return server.RotateAuthorities(c.Context(), cfg, time.Now(), c.OutOrStdout())
+		}))
+	return cmd
+}
+
+// onAnyNode is a command that works on the data dir of a server or an agent: it takes the
+// flags and the config file of either, and finds this machine's data dir with them.
+func onAnyNode(use, short string, args cobra.PositionalArgs, run func(*cobra.Command, *config.Config, []string) error) *cobra.Command {
+	cfg := &config.Config{}
+	c := &cobra.Command{
+		Use: use, Short: short, Args: args,
+		RunE: func(c *cobra.Command, args []string) error {
+			if err := config.LoadDataDir(c.Flags(), cfg, os.LookupEnv); err != nil {
+				return err
+			}
+			return run(c, cfg, args)
+		},
+	}
+	config.BindDataDirFlags(c.Flags(), cfg)
+	return c
+}
+
+// newCertificateCheckCommand works on a server's data dir or an agent's: both hold certificates
+// that kone renews, and a monitoring job runs the check on every machine.
+func newCertificateCheckCommand() *cobra.Command {
+	return onAnyNode("check", fmt.Sprintf("List this machine's certificates, a server's or an agent's, with their expiry; fail if one expires within %d days", checkWithin), cobra.NoArgs,
 		func(c *cobra.Command, cfg *config.Config, _ []string) error {
 			paths := node.Paths{Agent: cfg.AgentDir()}
 			held, err := pki.Inventory(cfg.TLSDir(), paths.TLSDir(), paths.KubeletCertDir())
@@ -36,19 +80,7 @@ func newCertificateCommand() *cobra.Command {
 				return fmt.Errorf("no certificates in %s: is this the data dir of a kone server or agent? (--data-dir)", cfg.DataDir)
 			}
 			return printCertificates(c.OutOrStdout(), held, cfg.DataDir, time.Now())
-		}))
-	var services []string
-	rotate := onServer("rotate", "Issue leaf certificates anew with new keys, the old ones kept aside; kone may be running", cobra.NoArgs,
-		func(c *cobra.Command, cfg *config.Config, _ []string) error {
-			return server.RotateCertificates(cfg, services, time.Now(), c.OutOrStdout())
 		})
-	rotate.Flags().StringSliceVar(&services, "service", nil, "what to rotate the certificates of (repeatable; default: all): admin, api-server, auth-proxy, controller-manager, scheduler, etcd, kubelet, kube-proxy, coredns, flannel")
-	cmd.AddCommand(rotate)
-	cmd.AddCommand(onServer("rotate-ca", "Replace the cluster's certificate authorities with new ones, cross-signed by the old so that joined nodes keep working; kone must be running", cobra.NoArgs,
-		func(c *cobra.Command, cfg *config.Config, _ []string) error {
-			return server.RotateAuthorities(c.Context(), cfg, time.Now(), c.OutOrStdout())
-		}))
-	return cmd
 }
 
 // printCertificates prints held as a table, paths relative to dataDir, and fails naming those

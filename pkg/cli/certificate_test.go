@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -40,5 +42,50 @@ func TestPrintCertificates(t *testing.T) {
 	if err := printCertificates(&bytes.Buffer{}, ca, "/var/lib/kone", now); err == nil || !strings.Contains(err.Error(), "certificate authorities") ||
 		!strings.Contains(err.Error(), "certificate rotate-ca") {
 		t.Errorf("a CA 10 days from expiry: %v", err)
+	}
+}
+
+// An agent's machine is checked with the agent's flags or config file, which a server's would refuse.
+func TestCertificateCheckOnAnAgent(t *testing.T) {
+	dataDir := t.TempDir()
+	if _, err := pki.EnsureCA(filepath.Join(dataDir, "agent", "tls"), "server-ca", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	configFile := filepath.Join(dir, "config.yaml")
+	write := func(content string) {
+		if err := os.WriteFile(configFile, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(args ...string) (string, error) {
+		c := newCertificateCheckCommand()
+		var out bytes.Buffer
+		c.SetOut(&out)
+		c.SetErr(&bytes.Buffer{})
+		c.SetArgs(append([]string{"--config", configFile}, args...))
+		err := c.Execute()
+		return out.String(), err
+	}
+
+	write("server: https://10.0.0.1:6443\ntoken-file: " + filepath.Join(dir, "token") + "\nnode-label: [zone=a]\ndata-dir: " + dataDir + "\n")
+	if out, err := check(); err != nil || !strings.Contains(out, "agent/tls/server-ca.crt") {
+		t.Errorf("an agent's config file: %v\n%s", err, out)
+	}
+	// The flags of either role on the command line, as a user copies them from the unit file.
+	if out, err := check("--token-file", "/nowhere", "--https-listen-port", "7443", "--data-dir", dataDir); err != nil || !strings.Contains(out, "server-ca") {
+		t.Errorf("an agent's and a server's flags: %v\n%s", err, out)
+	}
+	write("data-dir: " + dataDir + "\nnode-lable: [zone=a]\n")
+	if _, err := check(); err == nil || !strings.Contains(err.Error(), `"node-lable"`) {
+		t.Errorf("a key that is no flag of either role: %v", err)
+	}
+	write("data-dir: " + t.TempDir() + "\n")
+	if _, err := check(); err == nil || !strings.Contains(err.Error(), "no certificates") {
+		t.Errorf("a data dir without certificates: %v", err)
+	}
+	write("data-dir: var/lib/kone\n")
+	if _, err := check(); err == nil || !strings.Contains(err.Error(), "absolute") {
+		t.Errorf("a relative data dir: %v", err)
 	}
 }

@@ -141,8 +141,7 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	c.HTTPSPort, c.EtcdClientPort, c.EtcdPeerPort = 6443, 2379, 2380
 	c.WriteKubeconfigMode = 0o600
 
-	fs.StringVarP(&c.ConfigFile, "config", "c", DefaultConfigFile, "config file; keys are flag names, lists for repeatable flags; drop-ins in <config>.d/*.yaml")
-	fs.StringVarP(&c.DataDir, "data-dir", "d", DefaultDataDir, "directory that holds kone's state")
+	bindFileFlags(fs, c)
 	fs.BoolVar(&c.Debug, "debug", false, "log at debug level, including the components' own output")
 	fs.Var(ipValue{&c.BindAddress}, "bind-address", "address kube-apiserver listens on")
 	fs.Var(ipValue{&c.AdvertiseAddress}, "advertise-address", "address kube-apiserver advertises to the cluster (default: the address of the default route)")
@@ -176,17 +175,33 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	bindNodeFlags(fs, &c.Node)
 }
 
+// bindFileFlags registers where kone's settings and state are.
+func bindFileFlags(fs *pflag.FlagSet, c *Config) {
+	fs.StringVarP(&c.ConfigFile, "config", "c", DefaultConfigFile, "config file; keys are flag names, lists for repeatable flags; drop-ins in <config>.d/*.yaml")
+	fs.StringVarP(&c.DataDir, "data-dir", "d", DefaultDataDir, "directory that holds kone's state")
+}
+
 // BindAgentFlags registers every `kone agent` setting on fs, bound into c. The cluster's settings
 // (CIDRs, DNS, the flannel backend) are not among them: an agent learns them from the server.
 func BindAgentFlags(fs *pflag.FlagSet, c *Config) {
 	c.Agent = true
-	fs.StringVarP(&c.ConfigFile, "config", "c", DefaultConfigFile, "config file; keys are flag names, lists for repeatable flags; drop-ins in <config>.d/*.yaml")
-	fs.StringVarP(&c.DataDir, "data-dir", "d", DefaultDataDir, "directory that holds kone's state")
+	bindFileFlags(fs, c)
 	fs.BoolVar(&c.Debug, "debug", false, "log at debug level, including the components' own output")
 	fs.StringVarP(&c.Server, "server", "s", "", "URL of the server to join, such as https://10.0.0.1:6443 (also KONE_URL)")
 	fs.StringVarP(&c.Token, "token", "t", "", "join token, as in the server's data dir (server/token) or from kone token create (also KONE_TOKEN)")
 	fs.StringVar(&c.TokenFile, "token-file", "", "file that holds the join token (also KONE_TOKEN_FILE)")
 	bindNodeFlags(fs, &c.Node)
+}
+
+// BindDataDirFlags registers the flags of `kone server` and of `kone agent` together, for
+// commands that read the data dir of either (`kone certificate check`): given the flags or the
+// config file of the kone on this machine, whatever its role, they find its data dir and use
+// nothing else. LoadDataDir loads them.
+func BindDataDirFlags(fs *pflag.FlagSet, c *Config) {
+	BindServerFlags(fs, c)
+	agent := pflag.NewFlagSet("agent", pflag.ContinueOnError)
+	BindAgentFlags(agent, &Config{})
+	fs.AddFlagSet(agent) // adds the agent's own flags; those of the same name are the server's
 }
 
 // bindNodeFlags registers the node side's settings.
@@ -207,6 +222,25 @@ func bindNodeFlags(fs *pflag.FlagSet, n *Node) {
 // not given on the command line, then checks the result as a whole. lookupEnv is os.LookupEnv
 // outside tests.
 func Load(fs *pflag.FlagSet, c *Config, lookupEnv func(string) (string, bool)) error {
+	if err := applyLayers(fs, c, lookupEnv); err != nil {
+		return err
+	}
+	return c.Validate()
+}
+
+// LoadDataDir is Load for a flag set of BindDataDirFlags: it checks only the data dir, since
+// the rest may be a server's or an agent's; a command that needs the rest learns the role from
+// the data dir and calls Validate.
+func LoadDataDir(fs *pflag.FlagSet, c *Config, lookupEnv func(string) (string, bool)) error {
+	if err := applyLayers(fs, c, lookupEnv); err != nil {
+		return err
+	}
+	return c.checkDataDir()
+}
+
+// applyLayers applies the config file, its drop-ins and the environment to the flags in fs that were
+// not given on the command line.
+func applyLayers(fs *pflag.FlagSet, c *Config, lookupEnv func(string) (string, bool)) error {
 	onCommandLine := map[string]bool{}
 	fs.Visit(func(f *pflag.Flag) { onCommandLine[f.Name] = true })
 
@@ -223,10 +257,7 @@ func Load(fs *pflag.FlagSet, c *Config, lookupEnv func(string) (string, bool)) e
 			return err
 		}
 	}
-	if err := applyEnv(fs, lookupEnv, onCommandLine); err != nil {
-		return err
-	}
-	return c.validate()
+	return applyEnv(fs, lookupEnv, onCommandLine)
 }
 
 // configFiles lists the main file (when it exists or was asked for) and then its drop-ins in name order.
@@ -360,13 +391,14 @@ func setFlag(f *pflag.Flag, values []string) error {
 
 var dnsName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 
-// validate checks what no single flag can: relations between settings.
-func (c *Config) validate() error {
+// Validate checks what no single flag can: relations between settings. Load calls it; after
+// LoadDataDir, a command that has learned the role from the data dir calls it.
+func (c *Config) Validate() error {
 	if c.Agent {
 		return c.validateAgent()
 	}
-	if !filepath.IsAbs(c.DataDir) {
-		return fmt.Errorf("--data-dir %q: expected an absolute path such as %s", c.DataDir, DefaultDataDir)
+	if err := c.checkDataDir(); err != nil {
+		return err
 	}
 	if c.BindAddress == nil {
 		return errors.New("--bind-address is empty; expected an IP address such as 0.0.0.0")
@@ -441,9 +473,16 @@ func (c *Config) validate() error {
 // dnsLabel is a namespace name.
 var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
 
-func (c *Config) validateAgent() error {
+func (c *Config) checkDataDir() error {
 	if !filepath.IsAbs(c.DataDir) {
 		return fmt.Errorf("--data-dir %q: expected an absolute path such as %s", c.DataDir, DefaultDataDir)
+	}
+	return nil
+}
+
+func (c *Config) validateAgent() error {
+	if err := c.checkDataDir(); err != nil {
+		return err
 	}
 	if c.Server == "" {
 		return errors.New("no server to join: give --server https://HOST:6443 (or KONE_URL, or server: in the config file)")

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"math/big"
 	"net"
 	"os"
@@ -475,6 +476,31 @@ func WriteFile(path string, data []byte, mode os.FileMode) error {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil
+}
+
+// CopyAside copies the files at paths that exist, all under root, to the same places under
+// aside, and says how many it copied. Copied, not moved: a running kone reads them until new
+// ones replace them.
+func CopyAside(root, aside string, paths ...string) (int, error) {
+	copied := 0
+	for _, p := range paths {
+		rel, err := filepath.Rel(root, p)
+		if err != nil {
+			return copied, err
+		}
+		data, err := os.ReadFile(p)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return copied, err
+		}
+		if err := WriteFile(filepath.Join(aside, rel), data, 0o600); err != nil {
+			return copied, err
+		}
+		copied++
+	}
+	return copied, nil
 }
 
 // WriteIfChanged writes data to path (WriteFile) unless it holds it already: flash wears with

@@ -1,10 +1,8 @@
 package server
 
 import (
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"maps"
 	"os"
 	"path/filepath"
@@ -123,7 +121,7 @@ func RotateCertificates(cfg *config.Config, services []string, now time.Time, ou
 			if err := pki.RecoverPair(f); err != nil {
 				return fmt.Errorf("rotate certificates: %w", err)
 			}
-			n, err := copyAside(cfg.DataDir, aside, f.Cert, f.Key)
+			n, err := pki.CopyAside(cfg.DataDir, aside, f.Cert, f.Key)
 			if err != nil {
 				return fmt.Errorf("rotate certificates: keep the old ones: %w", err)
 			}
@@ -172,29 +170,4 @@ func openServerCertificates(cfg *config.Config, now time.Time) (certs serverCert
 		return certs, "", nil, err
 	}
 	return certs, filepath.Join(cfg.ServerDir(), "tls-rotated-"+now.UTC().Format("20060102T150405.000000000Z")), unlock, nil
-}
-
-// copyAside copies the files at paths that exist, all under dataDir, to the same places under
-// aside, and says how many it copied. Copied, not moved: a running kone reads them until the
-// new ones replace them.
-func copyAside(dataDir, aside string, paths ...string) (int, error) {
-	copied := 0
-	for _, p := range paths {
-		rel, err := filepath.Rel(dataDir, p)
-		if err != nil {
-			return copied, err
-		}
-		data, err := os.ReadFile(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			return copied, err
-		}
-		if err := pki.WriteFile(filepath.Join(aside, rel), data, 0o600); err != nil {
-			return copied, err
-		}
-		copied++
-	}
-	return copied, nil
 }

@@ -1,7 +1,9 @@
 package server_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"os/exec"
@@ -57,6 +59,26 @@ func (a *agentNode) run(args ...string) {
 	if out, err := exec.Command(a.script, args...).CombinedOutput(); err != nil {
 		a.t.Errorf("scripts/node %v: %v\n%s", args, err, out)
 	}
+}
+
+// exec runs a command inside the node's namespaces, where its /var/lib/kone is the node's.
+func (a *agentNode) exec(args ...string) (string, error) {
+	out, err := exec.Command(a.script, append([]string{"exec", a.name}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+// readFile reads the node's file at path, as the node sees it, through the host's view of the
+// node's /var/lib, following a link that points inside the node (kubelet's current
+// certificates are such links).
+func (a *agentNode) readFile(path string) ([]byte, error) {
+	host := func(p string) string {
+		return filepath.Join("/var/lib/kone-nodes", a.name, "lib", strings.TrimPrefix(p, "/var/lib/"))
+	}
+	p := host(path)
+	if target, err := os.Readlink(p); err == nil && filepath.IsAbs(target) {
+		p = host(target)
+	}
+	return os.ReadFile(p)
 }
 
 func (a *agentNode) up() { a.run(append([]string{"up", a.name, a.ip, "--"}, a.args...)...) }
@@ -131,6 +153,19 @@ func TestAgents(t *testing.T) {
 		}
 	}
 
+	// `kone certificate check` on an agent's machine, given the agent's own flags, lists what kone
+	// keeps there: the CAs, the components' certificates and kubelet's.
+	certs, err := agents[0].exec(append([]string{bin, "certificate", "check"}, agents[0].args[2:]...)...)
+	if err != nil {
+		t.Errorf("kone certificate check on agent-1: %v\n%s", err, certs)
+	}
+	for _, want := range []string{"agent/tls/server-ca.crt", "agent/tls/client-kube-proxy.crt", "agent/tls/client-flannel.crt",
+		"agent/kubelet/pki/kubelet-client-current.pem", "system:node:agent-1"} {
+		if !strings.Contains(certs, want) {
+			t.Errorf("kone certificate check on agent-1 lacks %q:\n%s", want, certs)
+		}
+	}
+
 	checkIdentityTheft(t, n, tok, "agent-1", nodeNet+"2")
 	checkServingForServers(t, n, "agent-1", bridgeHost, "10.43.0.1")
 
@@ -169,8 +204,12 @@ func TestAgents(t *testing.T) {
 		}
 	}
 
-	// New CAs while the agents run; the restart below has the first take them.
 	containers := containerIDs(t, cs, ns)
+	// `kone certificate rotate` on agent-2, with its flags, while it runs; kubelet takes its new
+	// client certificate, and asks for a new serving certificate, as the agent restarts.
+	checkRotateOnAgent(t, cs, agents[1], onNode["agent-2"], func(args ...string) string { return kubectlEventually(t, n, args...) })
+
+	// New CAs while the agents run; the restart below has the first take them.
 	newCA := checkRotateCA(t, n, cs, []string{agents[0].name, agents[1].name}, onNode["agent-1"])
 
 	// An agent restart, after the token it joined with was deleted: its pods keep running,
@@ -241,6 +280,99 @@ func TestAgents(t *testing.T) {
 	agents[1].stop()
 	newToken := strings.TrimSpace(n.run(nil, bin, "token", "create", "--kubeconfig", n.kubeconfig, "--ttl", "1h"))
 	checkIdentityAfterDelete(t, n, cs, newToken, agents[1].name)
+}
+
+// checkRotateOnAgent runs `kone certificate rotate` on a running agent, with the agent's flags,
+// and checks that its components' certificates and kubelet's client certificate are new, with
+// new keys, the old ones copied aside, and kubelet's serving certificate removed; then that the
+// restarted agent's kubelet uses the new client certificate and a new serving certificate, which
+// the apiserver accepts for exec into pod, a pod on that node.
+func checkRotateOnAgent(t *testing.T, cs kubernetes.Interface, a *agentNode, pod corev1.Pod, kubectl func(...string) string) {
+	t.Helper()
+	const kubeletDir = "/var/lib/kone/agent/kubelet/pki"
+	files := []string{filepath.Join(kubeletDir, "kubelet-client-current.pem")}
+	for _, c := range []string{"kube-proxy", "coredns", "flannel"} {
+		files = append(files, "/var/lib/kone/agent/tls/client-"+c+".crt")
+	}
+	before := map[string][]byte{}
+	for _, f := range files {
+		data, err := a.readFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before[f] = data
+	}
+	serving := agentCert(t, a, filepath.Join(kubeletDir, "kubelet-server-current.pem"))
+	out, err := a.exec(append([]string{a.args[0], "certificate", "rotate"}, a.args[2:]...)...)
+	if err != nil {
+		t.Fatalf("kone certificate rotate on %s: %v\n%s", a.name, err, out)
+	}
+	for _, want := range []string{"kube-proxy: issued with a new key", "coredns: issued", "flannel: issued", "kubelet: a new client certificate", "tls-rotated-"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("kone certificate rotate on %s: the output lacks %q:\n%s", a.name, want, out)
+		}
+	}
+	for _, f := range files {
+		old, err := pki.ParseCert(before[f])
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		c := agentCert(t, a, f)
+		if c.SerialNumber.Cmp(old.SerialNumber) == 0 || bytes.Equal(c.RawSubjectPublicKeyInfo, old.RawSubjectPublicKeyInfo) ||
+			c.Subject.CommonName != old.Subject.CommonName {
+			t.Errorf("%s: not issued anew with a new key for %s (was %s)", f, c.Subject.CommonName, old.Subject.CommonName)
+		}
+		rel, _ := filepath.Rel("/var/lib/kone", f)
+		kept, _ := filepath.Glob(filepath.Join("/var/lib/kone-nodes", a.name, "lib", "kone", "agent", "tls-rotated-*", rel))
+		if len(kept) != 1 {
+			t.Errorf("the old %s is not kept aside once: %v", rel, kept)
+		} else if data, _ := os.ReadFile(kept[0]); !bytes.Equal(data, before[f]) {
+			t.Errorf("%s kept aside differs from the old file", kept[0])
+		}
+	}
+	if _, err := os.Lstat(filepath.Join("/var/lib/kone-nodes", a.name, "lib", "kone", "agent", "kubelet", "pki", "kubelet-server-current.pem")); err == nil {
+		t.Errorf("kubelet's serving certificate is still in place after the rotation")
+	}
+	// A service an agent has no certificate of is refused.
+	if out, err := a.exec(append([]string{a.args[0], "certificate", "rotate", "--service", "etcd"}, a.args[2:]...)...); err == nil || !strings.Contains(out, "coredns, flannel, kube-proxy, kubelet") {
+		t.Errorf("rotate --service etcd on an agent: %v %s", err, out)
+	}
+	rotated := agentCert(t, a, files[0])
+
+	restarted := time.Now()
+	a.stop()
+	a.start()
+	waitLeasesRenewed(t, cs, []string{a.name}, restarted, time.Minute, a.name+"'s restart")
+	if c := agentCert(t, a, files[0]); c.SerialNumber.Cmp(rotated.SerialNumber) != 0 {
+		t.Errorf("after the restart, kubelet's client certificate is not the one rotate made")
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		if data, err := a.readFile(filepath.Join(kubeletDir, "kubelet-server-current.pem")); err == nil {
+			if c, err := pki.ParseCert(data); err == nil && c.SerialNumber.Cmp(serving.SerialNumber) != 0 {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("kubelet of %s has no new serving certificate a minute after its restart", a.name)
+		}
+	}
+	if out := kubectl("exec", "-n", pod.Namespace, pod.Name, "--", "echo", "rotated"); strings.TrimSpace(out) != "rotated" {
+		t.Errorf("exec into %s on %s after its rotation: %q", pod.Name, a.name, out)
+	}
+}
+
+// agentCert is the first certificate in a's file at path, as the node sees it.
+func agentCert(t *testing.T, a *agentNode, path string) *x509.Certificate {
+	t.Helper()
+	data, err := a.readFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pki.ParseCert(data)
+	if err != nil {
+		t.Fatalf("%s of %s: %v", path, a.name, err)
+	}
+	return c
 }
 
 // waitLeasesRenewed waits until each node of names has renewed its lease after since, which

@@ -17,6 +17,7 @@ import (
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -81,7 +82,7 @@ func rotateAuthorities(ctx context.Context, cs kubernetes.Interface, certs serve
 			if path == ca.ServiceAccountKey {
 				continue // kept: a new one would end every service-account token
 			}
-			if _, err := copyAside(certs.cfg.DataDir, aside, path); err != nil {
+			if _, err := pki.CopyAside(certs.cfg.DataDir, aside, path); err != nil {
 				return errors.Join(fmt.Errorf("keep the old CAs: %w; nothing changed", err), ca.DropRotation(), os.RemoveAll(aside))
 			}
 		}
