@@ -20,7 +20,7 @@ import (
 // ServerDataName is the kube-system Secret with what a joining server needs from the cluster:
 // the CAs with their keys, the service-account key and the secrets-encryption configuration.
 // Only holders of the server token (token.ServerGroup) and administrators
-// may read it; agent tokens may not.
+// may read it (manifests/rbac.yaml); agent tokens may not.
 const ServerDataName = "kone-server-data"
 
 // ErrAgentToken is the answer to a server that joins with an agent token.
@@ -37,11 +37,7 @@ const (
 // first server's is the cluster's; afterwards a server adds the keys the cluster's lacks (from a
 // kone before them), and replaces those named in replace.
 func PublishServerData(ctx context.Context, cs kubernetes.Interface, data map[string][]byte, replace ...string) (map[string][]byte, error) {
-	stored, err := storeServerData(ctx, cs, data, replace, true, nil)
-	if err != nil {
-		return nil, err
-	}
-	return stored, grantGet(ctx, cs, "kone:server-data", "secrets", ServerDataName, token.ServerGroup)
+	return storeServerData(ctx, cs, data, replace, true, nil)
 }
 
 // ErrServerDataChanged is the answer to a replacement of a value that another change replaced

@@ -7,13 +7,11 @@ import (
 	"net"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/kone-dev/kone/pkg/apply"
-	"github.com/kone-dev/kone/pkg/token"
 )
 
 // SettingsName is the kube-system ConfigMap with the cluster's settings for agents.
@@ -66,7 +64,8 @@ func (s Settings) Parse() (Parsed, error) {
 	return p, nil
 }
 
-// PublishSettings writes the settings and lets joining and joined nodes read them, and nothing else.
+// PublishSettings writes the settings. Joining and joined nodes may read them, and nothing else
+// of kube-system's ConfigMaps (manifests/rbac.yaml).
 func PublishSettings(ctx context.Context, cs kubernetes.Interface, s Settings) error {
 	data, err := json.Marshal(s)
 	if err != nil {
@@ -79,28 +78,7 @@ func PublishSettings(ctx context.Context, cs kubernetes.Interface, s Settings) e
 	if err := apply.Ensure(ctx, "ConfigMap", cm, cs.CoreV1().ConfigMaps(metav1.NamespaceSystem)); err != nil {
 		return fmt.Errorf("publish cluster settings: %w", err)
 	}
-	return grantGet(ctx, cs, "kone:cluster-settings", "configmaps", SettingsName, token.NodeGroup, "system:nodes")
-}
-
-// grantGet lets groups get the kube-system object name of resource, and nothing else, through
-// the Role and RoleBinding role.
-func grantGet(ctx context.Context, cs kubernetes.Interface, role, resource, name string, groups ...string) error {
-	r := &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: role, Namespace: metav1.NamespaceSystem},
-		Rules:      []rbacv1.PolicyRule{{Verbs: []string{"get"}, APIGroups: []string{""}, Resources: []string{resource}, ResourceNames: []string{name}}},
-	}
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: role, Namespace: metav1.NamespaceSystem},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role},
-	}
-	for _, g := range groups {
-		binding.Subjects = append(binding.Subjects, rbacv1.Subject{APIGroup: rbacv1.GroupName, Kind: rbacv1.GroupKind, Name: g})
-	}
-	rbac := cs.RbacV1()
-	if err := apply.Ensure(ctx, "Role", r, rbac.Roles(metav1.NamespaceSystem)); err != nil {
-		return err
-	}
-	return apply.Ensure(ctx, "RoleBinding", binding, rbac.RoleBindings(metav1.NamespaceSystem))
+	return nil
 }
 
 // ReadSettings reads the cluster's settings with a joining or joined node's credentials.

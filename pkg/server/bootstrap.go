@@ -15,7 +15,9 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/kone-dev/kone/manifests"
 	"github.com/kone-dev/kone/pkg/config"
+	"github.com/kone-dev/kone/pkg/deploy"
 	"github.com/kone-dev/kone/pkg/dns"
 	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/join"
@@ -23,10 +25,11 @@ import (
 	"github.com/kone-dev/kone/pkg/token"
 )
 
-// bootstrap writes what the cluster needs from kone once the apiserver serves: the server's
-// join token as a bootstrap-token Secret, the cluster-info a joining node reads, the settings
-// agents follow, what joining servers fetch, the claim on this server's node name, the RBAC
-// rules of kone's own identities, and the kube-dns Service; and it seals the server data in etcd.
+// bootstrap writes what the cluster needs from kone once the apiserver serves: kone's own
+// objects (manifests/: the rights of its identities, its admission policies), the server's join
+// token as a bootstrap-token Secret, the cluster-info a joining node reads, the settings agents
+// follow, what joining servers fetch, the claim on this server's node name, and the kube-dns
+// Service; and it seals the server data in etcd.
 type bootstrap struct {
 	admin    *rest.Config
 	log      *logrus.Logger
@@ -57,6 +60,15 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return err
+	}
+	// kone's own objects (manifests/), first: the rights of the nodes that join once kone is
+	// ready, and the policies that hold them to their node.
+	applier, err := deploy.New(rc)
+	if err != nil {
+		return err
+	}
+	if err := applier.ApplyFS(ctx, manifests.Files()); err != nil {
+		return fmt.Errorf("kone's manifests: %w", err)
 	}
 	usable, err := b.files.Publish(ctx, cs, b.tok, time.Now())
 	if err != nil {
@@ -94,9 +106,6 @@ func (b *bootstrap) Run(ctx context.Context) error {
 		if err := join.Hold(ctx, cs, h, time.Now()); err != nil {
 			return err
 		}
-	}
-	if err := ensureRBAC(ctx, cs); err != nil {
-		return err
 	}
 	if b.dnsIP != nil {
 		if err := dns.EnsureService(ctx, cs, b.dnsIP); err != nil {

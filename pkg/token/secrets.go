@@ -9,7 +9,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -18,8 +17,6 @@ import (
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
-
-	"github.com/kone-dev/kone/pkg/apply"
 )
 
 // NodeGroup is the extra group kone's join tokens authenticate as; join rules key on it.
@@ -181,11 +178,11 @@ func ClusterInfo(cm *corev1.ConfigMap) (*clientcmdapi.Cluster, error) {
 	return cluster, nil
 }
 
-// PublishClusterInfo writes kube-public/cluster-info, signed for the tokens given, and lets
-// anonymous clients read only it: a joining node reads it before it has any credential. The
-// controller-manager's bootstrapsigner signs it for every other signing token, and would sign
-// it for these too, but only some seconds after it starts; signing here means a node can join
-// as soon as the server is ready.
+// PublishClusterInfo writes kube-public/cluster-info, signed for the tokens given. Anonymous
+// clients may read it, and only it (manifests/rbac.yaml): a joining node reads it before it has
+// any credential. The controller-manager's bootstrapsigner signs it for every other signing
+// token, and would sign it for these too, but only some seconds after it starts; signing here
+// means a node can join as soon as the server is ready.
 func PublishClusterInfo(ctx context.Context, cs kubernetes.Interface, kubeconfig []byte, signers ...Token) error {
 	cm := &corev1.ConfigMap{
 		ObjectMeta: metav1.ObjectMeta{Name: bootstrapapi.ConfigMapClusterInfo, Namespace: metav1.NamespacePublic},
@@ -224,22 +221,5 @@ func PublishClusterInfo(ctx context.Context, cs kubernetes.Interface, kubeconfig
 	if err != nil {
 		return fmt.Errorf("publish cluster-info: %w", err)
 	}
-	const name = "kone:bootstrap-signer-clusterinfo"
-	role := &rbacv1.Role{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: metav1.NamespacePublic},
-		Rules: []rbacv1.PolicyRule{{
-			Verbs: []string{"get"}, APIGroups: []string{""}, Resources: []string{"configmaps"},
-			ResourceNames: []string{bootstrapapi.ConfigMapClusterInfo},
-		}},
-	}
-	binding := &rbacv1.RoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: metav1.NamespacePublic},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: name},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: "system:anonymous"}},
-	}
-	rbac := cs.RbacV1()
-	if err := apply.Ensure(ctx, "Role", role, rbac.Roles(metav1.NamespacePublic)); err != nil {
-		return err
-	}
-	return apply.Ensure(ctx, "RoleBinding", binding, rbac.RoleBindings(metav1.NamespacePublic))
+	return nil
 }

@@ -1,0 +1,136 @@
+// Package deploy applies manifests (YAML or JSON files of Kubernetes objects, several to a file)
+// to the cluster with server-side apply, under kone's field manager: kone's own objects from
+// the manifests folder as a server starts, and later the files an administrator drops in.
+package deploy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path"
+	"slices"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"k8s.io/client-go/discovery"
+	"k8s.io/client-go/discovery/cached/memory"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/restmapper"
+)
+
+// FieldManager owns, in each object's managed fields, what kone applied.
+const FieldManager = "kone"
+
+// Applier applies manifests to one cluster.
+type Applier struct {
+	dyn    dynamic.Interface
+	mapper *restmapper.DeferredDiscoveryRESTMapper
+}
+
+// New makes an Applier that talks to the cluster as rc.
+func New(rc *rest.Config) (*Applier, error) {
+	dyn, err := dynamic.NewForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(rc)
+	if err != nil {
+		return nil, err
+	}
+	return &Applier{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))}, nil
+}
+
+// Decode reads the objects of a manifest, named name in errors: YAML documents separated by
+// "---", or JSON. Empty documents are passed over; an object without a kind, an API version or
+// a name is an error naming the document.
+func Decode(name string, data []byte) ([]*unstructured.Unstructured, error) {
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
+	var objs []*unstructured.Unstructured
+	for doc := 1; ; doc++ {
+		var o map[string]any
+		err := dec.Decode(&o)
+		if errors.Is(err, io.EOF) {
+			return objs, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%s: document %d: %w", name, doc, err)
+		}
+		if len(o) == 0 {
+			continue
+		}
+		u := &unstructured.Unstructured{Object: o}
+		if u.GetAPIVersion() == "" || u.GetKind() == "" || u.GetName() == "" {
+			return nil, fmt.Errorf("%s: document %d: an object needs apiVersion, kind and metadata.name", name, doc)
+		}
+		objs = append(objs, u)
+	}
+}
+
+// ApplyFS applies every .yaml, .yml and .json file of fsys, in name order, and stops at the
+// first error.
+func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS) error {
+	names, err := fs.Glob(fsys, "*")
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if !slices.Contains([]string{".yaml", ".yml", ".json"}, path.Ext(name)) {
+			continue
+		}
+		data, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			return err
+		}
+		objs, err := Decode(name, data)
+		if err != nil {
+			return err
+		}
+		for _, o := range objs {
+			if err := a.Apply(ctx, o); err != nil {
+				return fmt.Errorf("%s: %w", name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// Apply makes the fields obj sets the cluster's, taking them from any other manager that
+// changed them: kone's objects are kone's. Fields obj leaves out that kone had set are removed;
+// fields others added stay.
+func (a *Applier) Apply(ctx context.Context, obj *unstructured.Unstructured) error {
+	gvk := obj.GroupVersionKind()
+	mapping, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	if meta.IsNoMatchError(err) {
+		// A kind the cached discovery did not know yet, such as one a CRD just added.
+		a.mapper.Reset()
+		mapping, err = a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
+	}
+	var client dynamic.ResourceInterface = a.dyn.Resource(mapping.Resource)
+	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
+		ns := obj.GetNamespace()
+		if ns == "" {
+			ns = metav1.NamespaceDefault
+		}
+		client = a.dyn.Resource(mapping.Resource).Namespace(ns)
+	}
+	if _, err := client.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
+		return fmt.Errorf("apply %s %s: %w", gvk.Kind, describe(obj), err)
+	}
+	return nil
+}
+
+func describe(obj *unstructured.Unstructured) string {
+	if obj.GetNamespace() == "" {
+		return obj.GetName()
+	}
+	return obj.GetNamespace() + "/" + obj.GetName()
+}
