@@ -70,6 +70,9 @@ type Config struct {
 	ClusterReset            bool
 	ClusterResetRestorePath string
 
+	// Manifests is the auto-deploy directory (empty: ManifestsDir's default).
+	Manifests string
+
 	// SecretsEncryption encrypts Secrets in etcd (on by default; k3s has it off).
 	SecretsEncryption bool
 
@@ -167,6 +170,7 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.BoolVar(&c.EtcdDisableSnapshots, "etcd-disable-snapshots", false, "take no scheduled etcd snapshots")
 	fs.BoolVar(&c.ClusterReset, "cluster-reset", false, "make this server's etcd a cluster of one member again, from its own data (after losing quorum) or from --cluster-reset-restore-path; the old data is moved aside")
 	fs.StringVar(&c.ClusterResetRestorePath, "cluster-reset-restore-path", "", "with --cluster-reset: the etcd snapshot to restore, a file or the name of one in --etcd-snapshot-dir")
+	fs.StringVar(&c.Manifests, "manifests-dir", "", "directory whose .yaml, .yml and .json files are applied to the cluster and kept applied (default: <data-dir>/server/manifests)")
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
 	fs.BoolVar(&c.SecretsEncryption, "secrets-encryption", true, "encrypt Secrets in etcd (false: store new ones in plain text; encrypted ones stay readable)")
 	fs.StringSliceVar(&c.PodSecurityExempt, "pod-security-exempt-namespace", []string{"kube-system"}, "namespace that --profile=cis leaves out of Pod Security's restricted level (repeatable)")
@@ -445,6 +449,9 @@ func (c *Config) Validate() error {
 	if c.ClusterResetRestorePath != "" && !c.ClusterReset {
 		return fmt.Errorf("--cluster-reset-restore-path %s without --cluster-reset: add --cluster-reset to restore the snapshot", c.ClusterResetRestorePath)
 	}
+	if c.Manifests != "" && !filepath.IsAbs(c.Manifests) {
+		return fmt.Errorf("--manifests-dir %q: expected an absolute path", c.Manifests)
+	}
 	if c.EtcdSnapshotDir != "" && !filepath.IsAbs(c.EtcdSnapshotDir) {
 		return fmt.Errorf("--etcd-snapshot-dir %q: expected an absolute path", c.EtcdSnapshotDir)
 	}
@@ -574,6 +581,14 @@ func (c *Config) SnapshotDir() string {
 		return c.EtcdSnapshotDir
 	}
 	return filepath.Join(c.ServerDir(), "db", "snapshots")
+}
+
+// ManifestsDir is the auto-deploy directory: what is in it is applied to the cluster.
+func (c *Config) ManifestsDir() string {
+	if c.Manifests != "" {
+		return c.Manifests
+	}
+	return filepath.Join(c.ServerDir(), "manifests")
 }
 
 // EtcdURL is where the server's etcd serves its clients.

@@ -104,6 +104,19 @@ func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS) error {
 // changed them: kone's objects are kone's. Fields obj leaves out that kone had set are removed;
 // fields others added stay.
 func (a *Applier) Apply(ctx context.Context, obj *unstructured.Unstructured) error {
+	client, err := a.resource(obj)
+	if err != nil {
+		return err
+	}
+	if _, err := client.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
+		return fmt.Errorf("apply %s %s: %w", obj.GetKind(), describe(obj), err)
+	}
+	return nil
+}
+
+// resource is the client of obj's kind, in obj's namespace (default, where a namespaced
+// object names none).
+func (a *Applier) resource(obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
 	gvk := obj.GroupVersionKind()
 	mapping, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	if meta.IsNoMatchError(err) {
@@ -112,20 +125,16 @@ func (a *Applier) Apply(ctx context.Context, obj *unstructured.Unstructured) err
 		mapping, err = a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
 	}
 	if err != nil {
-		return fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
+		return nil, fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
 	}
-	var client dynamic.ResourceInterface = a.dyn.Resource(mapping.Resource)
-	if mapping.Scope.Name() == meta.RESTScopeNameNamespace {
-		ns := obj.GetNamespace()
-		if ns == "" {
-			ns = metav1.NamespaceDefault
-		}
-		client = a.dyn.Resource(mapping.Resource).Namespace(ns)
+	if mapping.Scope.Name() != meta.RESTScopeNameNamespace {
+		return a.dyn.Resource(mapping.Resource), nil
 	}
-	if _, err := client.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
-		return fmt.Errorf("apply %s %s: %w", gvk.Kind, describe(obj), err)
+	ns := obj.GetNamespace()
+	if ns == "" {
+		ns = metav1.NamespaceDefault
 	}
-	return nil
+	return a.dyn.Resource(mapping.Resource).Namespace(ns), nil
 }
 
 func describe(obj *unstructured.Unstructured) string {

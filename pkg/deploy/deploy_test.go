@@ -1,6 +1,8 @@
 package deploy
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -32,5 +34,35 @@ metadata: {name: b}
 		if _, err := Decode(name, []byte(data)); err == nil || !strings.Contains(err.Error(), name+": document ") {
 			t.Errorf("%s: %v", name, err)
 		}
+	}
+}
+
+func TestFiles(t *testing.T) {
+	dir := t.TempDir()
+	for _, name := range []string{"a.yaml", "b.yml", "c.json", "notes.txt", "sub/d.yaml", "held.yaml", "held.yaml.skip"} {
+		p := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply, skip, err := Files(dir)
+	if err != nil || strings.Join(apply, ",") != "a.yaml,b.yml,c.json,sub/d.yaml" || strings.Join(skip, ",") != "held.yaml" {
+		t.Errorf("apply %v, skip %v, %v", apply, skip, err)
+	}
+	if apply, skip, err := Files(filepath.Join(dir, "none")); err != nil || apply != nil || skip != nil {
+		t.Errorf("a directory that does not exist: %v %v %v", apply, skip, err)
+	}
+}
+
+func TestRecordName(t *testing.T) {
+	a, b := RecordName("apps/Web_1.yaml"), RecordName("apps-web-1.yaml")
+	if !strings.HasPrefix(a, "kone-manifest-apps-web-1.yaml-") || a == b {
+		t.Errorf("records %q and %q: readable, and apart for files whose names read alike", a, b)
+	}
+	if long := RecordName(strings.Repeat("x", 400) + ".yaml"); len(long) > 253 {
+		t.Errorf("a record name of %d characters", len(long))
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
@@ -218,6 +219,12 @@ func TestServer(t *testing.T) {
 	n := newNode(t, bin, t.TempDir())
 	ctx := context.Background()
 
+	// A manifest waiting in the auto-deploy directory, and one with a hand change to undo later.
+	manifests := manifestsDir{t, filepath.Join(n.dataDir, "server", "manifests")}
+	manifests.write("0-namespace.yaml", "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: kone-deploy\n")
+	manifests.write("at-start.yaml", configMap("at-start", "s"))
+	manifests.write("kept.yaml", configMap("kept", "k"))
+
 	// Cold start.
 	n.start()
 	for _, stage := range []string{"certificates and kubeconfigs ready in", "etcd ready in", "kube-apiserver ready in", "kube-controller-manager ready in", "kube-scheduler ready in"} {
@@ -267,6 +274,13 @@ func TestServer(t *testing.T) {
 	if strings.Contains(n.log.String(), tok.Secret) {
 		t.Error("the token's secret appears in the log")
 	}
+	// The manifests found at start were applied before kone was ready.
+	for name, value := range map[string]string{"at-start": "s", "kept": "k"} {
+		if got, err := cs.CoreV1().ConfigMaps("kone-deploy").Get(ctx, name, metav1.GetOptions{}); err != nil || got.Data["value"] != value {
+			t.Errorf("ConfigMap %s from the manifests directory at start: %+v, %v", name, got, err)
+		}
+	}
+	checkManifestsDir(t, n, cs, manifests)
 	checkClusterInfoSigned(t, n, tok)
 	checkAnonymous(t, n)
 	checkOwnNodeOnly(t, n)
@@ -318,10 +332,15 @@ func TestServer(t *testing.T) {
 		t.Errorf("unwritable data dir:\n%s", out)
 	}
 
+	// A hand change to an object of a manifest, and a manifest removed while kone is down.
+	if _, err := cs.CoreV1().ConfigMaps("kone-deploy").Patch(ctx, "kept", types.MergePatchType, []byte(`{"data":{"value":"by hand"}}`), metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	n.stop()
 	if !strings.Contains(n.log.String(), "stopped in") {
 		t.Errorf("no stop line:\n%s", n.log.String())
 	}
+	manifests.remove("at-start.yaml")
 
 	// Warm restart: same CA, same token, the ConfigMap is still there.
 	n.start()
@@ -329,6 +348,9 @@ func TestServer(t *testing.T) {
 	if err != nil || got.Data["answer"] != "42" {
 		t.Fatalf("after restart: %+v, %v", got, err)
 	}
+	// The start put the manifest's object back, and deleted what the removed one held.
+	waitConfigMap(t, n.client(), "kept", "k", "a hand change, at the next start")
+	waitConfigMap(t, n.client(), "at-start", "", "a manifest removed while kone was down")
 	if again, _ := os.ReadFile(tokenFile); !bytes.Equal(again, tokenBytes) {
 		t.Error("the token changed across a restart")
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/control"
 	"github.com/kone-dev/kone/pkg/datadir"
+	"github.com/kone-dev/kone/pkg/deploy"
 	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/etcd"
 	"github.com/kone-dev/kone/pkg/host"
@@ -213,6 +214,11 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		elect(join.NewApprover(adminClient, log.Logger, servers, settler.Soon), "kone-join-approver"),
 		elect(cloud.NewController(adminClient), "kone-cloud-node-controller"),
 	}
+	manifestsDir, err := deploy.NewDir(cfg.ManifestsDir(), self.Name, admin, log.Logger)
+	if err != nil {
+		return err
+	}
+	chain = append(chain, manifestsDir)
 	if !cfg.EtcdDisableSnapshots {
 		saver, err := snapshotSaver(cfg, ca, self.Name, adminClient, log.Logger)
 		if err != nil {

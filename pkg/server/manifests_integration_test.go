@@ -1,0 +1,118 @@
+package server_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/kone-dev/kone/pkg/deploy"
+)
+
+// manifestsDir is a server's auto-deploy directory, as a test sees it.
+type manifestsDir struct {
+	t   *testing.T
+	dir string
+}
+
+func (m manifestsDir) write(name, content string) {
+	m.t.Helper()
+	p := filepath.Join(m.dir, name)
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		m.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+func (m manifestsDir) remove(name string) {
+	m.t.Helper()
+	if err := os.Remove(filepath.Join(m.dir, name)); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// configMap is a manifest of a ConfigMap in namespace kone-deploy.
+func configMap(name, value string) string {
+	return "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: " + name + "\n  namespace: kone-deploy\ndata:\n  value: " + value + "\n"
+}
+
+// waitConfigMap waits up to 30 s for kone-deploy/name to hold value, or, with value "", to be gone.
+func waitConfigMap(t *testing.T, cs kubernetes.Interface, name, value, why string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		cm, err := cs.CoreV1().ConfigMaps("kone-deploy").Get(context.Background(), name, metav1.GetOptions{})
+		switch {
+		case value == "" && apierrors.IsNotFound(err):
+			return
+		case value != "" && err == nil && cm.Data["value"] == value:
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: ConfigMap %s is %+v (%v) after 30 s, want value %q", why, name, cm.Data, err, value)
+		}
+	}
+}
+
+// waitEvent waits up to 30 s for a Warning Event with reason on the record of file, whose
+// message names the file and holds want.
+func waitEvent(t *testing.T, cs kubernetes.Interface, file, reason, want string) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		events, err := cs.CoreV1().Events("kube-system").List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=" + deploy.RecordName(file)})
+		if err == nil {
+			for _, e := range events.Items {
+				if e.Reason == reason && e.Type == "Warning" && strings.Contains(e.Message, file) && strings.Contains(e.Message, want) {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s Event for %s saying %q within 30 s: %v %v", reason, file, want, events, err)
+		}
+	}
+}
+
+// checkManifestsDir works the auto-deploy directory of a running server: files in it and below
+// it are applied within seconds, changes too; what a file no longer holds, and what a removed
+// file held, is deleted; a .skip file holds one back; a file that does not parse, or that the
+// apiserver refuses, is reported in the log and as an Event, and the others are applied still.
+func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifestsDir) {
+	t.Helper()
+	m.write("apps/web.yaml", configMap("web", "one")+"---\n"+configMap("web-extra", "x"))
+	waitConfigMap(t, cs, "web", "one", "a new file in a subdirectory")
+	waitConfigMap(t, cs, "web-extra", "x", "the second document of a file")
+
+	m.write("broken.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: broken\n")
+	m.write("refused.yaml", configMap("Not_A_Name", "y")+"---\n"+configMap("beside-refused", "z"))
+	m.write("held.yaml", configMap("held", "h"))
+	m.write("held.yaml.skip", "")
+	m.write("later.json", `{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "later", "namespace": "kone-deploy"}, "data": {"value": "j"}}`)
+	waitConfigMap(t, cs, "later", "j", "a JSON file beside broken ones")
+	waitConfigMap(t, cs, "beside-refused", "z", "an object beside one the apiserver refuses")
+	waitEvent(t, cs, "broken.yaml", "ManifestInvalid", "document 1")
+	waitEvent(t, cs, "refused.yaml", "ManifestRefused", "Not_A_Name")
+	for _, file := range []string{"broken.yaml", "refused.yaml"} {
+		if !strings.Contains(n.log.String(), "file="+file) {
+			t.Errorf("the log does not name %s:\n%s", file, n.log.String())
+		}
+	}
+	if _, err := cs.CoreV1().ConfigMaps("kone-deploy").Get(context.Background(), "held", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a file with a .skip beside it was applied: %v", err)
+	}
+
+	// A change: one object changed, one dropped (and so deleted).
+	m.write("apps/web.yaml", configMap("web", "two"))
+	waitConfigMap(t, cs, "web", "two", "a changed file")
+	waitConfigMap(t, cs, "web-extra", "", "an object dropped from its file")
+	// A removed file: its objects go.
+	m.remove("later.json")
+	waitConfigMap(t, cs, "later", "", "a removed file")
+}
