@@ -3,12 +3,15 @@ package manifests_test
 import (
 	"fmt"
 	"io/fs"
+	"net"
 	"slices"
 	"strings"
 	"testing"
 
 	admissionv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 
@@ -33,11 +36,15 @@ func objects(t *testing.T) map[string]any {
 		"RoleBinding":                      func() any { return &rbacv1.RoleBinding{} },
 		"ValidatingAdmissionPolicy":        func() any { return &admissionv1.ValidatingAdmissionPolicy{} },
 		"ValidatingAdmissionPolicyBinding": func() any { return &admissionv1.ValidatingAdmissionPolicyBinding{} },
+		"Service":                          func() any { return &corev1.Service{} },
 	}
 	all := map[string]any{}
 	for _, name := range names {
 		data, err := fs.ReadFile(manifests.Files(), name)
 		if err != nil {
+			t.Fatal(err)
+		}
+		if data, err = deploy.Render(name, data, map[string]string{"CLUSTER_DNS": "10.43.0.10"}); err != nil {
 			t.Fatal(err)
 		}
 		objs, err := deploy.Decode(name, data)
@@ -162,5 +169,57 @@ func TestManifestsMatchTheCode(t *testing.T) {
 				t.Errorf("policy %s lacks %s:\n%s", name, w, got)
 			}
 		}
+	}
+}
+
+// The kube-dns Service, at --cluster-dns, pairs its ports with the endpoints each node's CoreDNS
+// publishes (kube-proxy pairs them by name); it has no selector, and each pod asks its own node.
+func TestKubeDNSService(t *testing.T) {
+	svc, ok := objects(t)["Service "+dns.Namespace+"/"+dns.ServiceName].(*corev1.Service)
+	if !ok {
+		t.Fatal("no kube-dns Service")
+	}
+	if svc.Spec.ClusterIP != "10.43.0.10" || svc.Spec.Selector != nil || svc.Spec.InternalTrafficPolicy == nil ||
+		*svc.Spec.InternalTrafficPolicy != corev1.ServiceInternalTrafficPolicyLocal {
+		t.Errorf("kube-dns: %+v", svc.Spec)
+	}
+	es := dns.EndpointSlice(&corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "edge-1"}}, net.ParseIP("10.42.0.1"))
+	if len(es.Ports) != len(svc.Spec.Ports) {
+		t.Fatalf("the Service has %d ports, a node's endpoints %d", len(svc.Spec.Ports), len(es.Ports))
+	}
+	for i, p := range svc.Spec.Ports {
+		if *es.Ports[i].Name != p.Name || *es.Ports[i].Protocol != p.Protocol || *es.Ports[i].Port != p.Port {
+			t.Errorf("port %d: service %+v slice %+v", i, p, es.Ports[i])
+		}
+	}
+}
+
+// A file named after a part that --disable leaves out is that part's: coredns.yaml holds every
+// object of kone's CoreDNS, so that --disable coredns removes them all.
+func TestParts(t *testing.T) {
+	data, err := fs.ReadFile(manifests.Files(), "coredns.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err = deploy.Render("coredns.yaml", data, map[string]string{"CLUSTER_DNS": "10.43.0.10"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs, err := deploy.Decode("coredns.yaml", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, o := range objs {
+		names = append(names, o.GetKind()+" "+o.GetName())
+	}
+	for _, want := range []string{"Service kube-dns", "ClusterRole " + join.DNSGroup, "ClusterRoleBinding " + join.DNSGroup, "Role " + join.DNSGroup,
+		"RoleBinding " + join.DNSGroup, "ValidatingAdmissionPolicy kone-coredns-own-slice", "ValidatingAdmissionPolicyBinding kone-coredns-own-slice"} {
+		if !slices.Contains(names, want) {
+			t.Errorf("coredns.yaml lacks %s: %v", want, names)
+		}
+	}
+	if _, err := deploy.Render("x.yaml", []byte("clusterIP: %{NO_SUCH}%"), map[string]string{}); err == nil || !strings.Contains(err.Error(), "%{NO_SUCH}%") {
+		t.Errorf("a placeholder without a value: %v", err)
 	}
 }

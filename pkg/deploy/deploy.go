@@ -11,8 +11,11 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"regexp"
 	"slices"
+	"strings"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -22,6 +25,7 @@ import (
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/restmapper"
+	"k8s.io/utils/ptr"
 )
 
 // FieldManager owns, in each object's managed fields, what kone applied.
@@ -72,9 +76,11 @@ func Decode(name string, data []byte) ([]*unstructured.Unstructured, error) {
 	}
 }
 
-// ApplyFS applies every .yaml, .yml and .json file of fsys, in name order, and stops at the
-// first error.
-func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS) error {
+// ApplyFS applies kone's own manifests, every .yaml, .yml and .json file of fsys in name order,
+// after Render with values, and stops at the first error. A file named after a part of kone
+// that disabled names (coredns.yaml for coredns) is that part's: its objects are removed
+// instead, those kone had applied.
+func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS, values map[string]string, disabled []string) error {
 	names, err := fs.Glob(fsys, "*")
 	if err != nil {
 		return err
@@ -87,15 +93,69 @@ func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS) error {
 		if err != nil {
 			return err
 		}
+		if data, err = Render(name, data, values); err != nil {
+			return err
+		}
 		objs, err := Decode(name, data)
 		if err != nil {
 			return err
 		}
+		off := slices.Contains(disabled, strings.TrimSuffix(name, path.Ext(name)))
 		for _, o := range objs {
-			if err := a.Apply(ctx, o); err != nil {
+			if off {
+				err = a.removeOwn(ctx, o)
+			} else {
+				err = a.Apply(ctx, o)
+			}
+			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
 			}
 		}
+	}
+	return nil
+}
+
+// placeholder is a value kone fills into its manifests, such as %{CLUSTER_DNS}%.
+var placeholder = regexp.MustCompile(`%\{[A-Z_]+\}%`)
+
+// Render fills the placeholders %{NAME}% of a manifest with values[NAME]; one without a value
+// is an error.
+func Render(name string, data []byte, values map[string]string) ([]byte, error) {
+	var missing []string
+	out := placeholder.ReplaceAllFunc(data, func(p []byte) []byte {
+		v, ok := values[string(p[2:len(p)-2])]
+		if !ok {
+			missing = append(missing, string(p))
+		}
+		return []byte(v)
+	})
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("%s: no value for %s", name, strings.Join(slices.Compact(missing), ", "))
+	}
+	return out, nil
+}
+
+// removeOwn deletes obj where kone applied it (its field manager holds fields of it); an
+// object of the same name that someone else made, such as a kube-dns Service of a DNS the
+// user runs instead, stays.
+func (a *Applier) removeOwn(ctx context.Context, obj *unstructured.Unstructured) error {
+	client, err := a.resource(obj)
+	if err != nil {
+		return err
+	}
+	current, err := client.Get(ctx, obj.GetName(), metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", obj.GetKind(), describe(obj), err)
+	}
+	if !slices.ContainsFunc(current.GetManagedFields(), func(e metav1.ManagedFieldsEntry) bool { return e.Manager == FieldManager }) {
+		return nil
+	}
+	err = client.Delete(ctx, obj.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr.To(current.GetUID())}})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("delete %s %s: %w", obj.GetKind(), describe(obj), err)
 	}
 	return nil
 }

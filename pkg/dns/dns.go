@@ -154,38 +154,6 @@ func (d *DNS) Ready(ctx context.Context) error {
 	return d.ready.Wait(ctx)
 }
 
-// Service is the kube-dns Service: no selector, since kone publishes each node's endpoint
-// itself, and internalTrafficPolicy Local, so that every pod reaches its own node's CoreDNS.
-func Service(clusterIP net.IP) *corev1.Service {
-	return &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: ServiceName, Namespace: Namespace, Labels: map[string]string{
-			"k8s-app": "kube-dns", "kubernetes.io/name": "CoreDNS", "kubernetes.io/cluster-service": "true",
-		}},
-		Spec: corev1.ServiceSpec{
-			ClusterIP:             clusterIP.String(),
-			InternalTrafficPolicy: ptr.To(corev1.ServiceInternalTrafficPolicyLocal),
-			Ports: []corev1.ServicePort{
-				{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53},
-				{Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53},
-			},
-		},
-	}
-}
-
-// EnsureService creates the kube-dns Service unless it exists. It looks first: creating it
-// again fails on its address, which the apiserver checks before the name.
-func EnsureService(ctx context.Context, cs kubernetes.Interface, clusterIP net.IP) error {
-	services := cs.CoreV1().Services(Namespace)
-	_, err := services.Get(ctx, ServiceName, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		_, err = services.Create(ctx, Service(clusterIP), metav1.CreateOptions{})
-	}
-	if err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("create Service %s/%s: %w", Namespace, ServiceName, err)
-	}
-	return nil
-}
-
 // EndpointSlice is a node's endpoint of the kube-dns Service. It is owned by the Node, so that
 // it goes when the node is deleted.
 func EndpointSlice(node *corev1.Node, addr net.IP) *discoveryv1.EndpointSlice {

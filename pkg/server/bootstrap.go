@@ -18,7 +18,6 @@ import (
 	"github.com/kone-dev/kone/manifests"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/deploy"
-	"github.com/kone-dev/kone/pkg/dns"
 	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/join"
 	"github.com/kone-dev/kone/pkg/supervisor"
@@ -26,10 +25,11 @@ import (
 )
 
 // bootstrap writes what the cluster needs from kone once the apiserver serves: kone's own
-// objects (manifests/: the rights of its identities, its admission policies), the server's join
-// token as a bootstrap-token Secret, the cluster-info a joining node reads, the settings agents
-// follow, what joining servers fetch, the claim on this server's node name, and the kube-dns
-// Service; and it seals the server data in etcd.
+// objects (manifests/: the rights of its identities, its admission policies, the kube-dns
+// Service; those of parts that --disable leaves out removed), the server's join token as a
+// bootstrap-token Secret, the cluster-info a joining node reads, the settings agents follow,
+// what joining servers fetch, and the claim on this server's node name; and it seals the
+// server data in etcd.
 type bootstrap struct {
 	admin    *rest.Config
 	log      *logrus.Logger
@@ -38,7 +38,8 @@ type bootstrap struct {
 	caFile   string
 	server   string
 	settings join.Settings
-	dnsIP    net.IP // the kube-dns Service's address; nil when the user runs their own DNS
+	values   map[string]string // what fills the placeholders of kone's manifests
+	disabled []string          // the parts of kone that --disable leaves out
 	shared   map[string]string
 	alone    func() bool // whether this server is the cluster's only one
 	held     []join.Held // this server's own node name
@@ -46,8 +47,8 @@ type bootstrap struct {
 	ready    *supervisor.Latch
 }
 
-func newBootstrap(admin *rest.Config, log *logrus.Logger, tok token.Token, files token.ServerFiles, caFile, server string, settings join.Settings, dnsIP net.IP, shared map[string]string, alone func() bool, held []join.Held, sealer *sealer) *bootstrap {
-	return &bootstrap{admin: admin, log: log, tok: tok, files: files, caFile: caFile, server: server, settings: settings, dnsIP: dnsIP, shared: shared, alone: alone, held: held, sealer: sealer, ready: supervisor.NewLatch()}
+func newBootstrap(admin *rest.Config, log *logrus.Logger, tok token.Token, files token.ServerFiles, caFile, server string, settings join.Settings, values map[string]string, disabled []string, shared map[string]string, alone func() bool, held []join.Held, sealer *sealer) *bootstrap {
+	return &bootstrap{admin: admin, log: log, tok: tok, files: files, caFile: caFile, server: server, settings: settings, values: values, disabled: disabled, shared: shared, alone: alone, held: held, sealer: sealer, ready: supervisor.NewLatch()}
 }
 
 func (b *bootstrap) Name() string { return "cluster bootstrap" }
@@ -62,12 +63,12 @@ func (b *bootstrap) Run(ctx context.Context) error {
 		return err
 	}
 	// kone's own objects (manifests/), first: the rights of the nodes that join once kone is
-	// ready, and the policies that hold them to their node.
+	// ready, the policies that hold them to their node, the kube-dns Service.
 	applier, err := deploy.New(rc)
 	if err != nil {
 		return err
 	}
-	if err := applier.ApplyFS(ctx, manifests.Files()); err != nil {
+	if err := applier.ApplyFS(ctx, manifests.Files(), b.values, b.disabled); err != nil {
 		return fmt.Errorf("kone's manifests: %w", err)
 	}
 	usable, err := b.files.Publish(ctx, cs, b.tok, time.Now())
@@ -104,11 +105,6 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	}
 	for _, h := range b.held {
 		if err := join.Hold(ctx, cs, h, time.Now()); err != nil {
-			return err
-		}
-	}
-	if b.dnsIP != nil {
-		if err := dns.EnsureService(ctx, cs, b.dnsIP); err != nil {
 			return err
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -115,4 +116,45 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 	// A removed file: its objects go.
 	m.remove("later.json")
 	waitConfigMap(t, cs, "later", "", "a removed file")
+}
+
+// checkDisableCoreDNS restarts a running server with --disable coredns: what kone had deployed
+// for CoreDNS goes, the rest stays, and a kube-dns Service of the user's own survives the next
+// start. The server is running again without --disable when it returns.
+func checkDisableCoreDNS(t *testing.T, n *node) {
+	t.Helper()
+	ctx := context.Background()
+	n.stop()
+	n.extra = []string{"--disable", "coredns"}
+	n.start()
+	cs := n.client()
+	if _, err := cs.CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("--disable coredns: kone's kube-dns Service is still there: %v", err)
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, "system:kone:coredns", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("--disable coredns: CoreDNS's ClusterRole is still there: %v", err)
+	}
+	if _, err := cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, "kone-coredns-own-slice", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("--disable coredns: CoreDNS's admission policy is still there: %v", err)
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, "system:kone:flannel", metav1.GetOptions{}); err != nil {
+		t.Errorf("--disable coredns removed flannel's ClusterRole: %v", err)
+	}
+	own := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kube-dns", Namespace: "kube-system"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.43.0.10", Ports: []corev1.ServicePort{{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53}}}}
+	if _, err := cs.CoreV1().Services("kube-system").Create(ctx, own, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	n.stop()
+	n.start()
+	if _, err := n.client().CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{}); err != nil {
+		t.Errorf("--disable coredns: the user's own kube-dns Service went at the next start: %v", err)
+	}
+	n.stop()
+	n.extra = nil
+	n.start()
+	svc, err := n.client().CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
+	if err != nil || svc.Spec.InternalTrafficPolicy == nil || *svc.Spec.InternalTrafficPolicy != corev1.ServiceInternalTrafficPolicyLocal || len(svc.Spec.Ports) != 2 {
+		t.Errorf("CoreDNS enabled again: kube-dns is not kone's: %+v, %v", svc, err)
+	}
 }

@@ -175,10 +175,6 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if settings.ServerCA, err = readFile(ca.ServerCA); err != nil {
 		return fmt.Errorf("server CA: %w", err)
 	}
-	var dnsIP net.IP
-	if settings.CoreDNS {
-		dnsIP = cfg.ClusterDNS
-	}
 	adminClient, err := kubernetes.NewForConfig(admin)
 	if err != nil {
 		return err
@@ -206,7 +202,8 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		store, apiserver,
 		renew.New(func(_ context.Context, now time.Time) ([]string, error) { return certs.issue(now) },
 			[]string{ca.Dir, filepath.Dir(ca.EtcdServerCA), node.Paths{Agent: cfg.AgentDir()}.TLSDir()}, log.Logger),
-		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings, dnsIP, sharedFiles(cfg, ca), store.Alone, own, sealer),
+		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings,
+			map[string]string{"CLUSTER_DNS": cfg.ClusterDNS.String()}, cfg.Node.Disable, sharedFiles(cfg, ca), store.Alone, own, sealer),
 		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, certs, sealer, log.Logger),
 		etcd.NewMembers(store, adminClient, log.Logger, settler.Soon),
 		elect(cm, "kube-controller-manager"), elect(sched, "kube-scheduler"),
