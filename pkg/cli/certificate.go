@@ -52,18 +52,7 @@ func newCertificateCommand() *cobra.Command {
 // onAnyNode is a command that works on the data dir of a server or an agent: it takes the
 // flags and the config file of either, and finds this machine's data dir with them.
 func onAnyNode(use, short string, args cobra.PositionalArgs, run func(*cobra.Command, *config.Config, []string) error) *cobra.Command {
-	cfg := &config.Config{}
-	c := &cobra.Command{
-		Use: use, Short: short, Args: args,
-		RunE: func(c *cobra.Command, args []string) error {
-			if err := config.LoadDataDir(c.Flags(), cfg, os.LookupEnv); err != nil {
-				return err
-			}
-			return run(c, cfg, args)
-		},
-	}
-	config.BindDataDirFlags(c.Flags(), cfg)
-	return c
+	return configured(use, short, args, config.BindDataDirFlags, config.LoadDataDir, run)
 }
 
 // newCertificateCheckCommand works on a server's data dir or an agent's: both hold certificates

@@ -4,6 +4,7 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/server"
@@ -13,17 +14,23 @@ import (
 // server's own configuration (flags, config file, environment), so it finds the same data dir
 // and etcd.
 func onServer(use, short string, args cobra.PositionalArgs, run func(*cobra.Command, *config.Config, []string) error) *cobra.Command {
+	return configured(use, short, args, config.BindServerFlags, config.Load, run)
+}
+
+// configured is a command that loads its configuration with load from the flags bind registers.
+func configured(use, short string, args cobra.PositionalArgs, bind func(*pflag.FlagSet, *config.Config),
+	load func(*pflag.FlagSet, *config.Config, func(string) (string, bool)) error, run func(*cobra.Command, *config.Config, []string) error) *cobra.Command {
 	cfg := &config.Config{}
 	c := &cobra.Command{
 		Use: use, Short: short, Args: args,
 		RunE: func(c *cobra.Command, args []string) error {
-			if err := config.Load(c.Flags(), cfg, os.LookupEnv); err != nil {
+			if err := load(c.Flags(), cfg, os.LookupEnv); err != nil {
 				return err
 			}
 			return run(c, cfg, args)
 		},
 	}
-	config.BindServerFlags(c.Flags(), cfg)
+	bind(c.Flags(), cfg)
 	return c
 }
 
