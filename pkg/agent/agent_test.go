@@ -143,6 +143,13 @@ func TestRotateCertificatesRefuses(t *testing.T) {
 	if _, err := ca.EnsureLeaf(client, pki.LeafSpec{CommonName: "system:kube-proxy", Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
+	kubelet := pki.File{Cert: filepath.Join(paths.KubeletCertDir(), "kubelet-client-current.pem"), Key: filepath.Join(paths.KubeletCertDir(), "kubelet.key")}
+	if _, err := ca.EnsureLeaf(kubelet, pki.LeafSpec{CommonName: "system:node:edge-1", Usages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := join.LoadOrCreateSecret(paths.NodeSecret()); err != nil {
+		t.Fatal(err)
+	}
 	kubeconfig := pki.Kubeconfig{Server: "https://127.0.0.1:6444", CAFile: filepath.Join(paths.TLSDir(), "server-ca.crt"), Client: client}
 	if err := kubeconfig.Write(filepath.Join(paths.Agent, "kubelet.kubeconfig"), 0o600); err != nil {
 		t.Fatal(err)

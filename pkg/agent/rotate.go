@@ -32,12 +32,10 @@ const kubeletService = "kubelet"
 // new serving certificate (the old one is removed here), at the agent's next start, which keeps
 // the node's pods running.
 func RotateCertificates(ctx context.Context, cfg *config.Config, services []string, now time.Time, out io.Writer) error {
-	id, err := node.ResolveIdentity(&cfg.Node)
-	if err != nil {
-		return err
-	}
 	paths := node.Paths{Agent: cfg.AgentDir()}
-	j := joiner{server: cfg.Server, id: id, paths: paths}
+	kubeletCerts := []string{filepath.Join(paths.KubeletCertDir(), "kubelet-client-current.pem"),
+		filepath.Join(paths.KubeletCertDir(), "kubelet-server-current.pem")}
+	j := joiner{server: cfg.Server, paths: paths}
 	known := []string{kubeletService}
 	for _, c := range j.components() {
 		known = append(known, c.service)
@@ -53,9 +51,18 @@ func RotateCertificates(ctx context.Context, cfg *config.Config, services []stri
 		}
 	}
 	kubeconfig := j.file("kubelet.kubeconfig")
-	if _, err := os.Stat(kubeconfig); err != nil {
-		return fmt.Errorf("%s holds no joined agent's credentials (%w); run this on a server or an agent, with its --data-dir", cfg.DataDir, err)
+	for _, f := range []string{kubeconfig, paths.NodeSecret()} {
+		if _, err := os.Stat(f); err != nil {
+			return fmt.Errorf("%s holds no joined agent's credentials (%w); run this on a server or an agent, with its --data-dir", cfg.DataDir, err)
+		}
 	}
+	// The node's name as the cluster knows it, from kubelet's own certificate: the flags may
+	// not say it (a host name changed since, a --node-name the command was not given).
+	name, err := nodeName(kubeletCerts[0])
+	if err != nil {
+		return err
+	}
+	j.id = node.Identity{Name: name}
 	// As the node, kubelet's identity, straight to the server rather than through the agent's
 	// load balancer, which runs only while the agent does.
 	cs, err := client(kubeconfig, cfg.Server)
@@ -70,13 +77,11 @@ func RotateCertificates(ctx context.Context, cfg *config.Config, services []stri
 		return err
 	}
 	defer unlock()
-	secret, err := join.LoadOrCreateSecret(paths.NodeSecret())
+	secret, err := join.LoadOrCreateSecret(paths.NodeSecret()) // there, as checked above
 	if err != nil {
 		return err
 	}
 	aside := filepath.Join(paths.Agent, "tls-rotated-"+now.UTC().Format("20060102T150405.000000000Z"))
-	kubeletCerts := []string{filepath.Join(paths.KubeletCertDir(), "kubelet-client-current.pem"),
-		filepath.Join(paths.KubeletCertDir(), "kubelet-server-current.pem")}
 	var keep []string
 	for _, c := range j.components() {
 		if slices.Contains(services, c.service) {
@@ -93,13 +98,22 @@ func RotateCertificates(ctx context.Context, cfg *config.Config, services []stri
 	if _, err := pki.CopyAside(cfg.DataDir, aside, keep...); err != nil {
 		return fmt.Errorf("rotate certificates: keep the old ones: %w", err)
 	}
+	replaced := 0
+	failed := func(what string, err error) error {
+		if replaced == 0 {
+			_ = os.RemoveAll(aside)
+			return fmt.Errorf("rotate %s: %w; nothing changed", what, err)
+		}
+		return fmt.Errorf("rotate %s: %w; the certificates before it are new, and the old ones are in %s", what, err, aside)
+	}
 	for _, s := range services {
 		if s == kubeletService {
-			if _, err := join.KubeletCertificate(ctx, cs, paths.KubeletCertDir(), id.Name, secret); err != nil {
-				return fmt.Errorf("rotate kubelet's client certificate: %w; the old certificates are in %s", err, aside)
+			if _, err := join.KubeletCertificate(ctx, cs, paths.KubeletCertDir(), j.id.Name, secret); err != nil {
+				return failed("kubelet's client certificate", err)
 			}
+			replaced++
 			if err := os.Remove(kubeletCerts[1]); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("rotate kubelet's serving certificate: %w", err)
+				return failed("kubelet's serving certificate", err)
 			}
 			fmt.Fprintf(out, "%s: a new client certificate; kubelet takes it, and asks for a new serving certificate, at the next start of kone agent (pods keep running)\n", s)
 			continue
@@ -108,12 +122,30 @@ func RotateCertificates(ctx context.Context, cfg *config.Config, services []stri
 			if c.service != s {
 				continue
 			}
-			if err := join.ClientCertificate(ctx, cs, j.tls(c.name), c.component, id.Name, secret); err != nil {
-				return fmt.Errorf("rotate %s's certificate: %w; the old certificates are in %s", s, err, aside)
+			if err := join.ClientCertificate(ctx, cs, j.tls(c.name), c.component, j.id.Name, secret); err != nil {
+				return failed(s+"'s certificate", err)
 			}
+			replaced++
 			fmt.Fprintf(out, "%s: issued with a new key\n", s)
 		}
 	}
 	fmt.Fprintf(out, "the old certificates and keys are in %s; a running kone takes the new ones of its components from disk without a restart\n", aside)
 	return nil
+}
+
+// nodeName is the node that kubelet's client certificate at path is for.
+func nodeName(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("kubelet's client certificate: %w", err)
+	}
+	cert, err := pki.ParseCert(data)
+	if err != nil {
+		return "", fmt.Errorf("kubelet's client certificate %s: %w", path, err)
+	}
+	name, ok := strings.CutPrefix(cert.Subject.CommonName, join.KubeletSubject("").CommonName)
+	if !ok || name == "" {
+		return "", fmt.Errorf("kubelet's client certificate %s is for %q, not a node", path, cert.Subject.CommonName)
+	}
+	return name, nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,8 +32,10 @@ func newCertificateCommand() *cobra.Command {
 	var services []string
 	rotate := onAnyNode("rotate", "Issue leaf certificates anew with new keys, the old ones kept aside; kone may be running", cobra.NoArgs,
 		func(c *cobra.Command, cfg *config.Config, _ []string) error {
-			if _, err := os.Stat(cfg.TLSDir()); err != nil {
+			if _, err := os.Stat(cfg.TLSDir()); errors.Is(err, fs.ErrNotExist) {
 				return agent.RotateCertificates(c.Context(), cfg, services, time.Now(), c.OutOrStdout())
+			} else if err != nil {
+				return err
 			}
 			if err := cfg.Validate(); err != nil {
 				return err

@@ -28,17 +28,24 @@ import (
 	"k8s.io/utils/ptr"
 )
 
-// FieldManager owns, in each object's managed fields, what kone applied.
-const FieldManager = "kone"
+// Field managers: what kone applied of its own manifests, and what it applied from the
+// manifests directory. Apart, so that kone never takes for its own an object of the
+// directory's (a kube-dns Service of the user's, with --disable coredns), and the two never
+// fight over fields.
+const (
+	FieldManager    = "kone"
+	DirFieldManager = "kone-manifests"
+)
 
-// Applier applies manifests to one cluster.
+// Applier applies manifests to one cluster as one field manager.
 type Applier struct {
-	dyn    dynamic.Interface
-	mapper *restmapper.DeferredDiscoveryRESTMapper
+	dyn     dynamic.Interface
+	mapper  *restmapper.DeferredDiscoveryRESTMapper
+	manager string
 }
 
-// New makes an Applier that talks to the cluster as rc.
-func New(rc *rest.Config) (*Applier, error) {
+// New makes an Applier that talks to the cluster as rc and applies as manager.
+func New(rc *rest.Config, manager string) (*Applier, error) {
 	dyn, err := dynamic.NewForConfig(rc)
 	if err != nil {
 		return nil, err
@@ -47,7 +54,7 @@ func New(rc *rest.Config) (*Applier, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Applier{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc))}, nil
+	return &Applier{dyn: dyn, mapper: restmapper.NewDeferredDiscoveryRESTMapper(memory.NewMemCacheClient(dc)), manager: manager}, nil
 }
 
 // Decode reads the objects of a manifest, named name in errors: YAML documents separated by
@@ -86,7 +93,7 @@ func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS, values map[string]str
 		return err
 	}
 	for _, name := range names {
-		if !slices.Contains([]string{".yaml", ".yml", ".json"}, path.Ext(name)) {
+		if !isManifest(name) {
 			continue
 		}
 		data, err := fs.ReadFile(fsys, name)
@@ -103,9 +110,9 @@ func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS, values map[string]str
 		off := slices.Contains(disabled, strings.TrimSuffix(name, path.Ext(name)))
 		for _, o := range objs {
 			if off {
-				err = a.removeOwn(ctx, o)
+				err = a.DeleteOwn(ctx, o)
 			} else {
-				err = a.Apply(ctx, o)
+				_, err = a.Apply(ctx, o)
 			}
 			if err != nil {
 				return fmt.Errorf("%s: %w", name, err)
@@ -135,10 +142,15 @@ func Render(name string, data []byte, values map[string]string) ([]byte, error) 
 	return out, nil
 }
 
-// removeOwn deletes obj where kone applied it (its field manager holds fields of it); an
-// object of the same name that someone else made, such as a kube-dns Service of a DNS the
-// user runs instead, stays.
-func (a *Applier) removeOwn(ctx context.Context, obj *unstructured.Unstructured) error {
+// isManifest says whether a file's name is that of a manifest.
+func isManifest(name string) bool {
+	return slices.Contains([]string{".yaml", ".yml", ".json"}, path.Ext(name))
+}
+
+// DeleteOwn deletes obj (only its kind, namespace and name matter) if this Applier's field
+// manager applied it; an object of the same name that someone else made, such as a kube-dns
+// Service of a DNS the user runs instead, stays. One already gone is no error.
+func (a *Applier) DeleteOwn(ctx context.Context, obj *unstructured.Unstructured) error {
 	client, err := a.resource(obj)
 	if err != nil {
 		return err
@@ -150,10 +162,13 @@ func (a *Applier) removeOwn(ctx context.Context, obj *unstructured.Unstructured)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", obj.GetKind(), describe(obj), err)
 	}
-	if !slices.ContainsFunc(current.GetManagedFields(), func(e metav1.ManagedFieldsEntry) bool { return e.Manager == FieldManager }) {
+	if !slices.ContainsFunc(current.GetManagedFields(), func(e metav1.ManagedFieldsEntry) bool {
+		return e.Manager == a.manager && e.Operation == metav1.ManagedFieldsOperationApply && e.Subresource == ""
+	}) {
 		return nil
 	}
-	err = client.Delete(ctx, obj.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr.To(current.GetUID())}})
+	err = client.Delete(ctx, obj.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr.To(current.GetUID())},
+		PropagationPolicy: ptr.To(metav1.DeletePropagationBackground)})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete %s %s: %w", obj.GetKind(), describe(obj), err)
 	}
@@ -161,17 +176,18 @@ func (a *Applier) removeOwn(ctx context.Context, obj *unstructured.Unstructured)
 }
 
 // Apply makes the fields obj sets the cluster's, taking them from any other manager that
-// changed them: kone's objects are kone's. Fields obj leaves out that kone had set are removed;
-// fields others added stay.
-func (a *Applier) Apply(ctx context.Context, obj *unstructured.Unstructured) error {
+// changed them, and returns the object as applied. Fields obj leaves out that this manager had
+// set are removed; fields others added stay.
+func (a *Applier) Apply(ctx context.Context, obj *unstructured.Unstructured) (*unstructured.Unstructured, error) {
 	client, err := a.resource(obj)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if _, err := client.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: FieldManager, Force: true}); err != nil {
-		return fmt.Errorf("apply %s %s: %w", obj.GetKind(), describe(obj), err)
+	applied, err := client.Apply(ctx, obj.GetName(), obj, metav1.ApplyOptions{FieldManager: a.manager, Force: true})
+	if err != nil {
+		return nil, fmt.Errorf("apply %s %s: %w", obj.GetKind(), describe(obj), err)
 	}
-	return nil
+	return applied, nil
 }
 
 // resource is the client of obj's kind, in obj's namespace (default, where a namespaced

@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"k8s.io/apimachinery/pkg/util/validation"
 )
 
 func TestDecode(t *testing.T) {
@@ -39,7 +41,7 @@ metadata: {name: b}
 
 func TestFiles(t *testing.T) {
 	dir := t.TempDir()
-	for _, name := range []string{"a.yaml", "b.yml", "c.json", "notes.txt", "sub/d.yaml", "held.yaml", "held.yaml.skip"} {
+	for _, name := range []string{"a.yaml", "b.yml", "c.json", "notes.txt", "sub/d.yaml", "held.yaml", "held.yaml.skip", ".#a.yaml", ".git/x.yaml"} {
 		p := filepath.Join(dir, name)
 		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			t.Fatal(err)
@@ -59,10 +61,12 @@ func TestFiles(t *testing.T) {
 
 func TestRecordName(t *testing.T) {
 	a, b := RecordName("apps/Web_1.yaml"), RecordName("apps-web-1.yaml")
-	if !strings.HasPrefix(a, "kone-manifest-apps-web-1.yaml-") || a == b {
+	if !strings.HasPrefix(a, "kone-manifest-apps-web-1-yaml-") || a == b {
 		t.Errorf("records %q and %q: readable, and apart for files whose names read alike", a, b)
 	}
-	if long := RecordName(strings.Repeat("x", 400) + ".yaml"); len(long) > 253 {
-		t.Errorf("a record name of %d characters", len(long))
+	for _, file := range []string{"sub/.x.yaml", "a..b.yaml", "-.yaml", "Ü.yaml", strings.Repeat("x.", 200) + "yaml"} {
+		if name := RecordName(file); len(validation.IsDNS1123Subdomain(name)) > 0 {
+			t.Errorf("the record of %q is %q, which the apiserver refuses: %v", file, name, validation.IsDNS1123Subdomain(name))
+		}
 	}
 }

@@ -64,7 +64,7 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	}
 	// kone's own objects (manifests/), first: the rights of the nodes that join once kone is
 	// ready, the policies that hold them to their node, the kube-dns Service.
-	applier, err := deploy.New(rc)
+	applier, err := deploy.New(rc, deploy.FieldManager)
 	if err != nil {
 		return err
 	}

@@ -42,7 +42,7 @@ func (m manifestsDir) remove(name string) {
 
 // configMap is a manifest of a ConfigMap in namespace kone-deploy.
 func configMap(name, value string) string {
-	return "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: " + name + "\n  namespace: kone-deploy\ndata:\n  value: " + value + "\n"
+	return "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: " + name + "\n  namespace: kone-deploy\ndata:\n  value: \"" + value + "\"\n"
 }
 
 // waitConfigMap waits up to 30 s for kone-deploy/name to hold value, or, with value "", to be gone.
@@ -92,7 +92,8 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 	waitConfigMap(t, cs, "web-extra", "x", "the second document of a file")
 
 	m.write("broken.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: broken\n")
-	m.write("refused.yaml", configMap("Not_A_Name", "y")+"---\n"+configMap("beside-refused", "z"))
+	m.write("refused.yaml", configMap("Not_A_Name", "y")+"---\n"+configMap("beside-refused", "z")+
+		"---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: mistyped, namespace: kone-deploy}\ndata: {value: 42}\n")
 	m.write("held.yaml", configMap("held", "h"))
 	m.write("held.yaml.skip", "")
 	m.write("later.json", `{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "later", "namespace": "kone-deploy"}, "data": {"value": "j"}}`)
@@ -100,6 +101,7 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 	waitConfigMap(t, cs, "beside-refused", "z", "an object beside one the apiserver refuses")
 	waitEvent(t, cs, "broken.yaml", "ManifestInvalid", "document 1")
 	waitEvent(t, cs, "refused.yaml", "ManifestRefused", "Not_A_Name")
+	waitEvent(t, cs, "refused.yaml", "ManifestRefused", "mistyped")
 	for _, file := range []string{"broken.yaml", "refused.yaml"} {
 		if !strings.Contains(n.log.String(), "file="+file) {
 			t.Errorf("the log does not name %s:\n%s", file, n.log.String())
@@ -113,6 +115,19 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 	m.write("apps/web.yaml", configMap("web", "two"))
 	waitConfigMap(t, cs, "web", "two", "a changed file")
 	waitConfigMap(t, cs, "web-extra", "", "an object dropped from its file")
+	// A renamed file: its objects stay, the old name's record goes.
+	if err := os.Rename(filepath.Join(m.dir, "apps", "web.yaml"), filepath.Join(m.dir, "apps", "web-renamed.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		if _, err := cs.CoreV1().ConfigMaps("kube-system").Get(context.Background(), deploy.RecordName("apps/web.yaml"), metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the record of a renamed file stays")
+		}
+	}
+	waitConfigMap(t, cs, "web", "two", "a renamed file")
 	// A removed file: its objects go.
 	m.remove("later.json")
 	waitConfigMap(t, cs, "later", "", "a removed file")
@@ -167,15 +182,35 @@ func checkDisable(t *testing.T, n *node) {
 	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, "system:kone:flannel", metav1.GetOptions{}); err != nil {
 		t.Errorf("--disable coredns removed flannel's ClusterRole: %v", err)
 	}
-	own := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kube-dns", Namespace: "kube-system"},
-		Spec: corev1.ServiceSpec{ClusterIP: "10.43.0.10", Ports: []corev1.ServicePort{{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53}}}}
-	if _, err := cs.CoreV1().Services("kube-system").Create(ctx, own, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
+	// The user's own kube-dns Service, from the manifests directory: the same Service (its
+	// UID) after the next start, though kone removes its own kube-dns at every start.
+	m := manifestsDir{t, filepath.Join(n.dataDir, "server", "manifests")}
+	m.write("dns/kube-dns.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: kube-dns, namespace: kube-system}\n"+
+		"spec:\n  clusterIP: 10.43.0.10\n  ports: [{name: dns, protocol: UDP, port: 53}]\n")
+	var own *corev1.Service
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		svc, err := cs.CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
+		if err == nil {
+			own = svc
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the kube-dns Service of the manifests directory did not come within 30 s")
+		}
 	}
 	n.stop()
 	n.start()
-	if _, err := n.client().CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{}); err != nil {
-		t.Errorf("--disable coredns: the user's own kube-dns Service went at the next start: %v", err)
+	if again, err := n.client().CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{}); err != nil || again.UID != own.UID {
+		t.Errorf("--disable coredns: the user's own kube-dns Service did not stay across a start: %v", err)
+	}
+	m.remove("dns/kube-dns.yaml")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		if _, err := n.client().CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{}); apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the kube-dns Service of a removed manifest stays")
+		}
 	}
 	n.stop()
 	n.extra = nil

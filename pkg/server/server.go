@@ -212,7 +212,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		elect(cloud.NewController(adminClient), "kone-cloud-node-controller"),
 		elect(cloud.NewServiceController(adminClient, cfg.Node.Disabled(config.DisableServiceLB)), "kone-service-lb-controller"),
 	}
-	manifestsDir, err := deploy.NewDir(cfg.ManifestsDir(), self.Name, admin, log.Logger)
+	manifestsDir, err := deploy.NewDir(cfg.ManifestsDir(), filepath.Join(cfg.ServerDir(), "manifests.owner"), self.Name, admin, log.Logger)
 	if err != nil {
 		return err
 	}
