@@ -357,7 +357,7 @@ func TestServer(t *testing.T) {
 	if again, _ := os.ReadFile(filepath.Join(n.dataDir, "server", "tls", "server-ca.crt")); !bytes.Equal(again, caPEM) {
 		t.Error("the CA changed across a restart")
 	}
-	checkDisable(t, n)
+	checkDisableCoreDNS(t, n)
 	n.stop()
 
 	// A corrupt certificate stops the start, names the file, and is left as it was.
