@@ -19,6 +19,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/discovery"
 	"k8s.io/client-go/discovery/cached/memory"
@@ -147,14 +148,19 @@ func isManifest(name string) bool {
 	return slices.Contains([]string{".yaml", ".yml", ".json"}, path.Ext(name))
 }
 
-// DeleteOwn deletes obj (only its kind, namespace and name matter) if this Applier's field
-// manager applied it; an object of the same name that someone else made, such as a kube-dns
-// Service of a DNS the user runs instead, stays. One already gone is no error.
+// DeleteOwn deletes obj (only its group, kind, namespace and name matter) if this Applier's
+// field manager applied it and no other manager applies it too; an object of the same name
+// that someone else made, such as a kube-dns Service of a DNS the user runs instead, stays.
+// One already gone, or of a kind the cluster no longer serves, is no error.
 func (a *Applier) DeleteOwn(ctx context.Context, obj *unstructured.Unstructured) error {
-	client, err := a.resource(obj)
-	if err != nil {
-		return err
+	mapping, err := a.mapping(obj.GroupVersionKind().GroupKind())
+	if meta.IsNoMatchError(err) {
+		return nil
 	}
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", obj.GetKind(), describe(obj), err)
+	}
+	client := a.client(mapping, obj.GetNamespace())
 	current, err := client.Get(ctx, obj.GetName(), metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
 		return nil
@@ -162,9 +168,18 @@ func (a *Applier) DeleteOwn(ctx context.Context, obj *unstructured.Unstructured)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", obj.GetKind(), describe(obj), err)
 	}
-	if !slices.ContainsFunc(current.GetManagedFields(), func(e metav1.ManagedFieldsEntry) bool {
-		return e.Manager == a.manager && e.Operation == metav1.ManagedFieldsOperationApply && e.Subresource == ""
-	}) {
+	ours, others := false, false
+	for _, e := range current.GetManagedFields() {
+		if e.Operation != metav1.ManagedFieldsOperationApply || e.Subresource != "" {
+			continue
+		}
+		if e.Manager == a.manager {
+			ours = true
+		} else {
+			others = true
+		}
+	}
+	if !ours || others {
 		return nil
 	}
 	err = client.Delete(ctx, obj.GetName(), metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: ptr.To(current.GetUID())},
@@ -194,23 +209,52 @@ func (a *Applier) Apply(ctx context.Context, obj *unstructured.Unstructured) (*u
 // object names none).
 func (a *Applier) resource(obj *unstructured.Unstructured) (dynamic.ResourceInterface, error) {
 	gvk := obj.GroupVersionKind()
-	mapping, err := a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	if meta.IsNoMatchError(err) {
-		// A kind the cached discovery did not know yet, such as one a CRD just added.
-		a.mapper.Reset()
-		mapping, err = a.mapper.RESTMapping(gvk.GroupKind(), gvk.Version)
-	}
+	mapping, err := a.mapping(gvk.GroupKind(), gvk.Version)
 	if err != nil {
 		return nil, fmt.Errorf("%s %s: %w", gvk.Kind, obj.GetName(), err)
 	}
+	return a.client(mapping, obj.GetNamespace()), nil
+}
+
+// mapping finds the resource of a kind, in the versions given or else any the cluster serves.
+func (a *Applier) mapping(gk schema.GroupKind, versions ...string) (*meta.RESTMapping, error) {
+	mapping, err := a.mapper.RESTMapping(gk, versions...)
+	if meta.IsNoMatchError(err) {
+		// A kind the cached discovery did not know yet, such as one a CRD just added.
+		a.mapper.Reset()
+		mapping, err = a.mapper.RESTMapping(gk, versions...)
+	}
+	return mapping, err
+}
+
+func (a *Applier) client(mapping *meta.RESTMapping, namespace string) dynamic.ResourceInterface {
 	if mapping.Scope.Name() != meta.RESTScopeNameNamespace {
-		return a.dyn.Resource(mapping.Resource), nil
+		return a.dyn.Resource(mapping.Resource)
 	}
-	ns := obj.GetNamespace()
-	if ns == "" {
-		ns = metav1.NamespaceDefault
+	if namespace == "" {
+		namespace = metav1.NamespaceDefault
 	}
-	return a.dyn.Resource(mapping.Resource).Namespace(ns), nil
+	return a.dyn.Resource(mapping.Resource).Namespace(namespace)
+}
+
+// normalize names an object as the cluster does: in default when it is of a namespaced kind
+// and names no namespace, in none when its kind is cluster-scoped. A kind the cluster does not
+// serve is left as it is.
+func (a *Applier) normalize(obj *unstructured.Unstructured) *unstructured.Unstructured {
+	gvk := obj.GroupVersionKind()
+	mapping, err := a.mapping(gvk.GroupKind(), gvk.Version)
+	if err != nil {
+		return obj
+	}
+	switch namespaced := mapping.Scope.Name() == meta.RESTScopeNameNamespace; {
+	case namespaced && obj.GetNamespace() == "":
+		obj = obj.DeepCopy()
+		obj.SetNamespace(metav1.NamespaceDefault)
+	case !namespaced && obj.GetNamespace() != "":
+		obj = obj.DeepCopy()
+		obj.SetNamespace("")
+	}
+	return obj
 }
 
 func describe(obj *unstructured.Unstructured) string {

@@ -118,8 +118,11 @@ func (d *Dir) Run(ctx context.Context) error {
 			pending, err := d.sync(ctx)
 			switch {
 			case err != nil:
-				// The apiserver is away for now: the next look tries again.
+				// The apiserver is away for now, or the directory cannot be read: tried
+				// again, less and less often.
 				d.log.WithError(err).Warn("manifests directory: cannot bring the cluster in step yet")
+				wait = min(max(2*wait, firstRetry), maxRetry)
+				seen, retry = now, time.Now().Add(wait)
 			case !pending:
 				seen, retry, wait = now, time.Time{}, 0
 			default:
@@ -165,6 +168,9 @@ func ownerID(file string) (string, error) {
 func (d *Dir) state() string {
 	var b strings.Builder
 	_ = filepath.WalkDir(d.dir, func(p string, e fs.DirEntry, err error) error {
+		if err == nil && p != d.dir && e.IsDir() && strings.HasPrefix(e.Name(), ".") {
+			return filepath.SkipDir
+		}
 		if err == nil && !e.IsDir() {
 			if info, err := e.Info(); err == nil {
 				fmt.Fprintf(&b, "%s %d %d\n", p, info.Size(), info.ModTime().UnixNano())
@@ -176,8 +182,9 @@ func (d *Dir) state() string {
 }
 
 // Files lists the manifests under dir, as paths relative to it, and those a .skip file holds
-// back. Names that start with a dot (an editor's lock and swap files) are passed over, and so
-// is what cannot be read.
+// back. Names that start with a dot (an editor's lock and swap files, .git) are passed over. A
+// directory that cannot be read, or a dir that is not there, is an error: its files would look
+// removed.
 func Files(dir string) (apply, skip []string, err error) {
 	err = filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
 		if p == dir {
@@ -189,7 +196,11 @@ func Files(dir string) (apply, skip []string, err error) {
 			}
 			return nil
 		}
-		if err != nil || e.IsDir() || !isManifest(p) {
+		if err != nil {
+			// A directory that cannot be read would look like files removed.
+			return err
+		}
+		if e.IsDir() || !isManifest(p) {
 			return nil
 		}
 		rel, err := filepath.Rel(dir, p)
@@ -203,9 +214,6 @@ func Files(dir string) (apply, skip []string, err error) {
 		}
 		return nil
 	})
-	if errors.Is(err, fs.ErrNotExist) {
-		err = nil
-	}
 	return apply, skip, err
 }
 
@@ -391,7 +399,7 @@ func (d *Dir) applyFile(ctx context.Context, file string, data []byte, sum strin
 			}
 			out.problems, out.reason, out.done = append(out.problems, err), "ManifestRefused", false
 			// Refused now, perhaps applied before: it stays in the record.
-			if r := refOf(o); has(before, r) && !has(out.refs, r) {
+			if r := refOf(d.applier.normalize(o)); has(before, r) && !has(out.refs, r) {
 				out.refs = append(out.refs, r)
 			}
 			continue

@@ -115,7 +115,11 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 	m.write("apps/web.yaml", configMap("web", "two"))
 	waitConfigMap(t, cs, "web", "two", "a changed file")
 	waitConfigMap(t, cs, "web-extra", "", "an object dropped from its file")
-	// A renamed file: its objects stay, the old name's record goes.
+	// A renamed file: its objects stay (the same objects), the old name's record goes.
+	before, err := cs.CoreV1().ConfigMaps("kone-deploy").Get(context.Background(), "web", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := os.Rename(filepath.Join(m.dir, "apps", "web.yaml"), filepath.Join(m.dir, "apps", "web-renamed.yaml")); err != nil {
 		t.Fatal(err)
 	}
@@ -128,6 +132,26 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 		}
 	}
 	waitConfigMap(t, cs, "web", "two", "a renamed file")
+	if after, err := cs.CoreV1().ConfigMaps("kone-deploy").Get(context.Background(), "web", metav1.GetOptions{}); err != nil || after.UID != before.UID {
+		t.Errorf("a renamed file's object was deleted and made again: %v", err)
+	}
+	// An object the apiserver refuses now, that a file applied before, stays: a namespaced
+	// object written without its namespace, given a value of the wrong type.
+	m.write("plain.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain}\ndata: {value: \"p\"}\n")
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		if _, err := cs.CoreV1().ConfigMaps("default").Get(context.Background(), "plain", metav1.GetOptions{}); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a ConfigMap without a namespace did not land in default")
+		}
+	}
+	m.write("plain.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: plain}\ndata: {value: 7}\n")
+	waitEvent(t, cs, "plain.yaml", "ManifestRefused", "plain")
+	if _, err := cs.CoreV1().ConfigMaps("default").Get(context.Background(), "plain", metav1.GetOptions{}); err != nil {
+		t.Errorf("an object its file now gets refused for was deleted: %v", err)
+	}
+	m.remove("plain.yaml")
 	// A removed file: its objects go.
 	m.remove("later.json")
 	waitConfigMap(t, cs, "later", "", "a removed file")
