@@ -3,8 +3,10 @@ package server_test
 import (
 	"io/fs"
 	"math/rand/v2"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -15,8 +17,15 @@ import (
 // temporary file of a write the kill interrupted.
 func TestKilledFirstStart(t *testing.T) {
 	bin := koneBinary(t)
+	// KONE_CRASH_SEED replays the kill moments of a failed run (scaled to this machine's start).
 	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
+	if s, ok := os.LookupEnv("KONE_CRASH_SEED"); ok {
+		var err error
+		if seed, err = strconv.ParseUint(s, 10, 64); err != nil {
+			t.Fatalf("KONE_CRASH_SEED %q: %v", s, err)
+		}
+	}
+	t.Logf("seed %d (KONE_CRASH_SEED replays it)", seed)
 	rng := rand.New(rand.NewPCG(seed, seed))
 
 	// How long a first start takes, from one that is not killed.
