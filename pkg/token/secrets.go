@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	"k8s.io/client-go/util/retry"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
 	bootstraputil "k8s.io/cluster-bootstrap/token/util"
@@ -196,28 +197,34 @@ func PublishClusterInfo(ctx context.Context, cs kubernetes.Interface, kubeconfig
 		cm.Data[bootstrapapi.JWSSignatureKeyPrefix+tok.ID] = sig
 	}
 	cms := cs.CoreV1().ConfigMaps(metav1.NamespacePublic)
-	existing, err := cms.Get(ctx, cm.Name, metav1.GetOptions{})
-	changed := func() bool {
-		for k, v := range cm.Data {
-			if existing.Data[k] != v {
-				return true
+	// Other writers race this one: the controller-manager's bootstrapsigner signing for other
+	// tokens, and another server publishing the same CAs after a rotate-ca. Read again and retry.
+	raced := func(err error) bool { return apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err) }
+	err := retry.OnError(retry.DefaultRetry, raced, func() error {
+		existing, err := cms.Get(ctx, cm.Name, metav1.GetOptions{})
+		changed := func() bool {
+			for k, v := range cm.Data {
+				if existing.Data[k] != v {
+					return true
+				}
 			}
+			return false
 		}
-		return false
-	}
-	switch {
-	case apierrors.IsNotFound(err):
-		_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
-	case err == nil && changed():
-		// Other tokens' signatures stay; the signer re-signs changed content for them.
-		if existing.Data == nil {
-			existing.Data = map[string]string{}
+		switch {
+		case apierrors.IsNotFound(err):
+			_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
+		case err == nil && changed():
+			// Other tokens' signatures stay; the signer re-signs changed content for them.
+			if existing.Data == nil {
+				existing.Data = map[string]string{}
+			}
+			for k, v := range cm.Data {
+				existing.Data[k] = v
+			}
+			_, err = cms.Update(ctx, existing, metav1.UpdateOptions{})
 		}
-		for k, v := range cm.Data {
-			existing.Data[k] = v
-		}
-		_, err = cms.Update(ctx, existing, metav1.UpdateOptions{})
-	}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("publish cluster-info: %w", err)
 	}

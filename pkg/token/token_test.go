@@ -23,7 +23,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
 	"k8s.io/cluster-bootstrap/token/jws"
 
@@ -233,6 +236,31 @@ func TestPublishClusterInfo(t *testing.T) {
 		if got := cm.Data["jws-kubeconfig-abcdef"]; got != want {
 			t.Fatalf("signature of %q: %q, want %q", content, got, want)
 		}
+	}
+}
+
+// Another writer's update between the read and the write (the bootstrapsigner, another server
+// after a rotate-ca) is read again, not returned as an error.
+func TestPublishClusterInfoRacesAnotherWriter(t *testing.T) {
+	ctx := context.Background()
+	cs := fake.NewClientset()
+	tok := Token{ID: "abcdef", Secret: "0123456789abcdef"}
+	if err := PublishClusterInfo(ctx, cs, []byte("first"), tok); err != nil {
+		t.Fatal(err)
+	}
+	raced := 0
+	cs.PrependReactor("update", "configmaps", func(k8stesting.Action) (bool, runtime.Object, error) {
+		if raced++; raced == 1 {
+			return true, nil, apierrors.NewConflict(schema.GroupResource{Resource: "configmaps"}, "cluster-info", errors.New("modified"))
+		}
+		return false, nil, nil
+	})
+	if err := PublishClusterInfo(ctx, cs, []byte("second"), tok); err != nil || raced != 2 {
+		t.Fatalf("after a conflict: %v (%d updates)", err, raced)
+	}
+	cm, err := cs.CoreV1().ConfigMaps("kube-public").Get(ctx, "cluster-info", metav1.GetOptions{})
+	if err != nil || cm.Data["kubeconfig"] != "second" {
+		t.Fatalf("cluster-info after a conflict: %+v, %v", cm, err)
 	}
 }
 
