@@ -188,6 +188,18 @@ func (n *node) runFail(args ...string) string {
 }
 
 // command is kone with args, to run as the test sees fit.
+// waitLog reports whether kone's log says s within d.
+func (n *node) waitLog(s string, d time.Duration) bool {
+	for deadline := time.Now().Add(d); ; time.Sleep(200 * time.Millisecond) {
+		if strings.Contains(n.log.String(), s) {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
 func (n *node) command(args ...string) *exec.Cmd { return exec.Command(n.bin, args...) }
 
 func (n *node) run(env []string, name string, args ...string) string {
