@@ -10,4 +10,8 @@
 // controller also removes the node.cloudprovider.kubernetes.io/uninitialized taint kubelet
 // registers with, once the node has published its addresses, so that no pod is scheduled on a
 // node whose addresses are not known yet.
+//
+// The provider is also kone's load balancer (loadBalancers, ServiceController): upstream's
+// service controller gives each LoadBalancer Service its serving nodes' addresses, which
+// kube-proxy already serves, so no pod or image is needed for it.
 package cloud

@@ -19,8 +19,9 @@ const (
 	providerName = "kone"
 )
 
-// provider implements the part of cloudprovider.Interface the cloud node controller uses.
-type provider struct{}
+// provider implements the parts of cloudprovider.Interface that the cloud node controller and
+// the service controller use; lb is nil for the node controller.
+type provider struct{ lb *loadBalancers }
 
 var (
 	_ cloudprovider.Interface   = provider{}
@@ -28,7 +29,6 @@ var (
 )
 
 func (provider) Initialize(cloudprovider.ControllerClientBuilder, <-chan struct{}) {}
-func (provider) LoadBalancer() (cloudprovider.LoadBalancer, bool)                  { return nil, false }
 func (provider) Instances() (cloudprovider.Instances, bool)                        { return nil, false }
 func (p provider) InstancesV2() (cloudprovider.InstancesV2, bool)                  { return p, true }
 func (provider) Zones() (cloudprovider.Zones, bool)                                { return nil, false }
@@ -36,6 +36,13 @@ func (provider) Clusters() (cloudprovider.Clusters, bool)                       
 func (provider) Routes() (cloudprovider.Routes, bool)                              { return nil, false }
 func (provider) ProviderName() string                                              { return providerName }
 func (provider) HasClusterID() bool                                                { return false }
+
+func (p provider) LoadBalancer() (cloudprovider.LoadBalancer, bool) {
+	if p.lb == nil {
+		return nil, false
+	}
+	return p.lb, true
+}
 
 // Every registered node is a machine that exists and runs: kone learns of no other kind.
 func (provider) InstanceExists(context.Context, *corev1.Node) (bool, error)   { return true, nil }

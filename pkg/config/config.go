@@ -130,9 +130,12 @@ const ProfileCIS = "cis"
 func (n *Node) Disabled(part string) bool { return slices.Contains(n.Disable, part) }
 
 // Parts that --disable accepts.
-const DisableCoreDNS = "coredns"
+const (
+	DisableCoreDNS   = "coredns"
+	DisableServiceLB = "servicelb"
+)
 
-var disableable = []string{DisableCoreDNS}
+var disableable = []string{DisableCoreDNS, DisableServiceLB}
 
 // BindServerFlags registers every `kone server` setting on fs, with its default, bound into c.
 func BindServerFlags(fs *pflag.FlagSet, c *Config) {
@@ -174,7 +177,7 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
 	fs.BoolVar(&c.SecretsEncryption, "secrets-encryption", true, "encrypt Secrets in etcd (false: store new ones in plain text; encrypted ones stay readable)")
 	fs.StringSliceVar(&c.PodSecurityExempt, "pod-security-exempt-namespace", []string{"kube-system"}, "namespace that --profile=cis leaves out of Pod Security's restricted level (repeatable)")
-	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns (repeatable)")
+	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns, servicelb (repeatable)")
 	fs.StringVar(&c.FlannelBackend, "flannel-backend", FlannelVXLAN, "how pod traffic crosses nodes: vxlan, host-gw (nodes share a layer-2 network) or none (bring your own)")
 	bindNodeFlags(fs, &c.Node)
 }

@@ -28,6 +28,10 @@ import (
 // annotationPrefix is flannel's own, so that nodes of a kone cluster read like any flannel cluster's.
 const annotationPrefix = "flannel.alpha.coreos.com"
 
+// VXLANPort is the UDP port of the vxlan backend: flannel's configuration names none, so the
+// kernel's default for Linux, which is flannel's.
+const VXLANPort = 8472
+
 // Config is what the overlay needs to know about the node and the cluster.
 type Config struct {
 	NodeName    string

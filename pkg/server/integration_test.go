@@ -369,7 +369,7 @@ func TestServer(t *testing.T) {
 	if again, _ := os.ReadFile(filepath.Join(n.dataDir, "server", "tls", "server-ca.crt")); !bytes.Equal(again, caPEM) {
 		t.Error("the CA changed across a restart")
 	}
-	checkDisableCoreDNS(t, n)
+	checkDisable(t, n)
 	n.stop()
 
 	// A corrupt certificate stops the start, names the file, and is left as it was.

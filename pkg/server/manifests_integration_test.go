@@ -157,16 +157,43 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 	waitConfigMap(t, cs, "later", "", "a removed file")
 }
 
-// checkDisableCoreDNS restarts a running server with --disable coredns: what kone had deployed
-// for CoreDNS goes, the rest stays, and a kube-dns Service of the user's own survives the next
-// start. The server is running again without --disable when it returns.
-func checkDisableCoreDNS(t *testing.T, n *node) {
+// checkDisable restarts a running server with --disable coredns and servicelb: what kone had
+// deployed for CoreDNS goes, the rest stays, and a kube-dns Service of the user's own survives
+// the next start; a LoadBalancer Service loses the finalizer kone's service controller gave it,
+// so that it can be deleted. The server is running again without --disable when it returns.
+func checkDisable(t *testing.T, n *node) {
 	t.Helper()
 	ctx := context.Background()
-	n.stop()
-	n.extra = []string{"--disable", "coredns"}
-	n.start()
 	cs := n.client()
+	lb := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "lb", Namespace: "default"},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Ports: []corev1.ServicePort{{Port: 8082, Protocol: corev1.ProtocolTCP}}}}
+	if _, err := cs.CoreV1().Services("default").Create(ctx, lb, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	finalizers := func() []string {
+		svc, err := n.client().CoreV1().Services("default").Get(ctx, "lb", metav1.GetOptions{})
+		if err != nil {
+			return nil
+		}
+		return svc.Finalizers
+	}
+	for deadline := time.Now().Add(30 * time.Second); len(finalizers()) == 0; time.Sleep(500 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("kone's service controller gave a LoadBalancer Service no finalizer within 30 s")
+		}
+	}
+	n.stop()
+	n.extra = []string{"--disable", "coredns", "--disable", "servicelb"}
+	n.start()
+	cs = n.client()
+	for deadline := time.Now().Add(30 * time.Second); len(finalizers()) > 0; time.Sleep(500 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("--disable servicelb: the LoadBalancer Service keeps its finalizers %v", finalizers())
+		}
+	}
+	if err := cs.CoreV1().Services("default").Delete(ctx, "lb", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := cs.CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("--disable coredns: kone's kube-dns Service is still there: %v", err)
 	}
@@ -212,6 +239,9 @@ func checkDisableCoreDNS(t *testing.T, n *node) {
 	n.stop()
 	n.extra = nil
 	n.start()
+	if _, err := n.client().CoreV1().Services("default").Get(ctx, "lb", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("a released LoadBalancer Service was not deleted: %v", err)
+	}
 	svc, err := n.client().CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
 	if err != nil || svc.Spec.InternalTrafficPolicy == nil || *svc.Spec.InternalTrafficPolicy != corev1.ServiceInternalTrafficPolicyLocal || len(svc.Spec.Ports) != 2 {
 		t.Errorf("CoreDNS enabled again: kube-dns is not kone's: %+v, %v", svc, err)

@@ -154,6 +154,7 @@ func TestNodeSide(t *testing.T) {
 	if body := httpGetEventually(t, fmt.Sprintf("http://%s:%d/", nodeIP, svc.Spec.Ports[0].NodePort)); !strings.Contains(body, "hello from web-") {
 		t.Errorf("NodePort: %q", body)
 	}
+	checkLoadBalancer(t, cs, ns, svc.Spec.Selector, nodeIP)
 	// logs and exec return what the pods printed and wrote.
 	for _, p := range pods {
 		if !strings.HasPrefix(p.Name, "web-") {

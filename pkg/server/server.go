@@ -210,6 +210,8 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		encryption.NewRewriter(admin, secrets.Writer(), cfg.EncryptionDone(), log.Logger),
 		elect(join.NewApprover(adminClient, log.Logger, servers, settler.Soon), "kone-join-approver"),
 		elect(cloud.NewController(adminClient), "kone-cloud-node-controller"),
+		elect(cloud.NewServiceController(adminClient, loadBalancerReserved(cfg), cfg.Node.Disabled(config.DisableServiceLB), log.Logger),
+			"kone-service-lb-controller"),
 	}
 	manifestsDir, err := deploy.NewDir(cfg.ManifestsDir(), filepath.Join(cfg.ServerDir(), "manifests.owner"), self.Name, admin, log.Logger)
 	if err != nil {
