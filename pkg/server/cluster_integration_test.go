@@ -203,7 +203,8 @@ func TestAgents(t *testing.T) {
 			t.Errorf("NodePort on %s: %q", ip, body)
 		}
 	}
-	checkLoadBalancerNodes(t, cs, ns, svc.Spec.Selector, []string{bridgeHost, nodeNet + "2", nodeNet + "3", "203.0.113.20"}, "agent-1", nodeNet+"2")
+	internalIPs := []string{bridgeHost, nodeNet + "2", nodeNet + "3"}
+	checkLoadBalancerNodes(t, cs, ns, svc.Spec.Selector, append(internalIPs, "203.0.113.20"), internalIPs, "agent-1", nodeNet+"2")
 
 	containers := containerIDs(t, cs, ns)
 	// `kone certificate rotate` on agent-2, with its flags, while it runs; kubelet takes its new

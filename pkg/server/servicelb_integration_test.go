@@ -107,9 +107,9 @@ func checkLoadBalancer(t *testing.T, cs kubernetes.Interface, ns string, selecto
 }
 
 // checkLoadBalancerNodes makes a LoadBalancer Service of the pods that selector picks: it gets
-// every node's addresses (all), then only marked's (at markedIP) once that node is labelled
-// to serve, where it answers, and all again once the label goes.
-func checkLoadBalancerNodes(t *testing.T, cs kubernetes.Interface, ns string, selector map[string]string, all []string, marked, markedIP string) {
+// every node's addresses (all) and answers on those in reach, then has only marked's (at
+// markedIP) once that node is labelled to serve, and all again once the label goes.
+func checkLoadBalancerNodes(t *testing.T, cs kubernetes.Interface, ns string, selector map[string]string, all, reach []string, marked, markedIP string) {
 	t.Helper()
 	ctx := context.Background()
 	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
@@ -151,6 +151,11 @@ func checkLoadBalancerNodes(t *testing.T, cs kubernetes.Interface, ns string, se
 		}
 	}
 	want(all, "every node serves")
+	for _, ip := range reach {
+		if body := httpGetEventually(t, "http://"+net.JoinHostPort(ip, "8090")+"/"); !strings.Contains(body, "hello from web-") {
+			t.Errorf("the LoadBalancer Service on %s: %q", ip, body)
+		}
+	}
 	yes := "true"
 	label(&yes)
 	want([]string{markedIP}, "once "+marked+" is labelled "+cloud.LBNodeLabel+"=true")
