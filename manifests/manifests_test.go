@@ -11,7 +11,6 @@ import (
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
@@ -20,7 +19,6 @@ import (
 	"github.com/kone-dev/kone/pkg/deploy"
 	"github.com/kone-dev/kone/pkg/dns"
 	"github.com/kone-dev/kone/pkg/join"
-	"github.com/kone-dev/kone/pkg/storage"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -39,7 +37,6 @@ func objects(t *testing.T) map[string]any {
 		"ValidatingAdmissionPolicy":        func() any { return &admissionv1.ValidatingAdmissionPolicy{} },
 		"ValidatingAdmissionPolicyBinding": func() any { return &admissionv1.ValidatingAdmissionPolicyBinding{} },
 		"Service":                          func() any { return &corev1.Service{} },
-		"StorageClass":                     func() any { return &storagev1.StorageClass{} },
 	}
 	all := map[string]any{}
 	for _, name := range names {
@@ -114,7 +111,6 @@ func TestManifestsMatchTheCode(t *testing.T) {
 	check("ClusterRoleBinding /kone:node-bootstrapper", "ClusterRole:system:node-bootstrapper", "Group:"+token.NodeGroup)
 	check("ClusterRoleBinding /"+join.DNSGroup, "ClusterRole:"+join.DNSGroup, "Group:"+join.DNSGroup)
 	check("ClusterRoleBinding /"+join.FlannelGroup, "ClusterRole:"+join.FlannelGroup, "Group:"+join.FlannelGroup)
-	check("ClusterRoleBinding /"+join.StorageGroup, "ClusterRole:"+join.StorageGroup, "Group:"+join.StorageGroup)
 	check("RoleBinding "+dns.Namespace+"/"+join.DNSGroup, "Role:"+join.DNSGroup, "Group:"+join.DNSGroup)
 	check("RoleBinding kube-system/kone:cluster-settings", "Role:kone:cluster-settings", "Group:"+token.NodeGroup, "Group:system:nodes")
 	check("RoleBinding kube-system/kone:server-data", "Role:kone:server-data", "Group:"+token.ServerGroup)
@@ -154,9 +150,6 @@ func TestManifestsMatchTheCode(t *testing.T) {
 		for _, m := range p.Spec.MatchConditions {
 			all = append(all, m.Expression)
 		}
-		for _, v := range p.Spec.Variables {
-			all = append(all, v.Expression)
-		}
 		for _, v := range p.Spec.Validations {
 			all = append(all, v.Expression)
 		}
@@ -164,13 +157,9 @@ func TestManifestsMatchTheCode(t *testing.T) {
 	}
 	flannelUser := join.Subject(join.FlannelGroup, "").CommonName
 	dnsUser := join.Subject(join.DNSGroup, "").CommonName
-	storageUser := join.Subject(join.StorageGroup, "").CommonName
 	prefix := dns.ServiceName + "-"
 	for name, want := range map[string][]string{
-		"kone-local-path-own-node": {fmt.Sprintf("%q in request.userInfo.groups", join.StorageGroup),
-			fmt.Sprintf("startsWith(%q) ? request.userInfo.username.substring(%d)", storageUser, len(storageUser))},
-		"kone-local-path-own-claims": {fmt.Sprintf("%q in request.userInfo.groups", join.StorageGroup), fmt.Sprintf("%q + oldObject", storageUser)},
-		"kone-flannel-own-node":      {fmt.Sprintf("%q in request.userInfo.groups", join.FlannelGroup), fmt.Sprintf("%q + object.metadata.name", flannelUser)},
+		"kone-flannel-own-node": {fmt.Sprintf("%q in request.userInfo.groups", join.FlannelGroup), fmt.Sprintf("%q + object.metadata.name", flannelUser)},
 		"kone-coredns-own-slice": {fmt.Sprintf("%q in request.userInfo.groups", join.DNSGroup), fmt.Sprintf("startsWith(%q)", prefix),
 			fmt.Sprintf("%q + object.metadata.name.substring(%d)", dnsUser, len(prefix)), fmt.Sprintf("%q].orValue('') == %q", "kubernetes.io/service-name", dns.ServiceName)},
 	} {
@@ -229,11 +218,6 @@ func TestParts(t *testing.T) {
 		if !slices.Contains(names, want) {
 			t.Errorf("coredns.yaml lacks %s: %v", want, names)
 		}
-	}
-	if class, ok := objects(t)["StorageClass /local-path"].(*storagev1.StorageClass); !ok || class.Provisioner != storage.Provisioner ||
-		class.VolumeBindingMode == nil || *class.VolumeBindingMode != storagev1.VolumeBindingWaitForFirstConsumer ||
-		class.Annotations["storageclass.kubernetes.io/is-default-class"] != "true" {
-		t.Errorf("the local-path StorageClass is not the default, waiting for the first consumer, of kone's provisioner: %+v", class)
 	}
 	if _, err := deploy.Render("x.yaml", []byte("clusterIP: %{NO_SUCH}%"), map[string]string{}); err == nil || !strings.Contains(err.Error(), "%{NO_SUCH}%") {
 		t.Errorf("a placeholder without a value: %v", err)

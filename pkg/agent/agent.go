@@ -60,7 +60,6 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 	if err != nil {
 		return fmt.Errorf("join %s as node %s: %w", cfg.Server, id.Name, err)
 	}
-	j.localStorage = settings.LocalStorage
 	parsed, err := settings.Parse()
 	if err != nil {
 		return err
@@ -68,7 +67,7 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 	logs.Infof("joined in %s", time.Since(t0).Round(10*time.Millisecond))
 	cluster := node.Cluster{
 		ClusterCIDR: parsed.ClusterCIDR, ClusterDNS: parsed.ClusterDNS, ClusterDomain: settings.ClusterDomain,
-		Overlay: settings.FlannelBackend, CoreDNS: settings.CoreDNS, LocalStorage: settings.LocalStorage,
+		Overlay: settings.FlannelBackend, CoreDNS: settings.CoreDNS,
 	}
 	server, err := url.Parse(cfg.Server)
 	if err != nil {
@@ -120,18 +119,11 @@ type joiner struct {
 	id     node.Identity
 	paths  node.Paths
 	log    *logrus.Logger
-	// localStorage: the cluster has the node serve local-path volumes, for which it needs an
-	// identity of its own. A server that does not say so would refuse to sign one.
-	localStorage bool
 }
 
 func (j joiner) file(name string) string { return filepath.Join(j.paths.Agent, name) }
-
-// settingsFile keeps the cluster's settings from the last start, for a start while the
-// servers are away.
-func (j joiner) settingsFile() string { return filepath.Join(j.paths.Agent, "etc", "cluster.json") }
-func (j joiner) serverCA() string     { return filepath.Join(j.paths.TLSDir(), "server-ca.crt") }
-func (j joiner) clientCA() string     { return filepath.Join(j.paths.TLSDir(), "client-ca.crt") }
+func (j joiner) serverCA() string        { return filepath.Join(j.paths.TLSDir(), "server-ca.crt") }
+func (j joiner) clientCA() string        { return filepath.Join(j.paths.TLSDir(), "client-ca.crt") }
 
 // lock keeps the running agent's renewer and `kone certificate rotate` from writing the node's
 // certificates at once.
@@ -154,11 +146,10 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		Proxy:    j.file("kube-proxy.kubeconfig"),
 		DNS:      j.file("coredns.kubeconfig"),
 		Flannel:  j.file("flannel.kubeconfig"),
-		Storage:  j.file("local-path.kubeconfig"),
 		ClientCA: j.clientCA(),
 	}
 	serverCA := j.serverCA()
-	settingsFile := j.settingsFile()
+	settingsFile := filepath.Join(j.paths.Agent, "etc", "cluster.json")
 	joined := exists(serverCA) && exists(creds.Kubelet) && exists(settingsFile)
 
 	if !joined {
@@ -166,7 +157,7 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		// The node secret stays: a claim it may already have made on the name is still its own.
 		defer func() {
 			if err != nil {
-				for _, f := range []string{creds.Kubelet, creds.Proxy, creds.DNS, creds.Flannel, creds.Storage, settingsFile} {
+				for _, f := range []string{creds.Kubelet, creds.Proxy, creds.DNS, creds.Flannel, settingsFile} {
 					_ = os.Remove(f)
 				}
 				_ = os.RemoveAll(j.paths.TLSDir())
@@ -226,7 +217,6 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 	if err := j.trust(settings); err != nil {
 		return creds, settings, err
 	}
-	j.localStorage = settings.LocalStorage
 
 	if !identified {
 		if _, err := join.KubeletCertificate(ctx, cs, j.paths.KubeletCertDir(), j.id.Name, secret); err != nil {
@@ -277,15 +267,11 @@ func (j joiner) trust(s join.Settings) error {
 type component struct{ component, name, kubeconfig, service string }
 
 func (j joiner) components() []component {
-	all := []component{
+	return []component{
 		{join.ProxyUser, "client-kube-proxy", j.file("kube-proxy.kubeconfig"), "kube-proxy"},
 		{join.DNSGroup, "client-coredns", j.file("coredns.kubeconfig"), "coredns"},
 		{join.FlannelGroup, "client-flannel", j.file("flannel.kubeconfig"), "flannel"},
 	}
-	if j.localStorage {
-		all = append(all, component{join.StorageGroup, "client-local-path", j.file("local-path.kubeconfig"), "local-path"})
-	}
-	return all
 }
 
 // renew requests a client certificate for each component whose certificate is missing or ends

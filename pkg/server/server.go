@@ -276,7 +276,6 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 	cluster := node.Cluster{
 		ClusterCIDR: cfg.ClusterCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
 		Overlay: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
-		LocalStorage: !cfg.Node.Disabled(config.DisableLocalStorage),
 	}
 	upstream := node.Upstream{Default: strings.TrimPrefix(local, "https://"), CAFile: ca.ServerCA}
 	chain, err := node.Components(cfg, cluster, id, creds, upstream, log)
@@ -288,7 +287,7 @@ func clusterSettings(cfg *config.Config) join.Settings {
 	return join.Settings{
 		ClusterCIDR: cfg.ClusterCIDR.String(), ServiceCIDR: cfg.ServiceCIDR.String(), ClusterDNS: cfg.ClusterDNS.String(),
 		ClusterDomain: cfg.ClusterDomain, FlannelBackend: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
-		LocalStorage: !cfg.Node.Disabled(config.DisableLocalStorage), APIServerPort: cfg.HTTPSPort,
+		APIServerPort: cfg.HTTPSPort,
 	}
 }
 
