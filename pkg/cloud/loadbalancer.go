@@ -25,6 +25,11 @@ import (
 // "true", only such nodes do; with no node marked, every node does.
 const LBNodeLabel = "servicelb.kone.dev/enabled"
 
+// ServedAnnotation marks the LoadBalancer Services kone gave addresses: a Service that has
+// addresses without it has them from another controller (MetalLB, say, from before kone had a
+// load balancer), and is left to it.
+const ServedAnnotation = "servicelb.kone.dev/served"
+
 // refusedRetry is how often a refused Service is tried again: flat, so that it gets its port
 // within seconds of the holder's going rather than after a backoff grown to minutes.
 const refusedRetry = 15 * time.Second
@@ -57,14 +62,14 @@ type loadBalancers struct {
 	mu sync.Mutex
 	// granted holds the Services given addresses by this process whose status the lister
 	// may not show yet: without it, two Services ensured one after the other could both get
-	// a port.
-	granted map[k8stypes.UID]bool
+	// a port. refused holds those refused since, whose addresses the lister may still show.
+	granted, refused map[k8stypes.UID]bool
 }
 
 var _ cloudprovider.LoadBalancer = (*loadBalancers)(nil)
 
 func newLoadBalancers(cs kubernetes.Interface, services corelisters.ServiceLister, nodes corelisters.NodeLister, reserved Reserved) *loadBalancers {
-	return &loadBalancers{cs: cs, services: services, nodes: nodes, reserved: reserved, granted: map[k8stypes.UID]bool{}}
+	return &loadBalancers{cs: cs, services: services, nodes: nodes, reserved: reserved, granted: map[k8stypes.UID]bool{}, refused: map[k8stypes.UID]bool{}}
 }
 
 func (l *loadBalancers) GetLoadBalancer(_ context.Context, _ string, svc *corev1.Service) (*corev1.LoadBalancerStatus, bool, error) {
@@ -83,19 +88,31 @@ func (l *loadBalancers) GetLoadBalancerName(_ context.Context, _ string, svc *co
 func (l *loadBalancers) EnsureLoadBalancer(_ context.Context, _ string, svc *corev1.Service, _ []*corev1.Node) (*corev1.LoadBalancerStatus, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if len(svc.Status.LoadBalancer.Ingress) > 0 && svc.Annotations[ServedAnnotation] != "true" {
+		return nil, cloudprovider.ImplementedElsewhere
+	}
 	refusal := l.refusal(svc)
 	if refusal == "" {
 		status, err := l.status()
 		if err != nil {
 			return nil, err
 		}
+		if len(status.Ingress) == 0 && len(svc.Status.LoadBalancer.Ingress) > 0 {
+			// No node serves for now (all NotReady, say, as the cluster starts): the Service
+			// keeps its addresses, and its ports, until one does.
+			status = svc.Status.LoadBalancer.DeepCopy()
+		}
 		if len(status.Ingress) > 0 {
-			l.granted[svc.UID] = true
+			if err := l.mark(svc); err != nil {
+				return nil, err
+			}
+			l.granted[svc.UID], l.refused[svc.UID] = true, false
 			return status, nil
 		}
 		refusal = fmt.Sprintf("no node serves LoadBalancer Services: none is Ready with an IPv4 address, or none of those is labelled %s=true", LBNodeLabel)
 	}
 	delete(l.granted, svc.UID)
+	l.refused[svc.UID] = true
 	if len(svc.Status.LoadBalancer.Ingress) > 0 {
 		released := svc.DeepCopy()
 		released.Status.LoadBalancer = corev1.LoadBalancerStatus{}
@@ -104,6 +121,22 @@ func (l *loadBalancers) EnsureLoadBalancer(_ context.Context, _ string, svc *cor
 		}
 	}
 	return nil, cloudproviderapi.NewRetryError(refusal, refusedRetry)
+}
+
+// mark annotates svc as served by kone, before it has addresses.
+func (l *loadBalancers) mark(svc *corev1.Service) error {
+	if svc.Annotations[ServedAnnotation] == "true" {
+		return nil
+	}
+	marked := svc.DeepCopy()
+	if marked.Annotations == nil {
+		marked.Annotations = map[string]string{}
+	}
+	marked.Annotations[ServedAnnotation] = "true"
+	if _, err := servicehelper.PatchService(l.cs.CoreV1(), svc, marked); err != nil {
+		return fmt.Errorf("mark LoadBalancer Service %s/%s as kone's: %w", svc.Namespace, svc.Name, err)
+	}
+	return nil
 }
 
 // UpdateLoadBalancer brings the Service's addresses up to date with the nodes. The Service
@@ -119,6 +152,7 @@ func (l *loadBalancers) EnsureLoadBalancerDeleted(_ context.Context, _ string, s
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.granted, svc.UID)
+	delete(l.refused, svc.UID)
 	return nil
 }
 
@@ -134,7 +168,7 @@ func (l *loadBalancers) follow(namespace, name string) error {
 	if err != nil {
 		return err
 	}
-	if !served(svc) {
+	if !served(svc) || l.refused[svc.UID] {
 		return nil
 	}
 	status, err := l.status()
@@ -173,7 +207,7 @@ func (l *loadBalancers) followAll() error {
 
 // served reports whether svc is a LoadBalancer Service that kone's controller gave addresses.
 func served(svc *corev1.Service) bool {
-	return ours(svc) && servicehelper.HasLBFinalizer(svc) && len(svc.Status.LoadBalancer.Ingress) > 0
+	return ours(svc) && svc.Annotations[ServedAnnotation] == "true" && len(svc.Status.LoadBalancer.Ingress) > 0
 }
 
 // ours reports whether svc is a LoadBalancer Service left to the default load balancer.
@@ -197,8 +231,7 @@ func (l *loadBalancers) refusal(svc *corev1.Service) string {
 		return err.Error()
 	}
 	for _, other := range all {
-		if other.UID == svc.UID || !ours(other) || other.DeletionTimestamp != nil ||
-			(len(other.Status.LoadBalancer.Ingress) == 0 && !l.granted[other.UID]) {
+		if other.UID == svc.UID || other.DeletionTimestamp != nil || (!served(other) && !l.granted[other.UID]) {
 			continue
 		}
 		for _, p := range svc.Spec.Ports {

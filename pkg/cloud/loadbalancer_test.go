@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	cloudprovider "k8s.io/cloud-provider"
 	cloudproviderapi "k8s.io/cloud-provider/api"
 	servicehelper "k8s.io/cloud-provider/service/helpers"
 )
@@ -65,11 +66,11 @@ func TestStatus(t *testing.T) {
 }
 
 // lbFixture is a load balancer whose listers hold objs, and whose client holds them too.
-func lbFixture(t *testing.T, objs ...any) (*loadBalancers, *fake.Clientset, cache.Indexer) {
+func lbFixture(t *testing.T, objs ...any) (lb *loadBalancers, cs *fake.Clientset, nodes, services cache.Indexer) {
 	t.Helper()
-	services := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-	nodes := cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
-	cs := fake.NewClientset()
+	services = cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	nodes = cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{})
+	cs = fake.NewClientset()
 	for _, o := range objs {
 		var err error
 		switch o := o.(type) {
@@ -88,7 +89,7 @@ func lbFixture(t *testing.T, objs ...any) (*loadBalancers, *fake.Clientset, cach
 	}
 	reserved := Reserved{Ports: map[Port]string{{corev1.ProtocolTCP, 6443}: "the apiserver", {corev1.ProtocolUDP, 8472}: "the vxlan overlay"},
 		NodePort: utilnet.PortRange{Base: 30000, Size: 2768}}
-	return newLoadBalancers(cs, corelisters.NewServiceLister(services), corelisters.NewNodeLister(nodes), reserved), cs, nodes
+	return newLoadBalancers(cs, corelisters.NewServiceLister(services), corelisters.NewNodeLister(nodes), reserved), cs, nodes, services
 }
 
 func lbService(name string, served bool, ports ...int32) *corev1.Service {
@@ -99,6 +100,7 @@ func lbService(name string, served bool, ports ...int32) *corev1.Service {
 	}
 	if served {
 		s.Finalizers = []string{servicehelper.LoadBalancerCleanupFinalizer}
+		s.Annotations = map[string]string{ServedAnnotation: "true"}
 		s.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "10.0.0.1"}}
 	}
 	return s
@@ -107,8 +109,8 @@ func lbService(name string, served bool, ports ...int32) *corev1.Service {
 func TestEnsureRefuses(t *testing.T) {
 	ctx := context.Background()
 	holder := lbService("holder", true, 80)
-	first := lbService("first", false, 81)
-	lb, cs, _ := lbFixture(t, holder, first, lbNode("a", nil, internal("10.0.0.1")))
+	first, next := lbService("first", false, 81), lbService("next", false, 81)
+	lb, cs, _, _ := lbFixture(t, holder, first, next, lbNode("a", nil, internal("10.0.0.1")))
 	refused := func(svc *corev1.Service, want string) {
 		t.Helper()
 		var retry *cloudproviderapi.RetryError
@@ -129,11 +131,14 @@ func TestEnsureRefuses(t *testing.T) {
 	if st, err := lb.EnsureLoadBalancer(ctx, clusterName, first, nil); err != nil || ips(st) != "10.0.0.1" {
 		t.Fatalf("a free port: %+v, %v", st, err)
 	}
-	refused(lbService("next", false, 81), "port TCP/81 is held by LoadBalancer Service apps/first")
+	if got, _ := cs.CoreV1().Services("apps").Get(ctx, "first", metav1.GetOptions{}); got.Annotations[ServedAnnotation] != "true" {
+		t.Errorf("a Service given addresses is not marked as kone's: %v", got.Annotations)
+	}
+	refused(next, "port TCP/81 is held by LoadBalancer Service apps/first")
 	if err := lb.EnsureLoadBalancerDeleted(ctx, clusterName, first); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := lb.EnsureLoadBalancer(ctx, clusterName, lbService("next", false, 81), nil); err != nil {
+	if _, err := lb.EnsureLoadBalancer(ctx, clusterName, next, nil); err != nil {
 		t.Errorf("a port its holder gave up: %v", err)
 	}
 	// The holder itself, synced again, keeps its port.
@@ -152,7 +157,7 @@ func TestEnsureRefuses(t *testing.T) {
 		t.Errorf("a refused Service keeps its addresses: %+v, %v", got.Status.LoadBalancer, err)
 	}
 
-	bare, _, _ := lbFixture(t, lbNode("bare", nil))
+	bare, _, _, _ := lbFixture(t, lbNode("bare", nil))
 	if _, err := bare.EnsureLoadBalancer(ctx, clusterName, lbService("x", false, 81), nil); err == nil || !strings.Contains(err.Error(), "no node serves") {
 		t.Errorf("no node with an address: %v", err)
 	}
@@ -166,7 +171,7 @@ func TestFollowNodes(t *testing.T) {
 	class := "example.com/lb"
 	classed.Spec.LoadBalancerClass = &class
 	a := lbNode("a", nil, internal("10.0.0.1"))
-	lb, cs, nodes := lbFixture(t, lbService("web", true, 80), pending, classed, a)
+	lb, cs, nodes, _ := lbFixture(t, lbService("web", true, 80), pending, classed, a)
 	b := lbNode("b", nil, internal("10.0.0.2"))
 	if err := nodes.Add(b); err != nil {
 		t.Fatal(err)
@@ -206,22 +211,70 @@ func TestFollowNodes(t *testing.T) {
 
 func TestReleaseLoadBalancers(t *testing.T) {
 	ctx := context.Background()
-	mixed := lbService("mixed", true, 80)
-	mixed.Status.LoadBalancer.Ingress = append(mixed.Status.LoadBalancer.Ingress, corev1.LoadBalancerIngress{IP: "192.0.2.50"})
-	untouched := lbService("other", false, 81)
-	untouched.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "192.0.2.51"}}
-	_, cs, _ := lbFixture(t, mixed, untouched, lbNode("a", nil, internal("10.0.0.1")))
+	// Another controller's: upstream's finalizer, which kone's controller gave it, goes; its
+	// addresses stay.
+	metallb := lbService("metallb", false, 81)
+	metallb.Finalizers = []string{servicehelper.LoadBalancerCleanupFinalizer}
+	metallb.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "192.0.2.51"}}
+	_, cs, _, _ := lbFixture(t, lbService("served", true, 80), metallb, lbNode("a", nil, internal("10.0.0.1")))
 	if err := ReleaseLoadBalancers(ctx, cs); err != nil {
 		t.Fatal(err)
 	}
-	got, err := cs.CoreV1().Services("apps").Get(ctx, "mixed", metav1.GetOptions{})
+	got, err := cs.CoreV1().Services("apps").Get(ctx, "served", metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(got.Finalizers) > 0 || ips(&got.Status.LoadBalancer) != "192.0.2.50" {
-		t.Errorf("released: finalizers %v, addresses %q; want none, and only the address kone did not give", got.Finalizers, ips(&got.Status.LoadBalancer))
+	if len(got.Finalizers) > 0 || len(got.Status.LoadBalancer.Ingress) > 0 || got.Annotations[ServedAnnotation] != "" {
+		t.Errorf("released: finalizers %v, addresses %q, annotations %v; want none of kone's", got.Finalizers, ips(&got.Status.LoadBalancer), got.Annotations)
 	}
-	if other, _ := cs.CoreV1().Services("apps").Get(ctx, "other", metav1.GetOptions{}); ips(&other.Status.LoadBalancer) != "192.0.2.51" {
-		t.Errorf("a Service kone never served was changed: %+v", other.Status)
+	if other, _ := cs.CoreV1().Services("apps").Get(ctx, "metallb", metav1.GetOptions{}); ips(&other.Status.LoadBalancer) != "192.0.2.51" || len(other.Finalizers) > 0 {
+		t.Errorf("another controller's Service: %v, %+v", other.Finalizers, other.Status)
+	}
+}
+
+// A Service with addresses kone did not give is another controller's; one that kone served
+// keeps its addresses while no node serves, and one just refused is not given addresses back
+// by a node change.
+func TestOthersAndOutages(t *testing.T) {
+	ctx := context.Background()
+	foreign := lbService("foreign", false, 80)
+	foreign.Status.LoadBalancer.Ingress = []corev1.LoadBalancerIngress{{IP: "192.0.2.51"}}
+	served := lbService("served", true, 81)
+	notReady := lbNode("a", nil, internal("10.0.0.1"))
+	notReady.Status.Conditions[0].Status = corev1.ConditionFalse
+	lb, cs, nodes, services := lbFixture(t, foreign, served, notReady)
+	if _, err := lb.EnsureLoadBalancer(ctx, clusterName, foreign, nil); !errors.Is(err, cloudprovider.ImplementedElsewhere) {
+		t.Errorf("a Service with another controller's addresses: %v, want it left to that controller", err)
+	}
+	if _, err := lb.EnsureLoadBalancer(ctx, clusterName, lbService("fresh", false, 80), nil); err == nil || !strings.Contains(err.Error(), "no node serves") {
+		t.Errorf("a new Service on the port of another controller's, with no node serving: %v", err)
+	}
+	if st, err := lb.EnsureLoadBalancer(ctx, clusterName, served, nil); err != nil || ips(st) != "10.0.0.1" {
+		t.Errorf("a served Service while no node serves: %+v, %v; want it to keep its addresses", st, err)
+	}
+
+	// Refused once its port is kone's own (changed since), it is not given addresses back by
+	// a node change that comes before the lister shows it refused.
+	taker := lbService("taker", true, 6443)
+	if _, err := cs.CoreV1().Services("apps").Create(ctx, taker, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := services.Add(taker); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lb.EnsureLoadBalancer(ctx, clusterName, taker, nil); err == nil {
+		t.Fatal("kone's port: no refusal")
+	}
+	if err := nodes.Add(lbNode("b", nil, internal("10.0.0.2"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := lb.followAll(); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := cs.CoreV1().Services("apps").Get(ctx, "taker", metav1.GetOptions{}); len(got.Status.LoadBalancer.Ingress) > 0 {
+		t.Errorf("a refused Service was given addresses back: %v", ips(&got.Status.LoadBalancer))
+	}
+	if got, _ := cs.CoreV1().Services("apps").Get(ctx, "served", metav1.GetOptions{}); ips(&got.Status.LoadBalancer) != "10.0.0.2" {
+		t.Errorf("a served Service once a node serves again: %v", ips(&got.Status.LoadBalancer))
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"slices"
 	"time"
 
@@ -28,6 +27,10 @@ import (
 // clusterName is what upstream's service controller calls the cluster; kone's load balancer
 // does not use it.
 const clusterName = "kone"
+
+// resync is how often served Services' addresses are compared with the nodes' with no change
+// seen; it costs a look at the listers.
+const resync = 30 * time.Second
 
 // ServiceController runs upstream's service controller with kone's load balancer, on a server:
 // LoadBalancer Services get their serving nodes' addresses (see loadBalancers), and keep up with
@@ -102,6 +105,9 @@ func (c *ServiceController) Run(ctx context.Context) error {
 				queue.AddRateLimited(key)
 			} else {
 				queue.Forget(key)
+				// Again in a while, changed or not: a node change that came as upstream was
+				// writing a Service's first addresses is caught up with then.
+				queue.AddAfter(key, resync)
 			}
 			queue.Done(key)
 		}
@@ -135,37 +141,27 @@ func (c *ServiceController) release(ctx context.Context) {
 }
 
 // ReleaseLoadBalancers undoes what the service controller did, for a cluster whose servers no
-// longer run it (--disable servicelb): LoadBalancer Services of no class lose the finalizer that
-// would otherwise keep them from being deleted, and the addresses kone gave them (the nodes'),
-// while another controller's addresses stay.
+// longer run it (--disable servicelb): the Services kone served lose their addresses and its
+// mark, and every LoadBalancer Service of no class loses the finalizer that upstream's
+// controller gave it (kone's gave it to those of another controller too), which would
+// otherwise keep it from being deleted.
 func ReleaseLoadBalancers(ctx context.Context, cs kubernetes.Interface) error {
 	list, err := cs.CoreV1().Services(metav1.NamespaceAll).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return err
 	}
-	nodes, err := cs.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return err
-	}
-	var given []string
-	for _, n := range nodes.Items {
-		for _, a := range n.Status.Addresses {
-			if net.ParseIP(a.Address) != nil {
-				given = append(given, a.Address)
-			}
-		}
-	}
 	var failed []error
 	for i := range list.Items {
 		svc := &list.Items[i]
-		if !ours(svc) || !servicehelper.HasLBFinalizer(svc) {
+		if !ours(svc) || (!servicehelper.HasLBFinalizer(svc) && svc.Annotations[ServedAnnotation] == "") {
 			continue
 		}
 		updated := svc.DeepCopy()
 		updated.Finalizers = slices.DeleteFunc(updated.Finalizers, func(f string) bool { return f == servicehelper.LoadBalancerCleanupFinalizer })
-		updated.Status.LoadBalancer.Ingress = slices.DeleteFunc(updated.Status.LoadBalancer.Ingress, func(in corev1.LoadBalancerIngress) bool {
-			return slices.Contains(given, in.IP)
-		})
+		if svc.Annotations[ServedAnnotation] != "" {
+			delete(updated.Annotations, ServedAnnotation)
+			updated.Status.LoadBalancer = corev1.LoadBalancerStatus{}
+		}
 		if _, err := servicehelper.PatchService(cs.CoreV1(), svc, updated); err != nil && !apierrors.IsNotFound(err) {
 			failed = append(failed, fmt.Errorf("LoadBalancer Service %s/%s: %w", svc.Namespace, svc.Name, err))
 		}

@@ -15,7 +15,8 @@ import (
 
 // loadBalancerReserved is what kone serves on the nodes' addresses, which a LoadBalancer
 // Service may not take: this server's apiserver and etcd peer ports (other servers are
-// expected to use the same), kubelet's, the overlay's, and the NodePort range.
+// expected to use the same), kubelet's, the overlay's, and the NodePort range; and SSH's, as
+// a Service there would cut an edge machine off from whoever looks after it.
 func loadBalancerReserved(cfg *config.Config) cloud.Reserved {
 	tcp := func(p int) cloud.Port { return cloud.Port{Protocol: corev1.ProtocolTCP, Port: int32(p)} }
 	r := cloud.Reserved{
@@ -23,6 +24,7 @@ func loadBalancerReserved(cfg *config.Config) cloud.Reserved {
 			tcp(cfg.HTTPSPort):     "the apiserver",
 			tcp(cfg.EtcdPeerPort):  "etcd's peers",
 			tcp(ports.KubeletPort): "kubelet",
+			tcp(22):                "SSH, by which the machine is looked after",
 		},
 		NodePort: kubeapiserveroptions.DefaultServiceNodePortRange,
 	}

@@ -57,6 +57,9 @@ func checkLoadBalancer(t *testing.T, cs kubernetes.Interface, ns string, selecto
 	}
 	lb("web-lb", 8081)
 	waitAddress("web-lb", 30*time.Second)
+	if svc, err := cs.CoreV1().Services(ns).Get(ctx, "web-lb", metav1.GetOptions{}); err != nil || svc.Annotations[cloud.ServedAnnotation] != "true" {
+		t.Errorf("a Service kone gave addresses is not marked %s: %v", cloud.ServedAnnotation, err)
+	}
 	if body := httpGetEventually(t, "http://"+net.JoinHostPort(nodeIP, "8081")+"/"); !strings.Contains(body, "hello from web-") {
 		t.Errorf("the LoadBalancer Service on the node's address: %q", body)
 	}
