@@ -11,6 +11,7 @@ import (
 	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	storagev1 "k8s.io/api/storage/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
@@ -19,6 +20,7 @@ import (
 	"github.com/kone-dev/kone/pkg/deploy"
 	"github.com/kone-dev/kone/pkg/dns"
 	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/storage"
 	"github.com/kone-dev/kone/pkg/token"
 )
 
@@ -37,6 +39,7 @@ func objects(t *testing.T) map[string]any {
 		"ValidatingAdmissionPolicy":        func() any { return &admissionv1.ValidatingAdmissionPolicy{} },
 		"ValidatingAdmissionPolicyBinding": func() any { return &admissionv1.ValidatingAdmissionPolicyBinding{} },
 		"Service":                          func() any { return &corev1.Service{} },
+		"StorageClass":                     func() any { return &storagev1.StorageClass{} },
 	}
 	all := map[string]any{}
 	for _, name := range names {
@@ -111,6 +114,7 @@ func TestManifestsMatchTheCode(t *testing.T) {
 	check("ClusterRoleBinding /kone:node-bootstrapper", "ClusterRole:system:node-bootstrapper", "Group:"+token.NodeGroup)
 	check("ClusterRoleBinding /"+join.DNSGroup, "ClusterRole:"+join.DNSGroup, "Group:"+join.DNSGroup)
 	check("ClusterRoleBinding /"+join.FlannelGroup, "ClusterRole:"+join.FlannelGroup, "Group:"+join.FlannelGroup)
+	check("ClusterRoleBinding /"+join.StorageGroup, "ClusterRole:"+join.StorageGroup, "Group:"+join.StorageGroup)
 	check("RoleBinding "+dns.Namespace+"/"+join.DNSGroup, "Role:"+join.DNSGroup, "Group:"+join.DNSGroup)
 	check("RoleBinding kube-system/kone:cluster-settings", "Role:kone:cluster-settings", "Group:"+token.NodeGroup, "Group:system:nodes")
 	check("RoleBinding kube-system/kone:server-data", "Role:kone:server-data", "Group:"+token.ServerGroup)
@@ -124,6 +128,12 @@ func TestManifestsMatchTheCode(t *testing.T) {
 			!slices.Equal(rules[0].Verbs, []string{"get"}) {
 			t.Errorf("%s grants %+v, want get of %s %s alone", key, rules, resource, name)
 		}
+	}
+	// A node's local-path identity creates and deletes no volume: it could pre-bind one to a
+	// claim of another namespace and draw its pods onto itself.
+	if rules := role("ClusterRole /" + join.StorageGroup); len(rules) != 1 || !slices.Equal(rules[0].Resources, []string{"persistentvolumes"}) ||
+		slices.ContainsFunc(rules[0].Verbs, func(v string) bool { return v != "list" && v != "watch" && v != "patch" }) {
+		t.Errorf("the local-path identity may %+v; want list, watch and patch of volumes alone", rules)
 	}
 	only("Role kube-system/kone:cluster-settings", "configmaps", join.SettingsName)
 	only("Role kube-system/kone:server-data", "secrets", join.ServerDataName)
@@ -150,6 +160,9 @@ func TestManifestsMatchTheCode(t *testing.T) {
 		for _, m := range p.Spec.MatchConditions {
 			all = append(all, m.Expression)
 		}
+		for _, v := range p.Spec.Variables {
+			all = append(all, v.Expression)
+		}
 		for _, v := range p.Spec.Validations {
 			all = append(all, v.Expression)
 		}
@@ -157,8 +170,11 @@ func TestManifestsMatchTheCode(t *testing.T) {
 	}
 	flannelUser := join.Subject(join.FlannelGroup, "").CommonName
 	dnsUser := join.Subject(join.DNSGroup, "").CommonName
+	storageUser := join.Subject(join.StorageGroup, "").CommonName
 	prefix := dns.ServiceName + "-"
 	for name, want := range map[string][]string{
+		"kone-local-path-own-node": {fmt.Sprintf("%q in request.userInfo.groups", join.StorageGroup),
+			fmt.Sprintf("%q + oldObject.metadata.labels[?%q]", storageUser, storage.NodeLabel)},
 		"kone-flannel-own-node": {fmt.Sprintf("%q in request.userInfo.groups", join.FlannelGroup), fmt.Sprintf("%q + object.metadata.name", flannelUser)},
 		"kone-coredns-own-slice": {fmt.Sprintf("%q in request.userInfo.groups", join.DNSGroup), fmt.Sprintf("startsWith(%q)", prefix),
 			fmt.Sprintf("%q + object.metadata.name.substring(%d)", dnsUser, len(prefix)), fmt.Sprintf("%q].orValue('') == %q", "kubernetes.io/service-name", dns.ServiceName)},
@@ -218,6 +234,11 @@ func TestParts(t *testing.T) {
 		if !slices.Contains(names, want) {
 			t.Errorf("coredns.yaml lacks %s: %v", want, names)
 		}
+	}
+	if class, ok := objects(t)["StorageClass /local-path"].(*storagev1.StorageClass); !ok || class.Provisioner != storage.ProvisionerName ||
+		class.VolumeBindingMode == nil || *class.VolumeBindingMode != storagev1.VolumeBindingWaitForFirstConsumer ||
+		class.Annotations["storageclass.kubernetes.io/is-default-class"] != "true" {
+		t.Errorf("the local-path StorageClass is not the default, waiting for the first consumer, of kone's provisioner: %+v", class)
 	}
 	if _, err := deploy.Render("x.yaml", []byte("clusterIP: %{NO_SUCH}%"), map[string]string{}); err == nil || !strings.Contains(err.Error(), "%{NO_SUCH}%") {
 		t.Errorf("a placeholder without a value: %v", err)

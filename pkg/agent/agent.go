@@ -60,6 +60,11 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 	if err != nil {
 		return fmt.Errorf("join %s as node %s: %w", cfg.Server, id.Name, err)
 	}
+	j.localStorage = settings.LocalStorage
+	storageIdentity := j.tls("client-local-path")
+	if j.localStorage && !join.Valid(storageIdentity, join.Subject(join.StorageGroup, id.Name), time.Now(), 0) {
+		settings.LocalStorage = false
+	}
 	parsed, err := settings.Parse()
 	if err != nil {
 		return err
@@ -67,7 +72,7 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 	logs.Infof("joined in %s", time.Since(t0).Round(10*time.Millisecond))
 	cluster := node.Cluster{
 		ClusterCIDR: parsed.ClusterCIDR, ClusterDNS: parsed.ClusterDNS, ClusterDomain: settings.ClusterDomain,
-		Overlay: settings.FlannelBackend, CoreDNS: settings.CoreDNS,
+		Overlay: settings.FlannelBackend, CoreDNS: settings.CoreDNS, LocalStorage: settings.LocalStorage,
 	}
 	server, err := url.Parse(cfg.Server)
 	if err != nil {
@@ -119,11 +124,18 @@ type joiner struct {
 	id     node.Identity
 	paths  node.Paths
 	log    *logrus.Logger
+	// localStorage: the cluster has the node serve local-path volumes, for which it needs an
+	// identity of its own. A server that does not say so would refuse to sign one.
+	localStorage bool
 }
 
 func (j joiner) file(name string) string { return filepath.Join(j.paths.Agent, name) }
-func (j joiner) serverCA() string        { return filepath.Join(j.paths.TLSDir(), "server-ca.crt") }
-func (j joiner) clientCA() string        { return filepath.Join(j.paths.TLSDir(), "client-ca.crt") }
+
+// settingsFile keeps the cluster's settings from the last start, for a start while the
+// servers are away.
+func (j joiner) settingsFile() string { return filepath.Join(j.paths.Agent, "etc", "cluster.json") }
+func (j joiner) serverCA() string     { return filepath.Join(j.paths.TLSDir(), "server-ca.crt") }
+func (j joiner) clientCA() string     { return filepath.Join(j.paths.TLSDir(), "client-ca.crt") }
 
 // lock keeps the running agent's renewer and `kone certificate rotate` from writing the node's
 // certificates at once.
@@ -146,10 +158,11 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		Proxy:    j.file("kube-proxy.kubeconfig"),
 		DNS:      j.file("coredns.kubeconfig"),
 		Flannel:  j.file("flannel.kubeconfig"),
+		Storage:  j.file("local-path.kubeconfig"),
 		ClientCA: j.clientCA(),
 	}
 	serverCA := j.serverCA()
-	settingsFile := filepath.Join(j.paths.Agent, "etc", "cluster.json")
+	settingsFile := j.settingsFile()
 	joined := exists(serverCA) && exists(creds.Kubelet) && exists(settingsFile)
 
 	if !joined {
@@ -157,7 +170,7 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 		// The node secret stays: a claim it may already have made on the name is still its own.
 		defer func() {
 			if err != nil {
-				for _, f := range []string{creds.Kubelet, creds.Proxy, creds.DNS, creds.Flannel, settingsFile} {
+				for _, f := range []string{creds.Kubelet, creds.Proxy, creds.DNS, creds.Flannel, creds.Storage, settingsFile} {
 					_ = os.Remove(f)
 				}
 				_ = os.RemoveAll(j.paths.TLSDir())
@@ -217,6 +230,7 @@ func (j joiner) join(ctx context.Context, now time.Time) (creds node.Credentials
 	if err := j.trust(settings); err != nil {
 		return creds, settings, err
 	}
+	j.localStorage = settings.LocalStorage
 
 	if !identified {
 		if _, err := join.KubeletCertificate(ctx, cs, j.paths.KubeletCertDir(), j.id.Name, secret); err != nil {
@@ -267,11 +281,15 @@ func (j joiner) trust(s join.Settings) error {
 type component struct{ component, name, kubeconfig, service string }
 
 func (j joiner) components() []component {
-	return []component{
+	all := []component{
 		{join.ProxyUser, "client-kube-proxy", j.file("kube-proxy.kubeconfig"), "kube-proxy"},
 		{join.DNSGroup, "client-coredns", j.file("coredns.kubeconfig"), "coredns"},
 		{join.FlannelGroup, "client-flannel", j.file("flannel.kubeconfig"), "flannel"},
 	}
+	if j.localStorage {
+		all = append(all, component{join.StorageGroup, "client-local-path", j.file("local-path.kubeconfig"), "local-path"})
+	}
+	return all
 }
 
 // renew requests a client certificate for each component whose certificate is missing or ends
@@ -286,6 +304,12 @@ func (j joiner) renew(ctx context.Context, cs kubernetes.Interface, secret join.
 			continue
 		}
 		err := join.ClientCertificate(ctx, cs, f, c.component, j.id.Name, secret)
+		if err != nil && !join.Valid(f, subject, now, 0) && c.component == join.StorageGroup {
+			// Not worth stopping the node for: a server of an older kone still approves
+			// requests during an upgrade. The node runs without local storage meanwhile.
+			j.log.WithError(err).Warn("cannot obtain the local-path identity yet; the node serves no local-path volumes until it has one")
+			continue
+		}
 		if err != nil && !join.Valid(f, subject, now, 0) {
 			return issued, err
 		}

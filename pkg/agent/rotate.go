@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +23,7 @@ import (
 const kubeletService = "kubelet"
 
 // RotateCertificates is `kone certificate rotate` on an agent: the client certificates kone
-// keeps for the node's components (kube-proxy, coredns, flannel) and kubelet's client
+// keeps for the node's components (kube-proxy, coredns, flannel, local-path) and kubelet's client
 // certificate are issued anew by the cluster, with new keys, after the old files are copied
 // into agent/tls-rotated-TIME. It asks as the node, through the agent's --server, so the
 // agent need not run, but a server must answer; if none does, nothing changes.
@@ -36,6 +37,17 @@ func RotateCertificates(ctx context.Context, cfg *config.Config, services []stri
 	kubeletCerts := []string{filepath.Join(paths.KubeletCertDir(), "kubelet-client-current.pem"),
 		filepath.Join(paths.KubeletCertDir(), "kubelet-server-current.pem")}
 	j := joiner{server: cfg.Server, paths: paths}
+	// The cluster's settings as of the agent's last start say whether it has a local-path
+	// identity; an agent that never started has no certificates to rotate either.
+	if data, err := os.ReadFile(j.settingsFile()); err == nil {
+		var settings join.Settings
+		if err := json.Unmarshal(data, &settings); err != nil {
+			return fmt.Errorf("%s: %w; the agent rewrites it at its next start", j.settingsFile(), err)
+		}
+		j.localStorage = settings.LocalStorage
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("the cluster settings of the agent's last start: %w", err)
+	}
 	known := []string{kubeletService}
 	for _, c := range j.components() {
 		known = append(known, c.service)

@@ -18,23 +18,26 @@ import (
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
 
-// Annotator publishes a node's external addresses on its Node, on the node side, with the
-// node's own credentials (the Node authorizer lets a node change its own object).
+// Annotator publishes what a node says of itself on its Node, on the node side, with the
+// node's own credentials (the Node authorizer lets a node change its own object): its external
+// addresses, and any more annotations it is given.
 type Annotator struct {
 	kubeconfig string
 	nodeName   string
 	external   []net.IP
+	more       map[string]*string
 	ready      *supervisor.Latch
 }
 
 // NewAnnotator returns the component that annotates node nodeName with its external
-// addresses, none being a valid answer, as the identity in kubeconfig: kubelet's, which on a
-// joining node exists only once kubelet's TLS bootstrap has written it.
-func NewAnnotator(kubeconfig, nodeName string, external []net.IP) *Annotator {
-	return &Annotator{kubeconfig: kubeconfig, nodeName: nodeName, external: external, ready: supervisor.NewLatch()}
+// addresses, none being a valid answer, and with more (a nil value removes that annotation),
+// as the identity in kubeconfig: kubelet's, which on a joining node exists only once kubelet's
+// TLS bootstrap has written it.
+func NewAnnotator(kubeconfig, nodeName string, external []net.IP, more map[string]*string) *Annotator {
+	return &Annotator{kubeconfig: kubeconfig, nodeName: nodeName, external: external, more: more, ready: supervisor.NewLatch()}
 }
 
-func (a *Annotator) Name() string { return "node addresses" }
+func (a *Annotator) Name() string { return "node annotations" }
 
 func (a *Annotator) Run(ctx context.Context) error {
 	rc, err := clientcmd.BuildConfigFromFlags("", a.kubeconfig)
@@ -49,9 +52,13 @@ func (a *Annotator) Run(ctx context.Context) error {
 	for i, ip := range a.external {
 		ips[i] = ip.String()
 	}
-	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
-		"annotations": map[string]string{ExternalIPAnnotation: strings.Join(ips, ",")},
-	}})
+	annotations := map[string]*string{}
+	for k, v := range a.more {
+		annotations[k] = v
+	}
+	external := strings.Join(ips, ",")
+	annotations[ExternalIPAnnotation] = &external
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": annotations}})
 	if err != nil {
 		return err
 	}
@@ -63,7 +70,7 @@ func (a *Annotator) Run(ctx context.Context) error {
 			break
 		}
 		if !apierrors.IsNotFound(err) {
-			last = fmt.Errorf("annotate node %s with its external addresses: %w", a.nodeName, err)
+			last = fmt.Errorf("annotate node %s: %w", a.nodeName, err)
 		} else {
 			last = fmt.Errorf("node %s is not registered yet", a.nodeName)
 		}

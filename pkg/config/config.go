@@ -118,6 +118,8 @@ type Node struct {
 	Profile string
 	// LBServerPort is the loopback port of the node side's load balancer to the apiservers.
 	LBServerPort int
+	// LocalStorage is where local-path volumes are made (empty: LocalStoragePath's default).
+	LocalStorage string
 }
 
 // LoadBalancer is where the node side's load balancer to the apiservers listens.
@@ -131,11 +133,12 @@ func (n *Node) Disabled(part string) bool { return slices.Contains(n.Disable, pa
 
 // Parts that --disable accepts.
 const (
-	DisableCoreDNS   = "coredns"
-	DisableServiceLB = "servicelb"
+	DisableCoreDNS      = "coredns"
+	DisableServiceLB    = "servicelb"
+	DisableLocalStorage = "local-storage"
 )
 
-var disableable = []string{DisableCoreDNS, DisableServiceLB}
+var disableable = []string{DisableCoreDNS, DisableServiceLB, DisableLocalStorage}
 
 // BindServerFlags registers every `kone server` setting on fs, with its default, bound into c.
 func BindServerFlags(fs *pflag.FlagSet, c *Config) {
@@ -177,7 +180,7 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
 	fs.BoolVar(&c.SecretsEncryption, "secrets-encryption", true, "encrypt Secrets in etcd (false: store new ones in plain text; encrypted ones stay readable)")
 	fs.StringSliceVar(&c.PodSecurityExempt, "pod-security-exempt-namespace", []string{"kube-system"}, "namespace that --profile=cis leaves out of Pod Security's restricted level (repeatable)")
-	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns, servicelb (repeatable)")
+	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns, servicelb, local-storage (repeatable)")
 	fs.StringVar(&c.FlannelBackend, "flannel-backend", FlannelVXLAN, "how pod traffic crosses nodes: vxlan, host-gw (nodes share a layer-2 network) or none (bring your own)")
 	bindNodeFlags(fs, &c.Node)
 }
@@ -222,6 +225,7 @@ func bindNodeFlags(fs *pflag.FlagSet, n *Node) {
 	fs.StringSliceVar(&n.Taints, "node-taint", nil, "taint to register the node with, key=value:Effect (repeatable)")
 	fs.Var(&argsValue{p: &n.KubeletArgs}, "kubelet-arg", "extra kubelet flag as key=value (repeatable)")
 	fs.Var(&argsValue{p: &n.ProxyArgs}, "kube-proxy-arg", "extra kube-proxy flag as key=value (repeatable)")
+	fs.StringVar(&n.LocalStorage, "default-local-storage-path", "", "directory that local-path volumes are made in (default: <data-dir>/storage)")
 	fs.StringVar(&n.Profile, "profile", "", "hardening profile: cis (Pod Security restricted, audit log, event rate limit, kubelet protects kernel defaults)")
 }
 
@@ -552,6 +556,9 @@ func (n *Node) validate() error {
 			return fmt.Errorf("--node-taint %q: expected key=value:Effect with Effect NoSchedule, PreferNoSchedule or NoExecute", t)
 		}
 	}
+	if n.LocalStorage != "" && (!filepath.IsAbs(n.LocalStorage) || filepath.Clean(n.LocalStorage) == "/") {
+		return fmt.Errorf("--default-local-storage-path %q: expected an absolute path other than /, such as /var/lib/kone/storage", n.LocalStorage)
+	}
 	for _, d := range n.Disable {
 		if !slices.Contains(disableable, d) {
 			return fmt.Errorf("--disable %q: kone can leave out only %s", d, strings.Join(disableable, ", "))
@@ -592,6 +599,14 @@ func (c *Config) ManifestsDir() string {
 		return c.Manifests
 	}
 	return filepath.Join(c.ServerDir(), "manifests")
+}
+
+// LocalStoragePath is where the node makes the directories of local-path volumes.
+func (c *Config) LocalStoragePath() string {
+	if c.Node.LocalStorage != "" {
+		return filepath.Clean(c.Node.LocalStorage)
+	}
+	return filepath.Join(c.DataDir, "storage")
 }
 
 // EtcdURL is where the server's etcd serves its clients.

@@ -109,6 +109,11 @@ func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS, values map[string]str
 			return err
 		}
 		off := slices.Contains(disabled, strings.TrimSuffix(name, path.Ext(name)))
+		if off {
+			// Taken down in the reverse of the order it goes up: the rights a policy holds in
+			// go before the policy.
+			slices.Reverse(objs)
+		}
 		for _, o := range objs {
 			if off {
 				err = a.DeleteOwn(ctx, o)

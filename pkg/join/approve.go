@@ -192,8 +192,8 @@ func (a *Approver) decide(ctx context.Context, req *certificatesv1.CertificateSi
 			return x.Subject.CommonName == want.CommonName && slices.Equal(x.Subject.Organization, want.Organization)
 		})
 		if !own || hasSANs(x) || !usagesWithin(req.Spec.Usages, certificatesv1.UsageClientAuth) {
-			return verdict{deny: fmt.Sprintf("a node may ask only for the client certificates of its own %s, %s and %s, with no names",
-				ProxyUser, DNSGroup, FlannelGroup)}, nil
+			return verdict{deny: fmt.Sprintf("a node may ask only for the client certificates of its own %s, with no names",
+				strings.Join(components, ", "))}, nil
 		}
 		if !joining && req.Spec.Username != nodeUserPrefix+nodeName {
 			return verdict{deny: "only a joining node, or the node " + nodeName + " itself, may ask for this node's certificates"}, nil

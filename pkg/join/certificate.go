@@ -21,17 +21,19 @@ import (
 )
 
 // The components of a node besides kubelet, each with an identity of its own. kube-proxy's is
-// the user upstream's default RBAC binds to system:node-proxier; it only reads. flannel and
-// CoreDNS write, each only its own node's objects: their group holds the rights, their user name
-// names the node, and an admission policy the server keeps holds each to that node.
+// the user upstream's default RBAC binds to system:node-proxier; it only reads. flannel, CoreDNS
+// and local-path storage write, each only its own node's objects: their group holds the rights,
+// their user name names the node, and an admission policy the server keeps holds each to that
+// node.
 const (
 	ProxyUser    = "system:kube-proxy"
 	DNSGroup     = "system:kone:coredns"
 	FlannelGroup = "system:kone:flannel"
+	StorageGroup = "system:kone:local-path"
 )
 
 // components are the identities a node may ask for besides kubelet's.
-var components = []string{ProxyUser, DNSGroup, FlannelGroup}
+var components = []string{ProxyUser, DNSGroup, FlannelGroup, StorageGroup}
 
 // Subject is the certificate subject of component (one of the constants above) on node nodeName.
 func Subject(component, nodeName string) pkix.Name {

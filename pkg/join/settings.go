@@ -28,6 +28,9 @@ type Settings struct {
 	FlannelBackend string `json:"flannelBackend"`
 	// CoreDNS is false when the user runs their own cluster DNS.
 	CoreDNS bool `json:"coreDNS"`
+	// LocalStorage is true when every node serves the local-path StorageClass; false from a
+	// kone before it.
+	LocalStorage bool `json:"localStorage,omitempty"`
 	// ClientCA signs the apiserver's client certificate for kubelets; kubelet trusts it.
 	ClientCA string `json:"clientCA"`
 	// ServerCA is the CA clients trust for the apiserver, with the CA it replaced after a

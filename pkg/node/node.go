@@ -30,6 +30,7 @@ import (
 	"github.com/kone-dev/kone/pkg/network"
 	"github.com/kone-dev/kone/pkg/proxy"
 	"github.com/kone-dev/kone/pkg/sdnotify"
+	"github.com/kone-dev/kone/pkg/storage"
 	"github.com/kone-dev/kone/pkg/supervisor"
 	"github.com/kone-dev/kone/pkg/version"
 )
@@ -66,8 +67,8 @@ func ResolveIdentity(n *config.Node) (Identity, error) {
 // Credentials are the node's identities with the apiserver, as kubeconfig files, and what
 // kubelet serves and trusts.
 type Credentials struct {
-	Kubelet, Proxy, DNS, Flannel string // kubeconfigs
-	ClientCA                     string // the CA of the apiserver's client certificate for kubelets
+	Kubelet, Proxy, DNS, Flannel, Storage string // kubeconfigs
+	ClientCA                              string // the CA of the apiserver's client certificate for kubelets
 	// ServingCert and ServingKey are kubelet's serving certificate; empty, kubelet asks for one.
 	ServingCert, ServingKey string
 }
@@ -80,6 +81,7 @@ type Cluster struct {
 	ClusterDomain string
 	Overlay       string // flannel's backend, or none
 	CoreDNS       bool   // false when the user runs their own cluster DNS
+	LocalStorage  bool   // the node makes local-path volumes
 }
 
 // Upstream is the apiserver the node side knows first (a server's own, an agent's --server),
@@ -181,10 +183,17 @@ func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credenti
 	if err != nil {
 		return nil, err
 	}
+	// The node's storage path tells the local-path provisioner that the node serves; gone, that
+	// it does not (any more).
+	annotations := map[string]*string{storage.PathAnnotation: nil}
+	if cluster.LocalStorage {
+		root := cfg.LocalStoragePath()
+		annotations[storage.PathAnnotation] = &root
+	}
 	chain := []supervisor.Component{
 		lb, runtime,
 		images.NewImporter(cfg.ImagesDir(), ContainerdSocket, pauseArchive, log),
-		kl, cloud.NewAnnotator(creds.Kubelet, id.Name, cfg.Node.ExternalIPs), podNetwork, kubeProxy,
+		kl, cloud.NewAnnotator(creds.Kubelet, id.Name, cfg.Node.ExternalIPs, annotations), podNetwork, kubeProxy,
 	}
 	if cluster.CoreDNS {
 		dnsClient, err := client(creds.DNS)
@@ -195,6 +204,17 @@ func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credenti
 			NodeName: id.Name, ClusterDomain: cluster.ClusterDomain, Address: podNetwork.Gateway,
 			Kubeconfig: creds.DNS, Upstream: resolvConf, Client: dnsClient, Log: log, ClaimKlog: logs.ClaimKlog,
 		}))
+	}
+	if cluster.LocalStorage {
+		storageClient, err := client(creds.Storage)
+		if err != nil {
+			return nil, err
+		}
+		dirs, err := storage.NewDirectories(storage.Config{NodeName: id.Name, Root: cfg.LocalStoragePath(), Client: storageClient, Log: log})
+		if err != nil {
+			return nil, err
+		}
+		chain = append(chain, dirs)
 	}
 	return chain, nil
 }

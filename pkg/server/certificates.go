@@ -33,6 +33,7 @@ func certificateServices(cfg *config.Config) map[string][]pki.File {
 		"kube-proxy":         {nodeLeaf(paths, proxyClientLeaf)},
 		"coredns":            {nodeLeaf(paths, dnsClientLeaf)},
 		"flannel":            {nodeLeaf(paths, flannelClientLeaf)},
+		"local-path":         {nodeLeaf(paths, storageClientLeaf)},
 	}
 }
 

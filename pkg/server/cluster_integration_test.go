@@ -159,7 +159,7 @@ func TestAgents(t *testing.T) {
 	if err != nil {
 		t.Errorf("kone certificate check on agent-1: %v\n%s", err, certs)
 	}
-	for _, want := range []string{"agent/tls/server-ca.crt", "agent/tls/client-kube-proxy.crt", "agent/tls/client-flannel.crt",
+	for _, want := range []string{"agent/tls/server-ca.crt", "agent/tls/client-kube-proxy.crt", "agent/tls/client-flannel.crt", "agent/tls/client-local-path.crt",
 		"agent/kubelet/pki/kubelet-client-current.pem", "system:node:agent-1"} {
 		if !strings.Contains(certs, want) {
 			t.Errorf("kone certificate check on agent-1 lacks %q:\n%s", want, certs)
@@ -205,6 +205,14 @@ func TestAgents(t *testing.T) {
 	}
 	internalIPs := []string{bridgeHost, nodeNet + "2", nodeNet + "3"}
 	checkLoadBalancerNodes(t, cs, ns, svc.Spec.Selector, append(internalIPs, "203.0.113.20"), internalIPs, "agent-1", nodeNet+"2")
+	storageNS := "kone-storage-it"
+	if _, err := cs.CoreV1().Namespaces().Create(context.Background(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: storageNS}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	checkLocalPath(t, cs, storageNS, "agent-1", "/var/lib/kone/storage", func(path string) bool {
+		_, err := agents[0].exec("test", "-e", path)
+		return err == nil
+	})
 
 	containers := containerIDs(t, cs, ns)
 	// `kone certificate rotate` on agent-2, with its flags, while it runs; kubelet takes its new

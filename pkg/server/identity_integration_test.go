@@ -78,7 +78,7 @@ func checkIdentityTheft(t *testing.T, n *node, tok, victim, victimIP string) {
 	if _, err := join.KubeletCertificate(ctx, thief, t.TempDir(), victim, secret); err == nil || !strings.Contains(err.Error(), held) {
 		t.Errorf("another secret asking for %s's kubelet client certificate: %v, want a denial saying %q", victim, err, held)
 	}
-	for _, component := range []string{join.ProxyUser, join.DNSGroup, join.FlannelGroup} {
+	for _, component := range []string{join.ProxyUser, join.DNSGroup, join.FlannelGroup, join.StorageGroup} {
 		dir := t.TempDir()
 		f := pki.File{Cert: filepath.Join(dir, "c.crt"), Key: filepath.Join(dir, "c.key")}
 		if err := join.ClientCertificate(ctx, thief, f, component, victim, secret); err == nil || !strings.Contains(err.Error(), held) {

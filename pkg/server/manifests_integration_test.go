@@ -158,10 +158,11 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 	waitConfigMap(t, cs, "later", "", "a removed file")
 }
 
-// checkDisable restarts a running server with --disable coredns and servicelb: what kone had
-// deployed for CoreDNS goes, the rest stays, and a kube-dns Service of the user's own survives
-// the next start; a LoadBalancer Service loses the finalizer kone's service controller gave it,
-// so that it can be deleted. The server is running again without --disable when it returns.
+// checkDisable restarts a running server with --disable coredns, servicelb and local-storage:
+// what kone had deployed for CoreDNS and local storage goes, the rest stays, and a kube-dns
+// Service of the user's own survives the next start; a LoadBalancer Service loses the finalizer
+// kone's service controller gave it, so that it can be deleted. The server is running again
+// without --disable when it returns.
 func checkDisable(t *testing.T, n *node) {
 	t.Helper()
 	ctx := context.Background()
@@ -184,8 +185,11 @@ func checkDisable(t *testing.T, n *node) {
 			t.Fatal("kone's service controller gave a LoadBalancer Service no finalizer within 30 s")
 		}
 	}
+	if _, err := cs.StorageV1().StorageClasses().Get(ctx, "local-path", metav1.GetOptions{}); err != nil {
+		t.Errorf("no local-path StorageClass: %v", err)
+	}
 	n.stop()
-	n.extra = []string{"--disable", "coredns", "--disable", "servicelb"}
+	n.extra = []string{"--disable", "coredns", "--disable", "servicelb", "--disable", "local-storage"}
 	n.start()
 	cs = n.client()
 	for deadline := time.Now().Add(30 * time.Second); len(finalizers()) > 0; time.Sleep(500 * time.Millisecond) {
@@ -207,6 +211,12 @@ func checkDisable(t *testing.T, n *node) {
 	}
 	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, "system:kone:flannel", metav1.GetOptions{}); err != nil {
 		t.Errorf("--disable coredns removed flannel's ClusterRole: %v", err)
+	}
+	if _, err := cs.StorageV1().StorageClasses().Get(ctx, "local-path", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("--disable local-storage: the local-path StorageClass is still there: %v", err)
+	}
+	if _, err := cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, "kone-local-path-own-node", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("--disable local-storage: the provisioner's admission policy is still there: %v", err)
 	}
 	// The user's own kube-dns Service, from the manifests directory: the same Service (its
 	// UID) after the next start, though kone removes its own kube-dns at every start.
@@ -247,5 +257,8 @@ func checkDisable(t *testing.T, n *node) {
 	svc, err := n.client().CoreV1().Services("kube-system").Get(ctx, "kube-dns", metav1.GetOptions{})
 	if err != nil || svc.Spec.InternalTrafficPolicy == nil || *svc.Spec.InternalTrafficPolicy != corev1.ServiceInternalTrafficPolicyLocal || len(svc.Spec.Ports) != 2 {
 		t.Errorf("CoreDNS enabled again: kube-dns is not kone's: %+v, %v", svc, err)
+	}
+	if _, err := n.client().StorageV1().StorageClasses().Get(ctx, "local-path", metav1.GetOptions{}); err != nil {
+		t.Errorf("local storage enabled again: no local-path StorageClass: %v", err)
 	}
 }

@@ -21,6 +21,7 @@ const (
 	proxyClientLeaf    = "client-kube-proxy"
 	dnsClientLeaf      = "client-coredns"
 	flannelClientLeaf  = "client-flannel"
+	storageClientLeaf  = "client-local-path"
 )
 
 func nodeLeaf(paths node.Paths, name string) pki.File {
@@ -36,6 +37,7 @@ func nodeCredentials(ca *pki.Cluster, paths node.Paths) node.Credentials {
 	return node.Credentials{
 		Kubelet: filepath.Join(paths.Agent, "kubelet.kubeconfig"), Proxy: filepath.Join(paths.Agent, "kube-proxy.kubeconfig"),
 		DNS: filepath.Join(paths.Agent, "coredns.kubeconfig"), Flannel: filepath.Join(paths.Agent, "flannel.kubeconfig"),
+		Storage:  filepath.Join(paths.Agent, "local-path.kubeconfig"),
 		ClientCA: ca.ClientCA, ServingCert: serving.Cert, ServingKey: serving.Key,
 	}
 }
@@ -70,6 +72,7 @@ func issueNodeCertificates(ca *pki.Cluster, paths node.Paths, id node.Identity, 
 		{nodeLeaf(paths, proxyClientLeaf), creds.Proxy, component(join.ProxyUser)},
 		{nodeLeaf(paths, dnsClientLeaf), creds.DNS, component(join.DNSGroup)},
 		{nodeLeaf(paths, flannelClientLeaf), creds.Flannel, component(join.FlannelGroup)},
+		{nodeLeaf(paths, storageClientLeaf), creds.Storage, component(join.StorageGroup)},
 	}
 	for _, c := range clients {
 		done, err := pki.EnsureOrRotate(clientCA, c.file, c.spec, now, rotate)

@@ -155,6 +155,7 @@ func TestNodeSide(t *testing.T) {
 		t.Errorf("NodePort: %q", body)
 	}
 	checkLoadBalancer(t, cs, ns, svc.Spec.Selector, nodeIP)
+	checkServerLocalPath(t, n, cs, nodeName)
 	// logs and exec return what the pods printed and wrote.
 	for _, p := range pods {
 		if !strings.HasPrefix(p.Name, "web-") {

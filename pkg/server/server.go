@@ -39,6 +39,7 @@ import (
 	"github.com/kone-dev/kone/pkg/renew"
 	"github.com/kone-dev/kone/pkg/sdnotify"
 	"github.com/kone-dev/kone/pkg/snapshot"
+	"github.com/kone-dev/kone/pkg/storage"
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
 
@@ -213,6 +214,9 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		elect(cloud.NewServiceController(adminClient, loadBalancerReserved(cfg), cfg.Node.Disabled(config.DisableServiceLB), log.Logger),
 			"kone-service-lb-controller"),
 	}
+	if !cfg.Node.Disabled(config.DisableLocalStorage) {
+		chain = append(chain, elect(storage.NewProvisioner(adminClient, log.Logger), "kone-local-path-provisioner"))
+	}
 	manifestsDir, err := deploy.NewDir(cfg.ManifestsDir(), filepath.Join(cfg.ServerDir(), "manifests.owner"), self.Name, admin, log.Logger)
 	if err != nil {
 		return err
@@ -276,6 +280,7 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 	cluster := node.Cluster{
 		ClusterCIDR: cfg.ClusterCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
 		Overlay: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
+		LocalStorage: !cfg.Node.Disabled(config.DisableLocalStorage),
 	}
 	upstream := node.Upstream{Default: strings.TrimPrefix(local, "https://"), CAFile: ca.ServerCA}
 	chain, err := node.Components(cfg, cluster, id, creds, upstream, log)
@@ -287,7 +292,7 @@ func clusterSettings(cfg *config.Config) join.Settings {
 	return join.Settings{
 		ClusterCIDR: cfg.ClusterCIDR.String(), ServiceCIDR: cfg.ServiceCIDR.String(), ClusterDNS: cfg.ClusterDNS.String(),
 		ClusterDomain: cfg.ClusterDomain, FlannelBackend: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
-		APIServerPort: cfg.HTTPSPort,
+		LocalStorage: !cfg.Node.Disabled(config.DisableLocalStorage), APIServerPort: cfg.HTTPSPort,
 	}
 }
 
