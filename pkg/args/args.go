@@ -28,6 +28,18 @@ func Merge(defaults map[string]string, overrides []string) []string {
 	return out
 }
 
+// Override returns the value that the key=value overrides give key (the last, as Merge takes
+// it), and whether they give it one.
+func Override(overrides []string, key string) (string, bool) {
+	value, found := "", false
+	for _, o := range overrides {
+		if k, v := Split(o); k == key {
+			value, found = v, true
+		}
+	}
+	return value, found
+}
+
 // Value returns the value of --key in flags built by Merge.
 func Value(flags []string, key string) string {
 	for _, a := range flags {

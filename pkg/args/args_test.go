@@ -18,3 +18,16 @@ func TestMerge(t *testing.T) {
 		t.Errorf("Value of an absent flag = %q", v)
 	}
 }
+
+func TestOverride(t *testing.T) {
+	overrides := []string{"v=2", "--service-node-port-range=20000-20100", "service-node-port-range=30000-30100", "--flag="}
+	if v, ok := Override(overrides, "service-node-port-range"); !ok || v != "30000-30100" {
+		t.Errorf("the last of two, one with dashes: %q, %v", v, ok)
+	}
+	if v, ok := Override(overrides, "flag"); !ok || v != "" {
+		t.Errorf("an empty value: %q, %v", v, ok)
+	}
+	if v, ok := Override(overrides, "absent"); ok || v != "" {
+		t.Errorf("an absent key: %q, %v", v, ok)
+	}
+}

@@ -474,11 +474,9 @@ func (c *Config) Validate() error {
 		}
 	}
 	if c.Node.Profile == ProfileCIS {
-		for _, a := range c.APIServerArgs {
-			if k, _ := args.Split(a); k == "admission-control-config-file" {
-				return errors.New("--kube-apiserver-arg admission-control-config-file: --profile=cis writes the admission configuration itself (Pod Security, event rate limit); " +
-					"choose the namespaces it leaves out with --pod-security-exempt-namespace, or drop --profile=cis to use your own file")
-			}
+		if _, given := args.Override(c.APIServerArgs, "admission-control-config-file"); given {
+			return errors.New("--kube-apiserver-arg admission-control-config-file: --profile=cis writes the admission configuration itself (Pod Security, event rate limit); " +
+				"choose the namespaces it leaves out with --pod-security-exempt-namespace, or drop --profile=cis to use your own file")
 		}
 	}
 	return c.Node.validate()

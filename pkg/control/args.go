@@ -114,12 +114,7 @@ const nodeRestriction = "NodeRestriction"
 // UserAuthenticationConfig is the authentication configuration file the user gave with
 // --kube-apiserver-arg authentication-config, or "".
 func UserAuthenticationConfig(c *config.Config) string {
-	file := ""
-	for _, o := range c.APIServerArgs {
-		if k, v := args.Split(o); k == "authentication-config" {
-			file = v
-		}
-	}
+	file, _ := args.Override(c.APIServerArgs, "authentication-config")
 	return file
 }
 

@@ -1,13 +1,12 @@
 package server
 
 import (
-	"strings"
-
 	corev1 "k8s.io/api/core/v1"
 	utilnet "k8s.io/apimachinery/pkg/util/net"
 	"k8s.io/kubernetes/pkg/cluster/ports"
 	kubeapiserveroptions "k8s.io/kubernetes/pkg/kubeapiserver/options"
 
+	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/cloud"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/flannel"
@@ -31,11 +30,9 @@ func loadBalancerReserved(cfg *config.Config) cloud.Reserved {
 	if cfg.FlannelBackend == config.FlannelVXLAN {
 		r.Ports[cloud.Port{Protocol: corev1.ProtocolUDP, Port: flannel.VXLANPort}] = "the vxlan overlay"
 	}
-	for _, a := range cfg.APIServerArgs {
-		if v, ok := strings.CutPrefix(a, "service-node-port-range="); ok {
-			if pr, err := utilnet.ParsePortRange(v); err == nil {
-				r.NodePort = *pr
-			}
+	if v, given := args.Override(cfg.APIServerArgs, "service-node-port-range"); given {
+		if pr, err := utilnet.ParsePortRange(v); err == nil {
+			r.NodePort = *pr
 		}
 	}
 	return r
