@@ -106,7 +106,8 @@ func (l *loadBalancers) EnsureLoadBalancer(_ context.Context, _ string, svc *cor
 			if err := l.mark(svc); err != nil {
 				return nil, err
 			}
-			l.granted[svc.UID], l.refused[svc.UID] = true, false
+			l.granted[svc.UID] = true
+			delete(l.refused, svc.UID)
 			return status, nil
 		}
 		refusal = fmt.Sprintf("no node serves LoadBalancer Services: none is Ready with an IPv4 address, or none of those is labelled %s=true", LBNodeLabel)
@@ -143,7 +144,20 @@ func (l *loadBalancers) mark(svc *corev1.Service) error {
 // upstream passes is the one it last ensured, which may predate the status it then wrote, so
 // the lister's is used.
 func (l *loadBalancers) UpdateLoadBalancer(_ context.Context, _ string, svc *corev1.Service, _ []*corev1.Node) error {
-	return l.follow(svc.Namespace, svc.Name)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	current, err := l.services.Services(svc.Namespace).Get(svc.Name)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	status, err := l.status()
+	if err != nil {
+		return err
+	}
+	return l.follow(current, status)
 }
 
 // EnsureLoadBalancerDeleted has nothing to take down: kube-proxy stops with the Service, and
@@ -156,24 +170,11 @@ func (l *loadBalancers) EnsureLoadBalancerDeleted(_ context.Context, _ string, s
 	return nil
 }
 
-// follow gives the served Service namespace/name the serving nodes' addresses of now; a
-// Service kone has not given addresses to is left as it is.
-func (l *loadBalancers) follow(namespace, name string) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	svc, err := l.services.Services(namespace).Get(name)
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
+// follow gives svc, if kone serves it, the serving nodes' addresses, status. Called with l.mu
+// held.
+func (l *loadBalancers) follow(svc *corev1.Service, status *corev1.LoadBalancerStatus) error {
 	if !served(svc) || l.refused[svc.UID] {
 		return nil
-	}
-	status, err := l.status()
-	if err != nil {
-		return err
 	}
 	if len(status.Ingress) == 0 || servicehelper.LoadBalancerStatusEqual(&svc.Status.LoadBalancer, status) {
 		// With no node left to serve, the last addresses stay: a Service with none would
@@ -183,23 +184,27 @@ func (l *loadBalancers) follow(namespace, name string) error {
 	updated := svc.DeepCopy()
 	updated.Status.LoadBalancer = *status
 	if _, err := servicehelper.PatchService(l.cs.CoreV1(), svc, updated); err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("LoadBalancer Service %s/%s: %w", namespace, name, err)
+		return fmt.Errorf("LoadBalancer Service %s/%s: %w", svc.Namespace, svc.Name, err)
 	}
 	return nil
 }
 
 // followAll brings every served Service's addresses up to date with the nodes.
 func (l *loadBalancers) followAll() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	all, err := l.services.List(labels.Everything())
+	if err != nil {
+		return err
+	}
+	status, err := l.status()
 	if err != nil {
 		return err
 	}
 	var failed error
 	for _, svc := range all {
-		if served(svc) {
-			if err := l.follow(svc.Namespace, svc.Name); err != nil {
-				failed = err
-			}
+		if err := l.follow(svc, status); err != nil {
+			failed = err
 		}
 	}
 	return failed
