@@ -26,27 +26,8 @@ import (
 func checkLoadBalancer(t *testing.T, cs kubernetes.Interface, ns string, selector map[string]string, nodeIP string) {
 	t.Helper()
 	ctx := context.Background()
-	lb := func(name string, port int32) {
-		_, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-			ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
-			Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: selector,
-				Ports: []corev1.ServicePort{{Port: port, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(8080)}}},
-		}, metav1.CreateOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	addresses := func(name string) []string {
-		svc, err := cs.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{})
-		if err != nil {
-			return nil
-		}
-		var ips []string
-		for _, in := range svc.Status.LoadBalancer.Ingress {
-			ips = append(ips, in.IP)
-		}
-		return ips
-	}
+	lb := func(name string, port int32) { createLoadBalancer(t, cs, ns, name, selector, port) }
+	addresses := func(name string) []string { return loadBalancerAddresses(cs, ns, name) }
 	waitAddress := func(name string, within time.Duration) {
 		t.Helper()
 		for deadline := time.Now().Add(within); !slices.Contains(addresses(name), nodeIP); time.Sleep(time.Second) {
@@ -115,25 +96,8 @@ func checkLoadBalancer(t *testing.T, cs kubernetes.Interface, ns string, selecto
 func checkLoadBalancerNodes(t *testing.T, cs kubernetes.Interface, ns string, selector map[string]string, all, reach []string, marked, markedIP string) {
 	t.Helper()
 	ctx := context.Background()
-	if _, err := cs.CoreV1().Services(ns).Create(ctx, &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: "nodes-lb", Namespace: ns},
-		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: selector,
-			Ports: []corev1.ServicePort{{Port: 8090, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(8080)}}},
-	}, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	addresses := func() []string {
-		svc, err := cs.CoreV1().Services(ns).Get(ctx, "nodes-lb", metav1.GetOptions{})
-		if err != nil {
-			return nil
-		}
-		var ips []string
-		for _, in := range svc.Status.LoadBalancer.Ingress {
-			ips = append(ips, in.IP)
-		}
-		slices.Sort(ips)
-		return ips
-	}
+	createLoadBalancer(t, cs, ns, "nodes-lb", selector, 8090)
+	addresses := func() []string { return loadBalancerAddresses(cs, ns, "nodes-lb") }
 	want := func(ips []string, why string) {
 		t.Helper()
 		ips = slices.Sorted(slices.Values(ips))
@@ -170,4 +134,32 @@ func checkLoadBalancerNodes(t *testing.T, cs kubernetes.Interface, ns string, se
 	if err := cs.CoreV1().Services(ns).Delete(ctx, "nodes-lb", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// createLoadBalancer creates name, a LoadBalancer Service on port of the pods that selector
+// picks, which serve on 8080.
+func createLoadBalancer(t *testing.T, cs kubernetes.Interface, ns, name string, selector map[string]string, port int32) {
+	t.Helper()
+	if _, err := cs.CoreV1().Services(ns).Create(context.Background(), &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeLoadBalancer, Selector: selector,
+			Ports: []corev1.ServicePort{{Port: port, Protocol: corev1.ProtocolTCP, TargetPort: intstr.FromInt32(8080)}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// loadBalancerAddresses are the addresses in Service name's status, in order; none if it cannot
+// be read.
+func loadBalancerAddresses(cs kubernetes.Interface, ns, name string) []string {
+	svc, err := cs.CoreV1().Services(ns).Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		return nil
+	}
+	var ips []string
+	for _, in := range svc.Status.LoadBalancer.Ingress {
+		ips = append(ips, in.IP)
+	}
+	slices.Sort(ips)
+	return ips
 }
