@@ -1,6 +1,7 @@
 package manifests_test
 
 import (
+	"encoding/base64"
 	"fmt"
 	"io/fs"
 	"net"
@@ -15,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	apiregistrationv1 "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1"
 
 	"github.com/kone-dev/kone/manifests"
 	"github.com/kone-dev/kone/pkg/deploy"
@@ -40,6 +42,7 @@ func objects(t *testing.T) map[string]any {
 		"ValidatingAdmissionPolicyBinding": func() any { return &admissionv1.ValidatingAdmissionPolicyBinding{} },
 		"Service":                          func() any { return &corev1.Service{} },
 		"StorageClass":                     func() any { return &storagev1.StorageClass{} },
+		"APIService":                       func() any { return &apiregistrationv1.APIService{} },
 	}
 	all := map[string]any{}
 	for _, name := range names {
@@ -47,7 +50,7 @@ func objects(t *testing.T) map[string]any {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if data, err = deploy.Render(name, data, map[string]string{"CLUSTER_DNS": "10.43.0.10"}); err != nil {
+		if data, err = deploy.Render(name, data, map[string]string{"CLUSTER_DNS": "10.43.0.10", "SERVER_CA_BUNDLE": base64.StdEncoding.EncodeToString([]byte("CA"))}); err != nil {
 			t.Fatal(err)
 		}
 		objs, err := deploy.Decode(name, data)
@@ -217,7 +220,7 @@ func TestParts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data, err = deploy.Render("coredns.yaml", data, map[string]string{"CLUSTER_DNS": "10.43.0.10"})
+	data, err = deploy.Render("coredns.yaml", data, map[string]string{"CLUSTER_DNS": "10.43.0.10", "SERVER_CA_BUNDLE": base64.StdEncoding.EncodeToString([]byte("CA"))})
 	if err != nil {
 		t.Fatal(err)
 	}

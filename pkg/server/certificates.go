@@ -34,6 +34,7 @@ func certificateServices(cfg *config.Config) map[string][]pki.File {
 		"coredns":            {nodeLeaf(paths, dnsClientLeaf)},
 		"flannel":            {nodeLeaf(paths, flannelClientLeaf)},
 		"local-path":         {nodeLeaf(paths, storageClientLeaf)},
+		"metrics-server":     {ca.MetricsServing, ca.MetricsClient},
 	}
 }
 

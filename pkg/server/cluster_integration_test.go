@@ -213,6 +213,7 @@ func TestAgents(t *testing.T) {
 		_, err := agents[0].exec("test", "-e", path)
 		return err == nil
 	})
+	checkTop(t, n, cs, waitNodesReady(t, cs, 3))
 
 	containers := containerIDs(t, cs, ns)
 	// `kone certificate rotate` on agent-2, with its flags, while it runs; kubelet takes its new

@@ -256,6 +256,7 @@ func TestServer(t *testing.T) {
 	if err != nil || string(body) != "ok" {
 		t.Fatalf("/readyz: %q, %v", body, err)
 	}
+	checkMetricsAPI(t, n)
 
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kone-it"}}
 	if _, err := cs.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {

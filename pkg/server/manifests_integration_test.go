@@ -2,6 +2,7 @@ package server_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -158,8 +159,9 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 	waitConfigMap(t, cs, "later", "", "a removed file")
 }
 
-// checkDisable restarts a running server with --disable coredns, servicelb and local-storage:
-// what kone had deployed for CoreDNS and local storage goes, the rest stays, and a kube-dns
+// checkDisable restarts a running server with --disable coredns, servicelb, local-storage and
+// metrics-server: what kone had deployed for CoreDNS, local storage and the metrics API goes,
+// the rest stays, and a kube-dns
 // Service of the user's own survives the next start; a LoadBalancer Service loses the finalizer
 // kone's service controller gave it, so that it can be deleted. The server is running again
 // without --disable when it returns.
@@ -188,8 +190,9 @@ func checkDisable(t *testing.T, n *node) {
 	if _, err := cs.StorageV1().StorageClasses().Get(ctx, "local-path", metav1.GetOptions{}); err != nil {
 		t.Errorf("no local-path StorageClass: %v", err)
 	}
+	metricsAt := metricsEndpoint(t, cs)
 	n.stop()
-	n.extra = []string{"--disable", "coredns", "--disable", "servicelb", "--disable", "local-storage"}
+	n.extra = []string{"--disable", "coredns", "--disable", "servicelb", "--disable", "local-storage", "--disable", "metrics-server"}
 	n.start()
 	cs = n.client()
 	for deadline := time.Now().Add(30 * time.Second); len(finalizers()) > 0; time.Sleep(500 * time.Millisecond) {
@@ -217,6 +220,22 @@ func checkDisable(t *testing.T, n *node) {
 	}
 	if _, err := cs.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, "kone-local-path-own-node", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("--disable local-storage: the provisioner's admission policy is still there: %v", err)
+	}
+	if _, err := cs.Discovery().RESTClient().Get().AbsPath("/apis/apiregistration.k8s.io/v1/apiservices/v1beta1.metrics.k8s.io").DoRaw(ctx); !apierrors.IsNotFound(err) {
+		t.Errorf("--disable metrics-server: the metrics APIService is still there: %v", err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(500 * time.Millisecond) {
+		slices, err := cs.DiscoveryV1().EndpointSlices("kube-system").List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=metrics-server"})
+		if err == nil && len(slices.Items) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("--disable metrics-server: its EndpointSlice stays: %+v, %v", slices, err)
+		}
+	}
+	if c, err := net.DialTimeout("tcp", metricsAt, time.Second); err == nil {
+		c.Close()
+		t.Errorf("--disable metrics-server: something still listens on %s", metricsAt)
 	}
 	// The user's own kube-dns Service, from the manifests directory: the same Service (its
 	// UID) after the next start, though kone removes its own kube-dns at every start.

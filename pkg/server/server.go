@@ -11,6 +11,7 @@ package server
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
@@ -34,6 +35,7 @@ import (
 	"github.com/kone-dev/kone/pkg/leader"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/memory"
+	"github.com/kone-dev/kone/pkg/metrics"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/renew"
@@ -60,10 +62,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if err != nil {
 		return err
 	}
-	advertise := cfg.AdvertiseAddress
-	if advertise == nil {
-		advertise = self.IP
-	}
+	advertise := advertiseAddress(cfg, self)
 	files := control.Files{
 		Advertise:                   advertise,
 		EtcdURL:                     cfg.EtcdURL(),
@@ -74,6 +73,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		AuditLog:                    filepath.Join(dir, "logs", "audit.log"),
 		ControllerManagerKubeconfig: filepath.Join(dir, "cred", "controller-manager.kubeconfig"),
 		SchedulerKubeconfig:         filepath.Join(dir, "cred", "scheduler.kubeconfig"),
+		MetricsKubeconfig:           filepath.Join(dir, "cred", "metrics-server.kubeconfig"),
 		CertDir:                     filepath.Join(dir, "tls", "temporary-certs"),
 	}
 	ca := pki.Layout(cfg.TLSDir())
@@ -204,7 +204,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		renew.New(func(_ context.Context, now time.Time) ([]string, error) { return certs.issue(now) },
 			[]string{ca.Dir, filepath.Dir(ca.EtcdServerCA), node.Paths{Agent: cfg.AgentDir()}.TLSDir()}, log.Logger),
 		newBootstrap(admin, log.Logger, tok, tokenFiles, ca.ServerCA, clusterInfoServer(cfg), settings,
-			map[string]string{"CLUSTER_DNS": cfg.ClusterDNS.String()}, cfg.Node.Disable, sharedFiles(cfg, ca), store.Alone, own, sealer),
+			map[string]string{"CLUSTER_DNS": cfg.ClusterDNS.String(), "SERVER_CA_BUNDLE": base64.StdEncoding.EncodeToString([]byte(settings.ServerCA))}, cfg.Node.Disable, sharedFiles(cfg, ca), store.Alone, own, sealer),
 		newFollower(adminClient, cfg.EncryptionConfig(), tokenFiles, certs, sealer, log.Logger),
 		etcd.NewMembers(store, adminClient, log.Logger, settler.Soon),
 		elect(cm, "kube-controller-manager"), elect(sched, "kube-scheduler"),
@@ -216,6 +216,16 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	}
 	if !cfg.Node.Disabled(config.DisableLocalStorage) {
 		chain = append(chain, elect(storage.NewProvisioner(adminClient, log.Logger), "kone-local-path-provisioner"))
+	}
+	if !cfg.Node.Disabled(config.DisableMetrics) {
+		ms, err := metrics.New(metrics.Config{
+			Kubeconfig: files.MetricsKubeconfig, Address: advertise, Port: metrics.Port,
+			Serving: ca.MetricsServing, ServingCA: ca.ServerCA, KubeletCA: ca.KubeletServingCA, AuthProxy: ca.AuthProxy,
+		}, adminClient)
+		if err != nil {
+			return err
+		}
+		chain = append(chain, elect(ms, "kone-metrics-server"))
 	}
 	manifestsDir, err := deploy.NewDir(cfg.ManifestsDir(), filepath.Join(cfg.ServerDir(), "manifests.owner"), self.Name, admin, log.Logger)
 	if err != nil {
@@ -317,6 +327,7 @@ func writeKubeconfigs(ca *pki.Cluster, files control.Files, local string) error 
 	for path, client := range map[string]pki.File{
 		files.ControllerManagerKubeconfig: ca.ControllerManager,
 		files.SchedulerKubeconfig:         ca.Scheduler,
+		files.MetricsKubeconfig:           ca.MetricsClient,
 	} {
 		if err := (pki.Kubeconfig{Server: local, CAFile: ca.ServerCA, Client: client}).Write(path, 0o600); err != nil {
 			return err
@@ -384,21 +395,34 @@ func firstServiceIP(n *net.IPNet) net.IP {
 	return ip
 }
 
+// advertiseAddress is where the other servers and the nodes reach this server: --advertise-address,
+// or the node's address; nil for a server without a node side that finds none.
+func advertiseAddress(cfg *config.Config, self node.Identity) net.IP {
+	if cfg.AdvertiseAddress != nil {
+		return cfg.AdvertiseAddress
+	}
+	return self.IP
+}
+
 // checkPorts fails early, naming the flag to change, when a port kone needs is taken.
 func checkPorts(cfg *config.Config, self node.Identity, cmArgs, schedArgs []string) error {
 	peer := "127.0.0.1"
 	if self.IP != nil {
 		peer = self.IP.String()
 	}
-	ports := []struct{ host, port, flag string }{
-		{cfg.BindAddress.String(), fmt.Sprint(cfg.HTTPSPort), "--https-listen-port"},
-		{"127.0.0.1", fmt.Sprint(cfg.EtcdClientPort), "--etcd-client-port"},
-		{peer, fmt.Sprint(cfg.EtcdPeerPort), "--etcd-peer-port"},
-		{"127.0.0.1", args.Value(cmArgs, "secure-port"), "--kube-controller-manager-arg=secure-port=PORT"},
-		{"127.0.0.1", args.Value(schedArgs, "secure-port"), "--kube-scheduler-arg=secure-port=PORT"},
+	type port struct{ host, port, instead string }
+	ports := []port{
+		{cfg.BindAddress.String(), fmt.Sprint(cfg.HTTPSPort), "pick another port with --https-listen-port"},
+		{"127.0.0.1", fmt.Sprint(cfg.EtcdClientPort), "pick another port with --etcd-client-port"},
+		{peer, fmt.Sprint(cfg.EtcdPeerPort), "pick another port with --etcd-peer-port"},
+		{"127.0.0.1", args.Value(cmArgs, "secure-port"), "pick another port with --kube-controller-manager-arg=secure-port=PORT"},
+		{"127.0.0.1", args.Value(schedArgs, "secure-port"), "pick another port with --kube-scheduler-arg=secure-port=PORT"},
 	}
 	if !cfg.DisableAgent {
-		ports = append(ports, struct{ host, port, flag string }{"127.0.0.1", fmt.Sprint(cfg.Node.LBServerPort), "--lb-server-port"})
+		ports = append(ports, port{"127.0.0.1", fmt.Sprint(cfg.Node.LBServerPort), "pick another port with --lb-server-port"})
+	}
+	if ip := advertiseAddress(cfg, self); ip != nil && !cfg.Node.Disabled(config.DisableMetrics) {
+		ports = append(ports, port{ip.String(), fmt.Sprint(metrics.Port), "run without kone's metrics API (--disable metrics-server)"})
 	}
 	for _, p := range ports {
 		l, err := net.Listen("tcp", net.JoinHostPort(p.host, p.port))
@@ -406,7 +430,7 @@ func checkPorts(cfg *config.Config, self node.Identity, cmArgs, schedArgs []stri
 			if errors.Is(err, os.ErrPermission) {
 				return fmt.Errorf("cannot listen on port %s: %w; run kone as root", p.port, err)
 			}
-			return fmt.Errorf("port %s on %s is already in use: stop whatever holds it (is another kone or Kubernetes running?) or pick another port with %s", p.port, p.host, p.flag)
+			return fmt.Errorf("port %s on %s is already in use: stop whatever holds it (is another kone or Kubernetes running?) or %s", p.port, p.host, p.instead)
 		}
 		l.Close()
 	}

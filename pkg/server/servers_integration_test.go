@@ -513,9 +513,10 @@ func checkRefusedServerJoins(t *testing.T, n *node, tok string) {
 	}
 }
 
-// checkLeaseTakenAndRegained takes the controller-manager's and the scheduler's leases from the
-// servers that hold them: each stops its component and stands by. Handed back, the lease makes
-// it run the component again in the same process, which then does its work.
+// checkLeaseTakenAndRegained takes the controller-manager's, the scheduler's and the
+// metrics-server's leases from the servers that hold them: each stops its component and stands
+// by. Handed back, the lease makes it run the component again in the same process, which then
+// does its work.
 func checkLeaseTakenAndRegained(t *testing.T, n *node, cs kubernetes.Interface, servers []*agentNode) {
 	t.Helper()
 	ctx := context.Background()
@@ -545,7 +546,7 @@ func checkLeaseTakenAndRegained(t *testing.T, n *node, cs kubernetes.Interface, 
 		}
 	}
 	holders := map[string]string{}
-	for _, lease := range []string{"kube-controller-manager", "kube-scheduler"} {
+	for _, lease := range []string{"kube-controller-manager", "kube-scheduler", "kone-metrics-server"} {
 		l, err := leases.Get(ctx, lease, metav1.GetOptions{})
 		if err != nil || l.Spec.HolderIdentity == nil {
 			t.Fatalf("lease %s: %v %v", lease, l, err)
@@ -568,6 +569,16 @@ func checkLeaseTakenAndRegained(t *testing.T, n *node, cs kubernetes.Interface, 
 	}
 	serveWeb(t, cs, ns, 1, true)
 	waitPodsRunning(t, cs, ns, 1)
+	// The metrics-server, run again, has scraped the nodes.
+	var err error
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		if err = nodeMetricsServed(cs); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no node metrics a minute after the metrics-server's server got its lease back: %v\n%s", err, logOf(holders["kone-metrics-server"]))
+		}
+	}
 	for lease, holder := range holders {
 		if l, err := leases.Get(ctx, lease, metav1.GetOptions{}); err != nil || *l.Spec.HolderIdentity != holder {
 			t.Errorf("lease %s went to %v (%v), not back to %s", lease, l.Spec.HolderIdentity, err, holder)

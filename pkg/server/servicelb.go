@@ -10,6 +10,7 @@ import (
 	"github.com/kone-dev/kone/pkg/cloud"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/flannel"
+	"github.com/kone-dev/kone/pkg/metrics"
 )
 
 // loadBalancerReserved is what kone serves on the nodes' addresses, which a LoadBalancer
@@ -26,6 +27,9 @@ func loadBalancerReserved(cfg *config.Config) cloud.Reserved {
 			tcp(22):                "SSH, by which the machine is looked after",
 		},
 		NodePort: kubeapiserveroptions.DefaultServiceNodePortRange,
+	}
+	if !cfg.Node.Disabled(config.DisableMetrics) {
+		r.Ports[tcp(metrics.Port)] = "the metrics API"
 	}
 	if cfg.FlannelBackend == config.FlannelVXLAN {
 		r.Ports[cloud.Port{Protocol: corev1.ProtocolUDP, Port: flannel.VXLANPort}] = "the vxlan overlay"
