@@ -21,6 +21,7 @@ import (
 	servicehelper "k8s.io/cloud-provider/service/helpers"
 	controllersmetrics "k8s.io/component-base/metrics/prometheus/controllers"
 
+	"github.com/kone-dev/kone/pkg/queue"
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
 
@@ -69,11 +70,11 @@ func (c *ServiceController) Run(ctx context.Context) error {
 		return fmt.Errorf("service controller: %w", err)
 	}
 	// One key: any change of the nodes that serve brings every served Service up to date.
-	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
-	defer queue.ShutDown()
+	nodeChanges := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
+	defer nodeChanges.ShutDown()
 	changed := func(old, new *corev1.Node) {
 		if old == nil || new == nil || nodeView(old) != nodeView(new) {
-			queue.Add("nodes")
+			nodeChanges.Add("nodes")
 		}
 	}
 	if _, err := nodes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -94,24 +95,11 @@ func (c *ServiceController) Run(ctx context.Context) error {
 		<-done
 		return nil
 	}
-	go func() {
-		for {
-			key, quit := queue.Get()
-			if quit {
-				return
-			}
-			if err := lb.followAll(); err != nil {
-				c.log.WithError(err).Warn("cannot bring LoadBalancer Services' addresses up to date with the nodes; trying again")
-				queue.AddRateLimited(key)
-			} else {
-				queue.Forget(key)
-				// Again in a while, changed or not: a node change that came as upstream was
-				// writing a Service's first addresses is caught up with then.
-				queue.AddAfter(key, resync)
-			}
-			queue.Done(key)
-		}
-	}()
+	// Again in a while (resync), changed or not: a node change that came as upstream was
+	// writing a Service's first addresses is caught up with then.
+	go queue.Work(nodeChanges, func(string) error { return lb.followAll() }, func(_ string, err error) {
+		c.log.WithError(err).Warn("cannot bring LoadBalancer Services' addresses up to date with the nodes; trying again")
+	}, resync)
 	c.ready.Open()
 	<-done
 	return nil

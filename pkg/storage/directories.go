@@ -21,6 +21,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+
+	"github.com/kone-dev/kone/pkg/queue"
 )
 
 // Config is what a node's part of local storage needs.
@@ -62,11 +64,11 @@ func (d *Directories) Run(ctx context.Context) error {
 		o.LabelSelector = labels.Set{NodeLabel: d.cfg.NodeName}.String()
 	}))
 	volumes := factory.Core().V1().PersistentVolumes()
-	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
-	defer queue.ShutDown()
+	changes := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
+	defer changes.ShutDown()
 	enqueue := func(obj any) {
 		if pv, ok := obj.(*corev1.PersistentVolume); ok {
-			queue.Add(pv.Name)
+			changes.Add(pv.Name)
 		}
 	}
 	if _, err := volumes.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -77,21 +79,9 @@ func (d *Directories) Run(ctx context.Context) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 	factory.WaitForCacheSync(ctx.Done())
-	go func() {
-		for {
-			name, quit := queue.Get()
-			if quit {
-				return
-			}
-			if err := d.sync(ctx, volumes.Lister(), name); err != nil {
-				d.cfg.Log.WithError(err).WithField("volume", name).Warn("local-path volume; trying again")
-				queue.AddRateLimited(name)
-			} else {
-				queue.Forget(name)
-			}
-			queue.Done(name)
-		}
-	}()
+	go queue.Work(changes, func(name string) error { return d.sync(ctx, volumes.Lister(), name) }, func(name string, err error) {
+		d.cfg.Log.WithError(err).WithField("volume", name).Warn("local-path volume; trying again")
+	}, 0)
 	<-ctx.Done()
 	return nil
 }
