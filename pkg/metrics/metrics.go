@@ -13,29 +13,40 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
 	genericapiserver "k8s.io/apiserver/pkg/server"
 	discoveryv1ac "k8s.io/client-go/applyconfigurations/discovery/v1"
 	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/transport"
-	kubeopenapi "k8s.io/kubernetes/pkg/generated/openapi"
+	apiregistrationv1 "k8s.io/kube-aggregator/pkg/client/clientset_generated/clientset/typed/apiregistration/v1"
+	"k8s.io/kube-openapi/pkg/common"
+	"k8s.io/kube-openapi/pkg/util"
+	"k8s.io/kube-openapi/pkg/validation/spec"
 	"sigs.k8s.io/metrics-server/cmd/metrics-server/app/options"
 	"sigs.k8s.io/metrics-server/pkg/api"
+	generatedopenapi "sigs.k8s.io/metrics-server/pkg/api/generated/openapi"
 
+	"github.com/kone-dev/kone/pkg/deploy"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/probe"
 	"github.com/kone-dev/kone/pkg/supervisor"
 )
 
-// The Service that the APIService v1beta1.metrics.k8s.io names (manifests/metrics-server.yaml),
-// and the name of its one port, by which the aggregator pairs it with the published endpoint.
+// kone's APIService of the metrics API (manifests/metrics-server.yaml), the Service it names,
+// and the name of that Service's one port, by which the aggregator pairs it with the published
+// endpoint.
 const (
+	APIService  = "v1beta1.metrics.k8s.io"
 	Namespace   = "kube-system"
 	ServiceName = "metrics-server"
 	PortName    = "https"
@@ -66,18 +77,22 @@ type Config struct {
 
 // Server is the component.
 type Server struct {
-	cfg   Config
-	cs    kubernetes.Interface
-	probe *http.Client
-	ready *supervisor.Latch
+	cfg         Config
+	cs          kubernetes.Interface
+	apiservices apiregistrationv1.APIServiceInterface
+	log         *logrus.Logger
+	probe       *http.Client
+
+	mu    sync.Mutex
+	ready *supervisor.Latch // of the current run; a new one for the next
 }
 
 // New checks cfg; cs publishes the endpoint, and must be allowed to read Services and apply
-// EndpointSlices in kube-system.
-func New(cfg Config, cs kubernetes.Interface) (*Server, error) {
+// EndpointSlices in kube-system; apiservices reads the metrics APIService.
+func New(cfg Config, cs kubernetes.Interface, apiservices apiregistrationv1.APIServiceInterface, log *logrus.Logger) (*Server, error) {
 	// The aggregator reaches it at an endpoint address, which may not be loopback.
 	if cfg.Address == nil || cfg.Address.To4() == nil || cfg.Address.IsLoopback() {
-		return nil, fmt.Errorf("metrics-server: the server has no IPv4 address for the apiservers to reach it at (found %v); set --advertise-address, or run without kone's metrics API (--disable metrics-server)", cfg.Address)
+		return nil, fmt.Errorf("metrics-server: the server has no IPv4 address for the apiservers to reach it at (found %v); set --node-ip, or run without kone's metrics API (--disable metrics-server)", cfg.Address)
 	}
 	if cfg.Port <= 0 || cfg.Port > 65535 {
 		return nil, fmt.Errorf("metrics-server: port %d is not a port", cfg.Port)
@@ -87,52 +102,83 @@ func New(cfg Config, cs kubernetes.Interface) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("metrics-server: %w", err)
 	}
-	return &Server{cfg: cfg, cs: cs, probe: &http.Client{Transport: rt, Timeout: 2 * time.Second}, ready: supervisor.NewLatch()}, nil
+	return &Server{cfg: cfg, cs: cs, apiservices: apiservices, log: log,
+		probe: &http.Client{Transport: rt, Timeout: 2 * time.Second}, ready: supervisor.NewLatch()}, nil
 }
 
 func (s *Server) Name() string { return "metrics-server" }
 
-// Ready once the aggregator can reach it: it answers on its address, and has its address
-// published. It has metrics to serve one scrape later.
-func (s *Server) Ready(ctx context.Context) error { return s.ready.Wait(ctx) }
+// Ready once the aggregator can reach this run of it: it answers on its address, and has its
+// address published. It has metrics to serve one scrape later.
+func (s *Server) Ready(ctx context.Context) error {
+	s.mu.Lock()
+	ready := s.ready
+	s.mu.Unlock()
+	return ready.Wait(ctx)
+}
 
 func (s *Server) address() string {
 	return net.JoinHostPort(s.cfg.Address.String(), strconv.Itoa(s.cfg.Port))
 }
 
+// Run serves until ctx ends. It runs again in the same process when its server gets the lease
+// back, so it holds its own listener, closed whichever way a run ends.
 func (s *Server) Run(ctx context.Context) error {
+	defer func() {
+		s.mu.Lock()
+		s.ready = supervisor.NewLatch()
+		s.mu.Unlock()
+	}()
+	foreign, err := Foreign(ctx, s.apiservices)
+	if err != nil {
+		return fmt.Errorf("read the APIService %s: %w", APIService, err)
+	}
+	if foreign {
+		s.log.WithField("apiservice", APIService).Warn(ForeignNote)
+		s.mu.Lock()
+		s.ready.Open()
+		s.mu.Unlock()
+		<-ctx.Done()
+		return nil
+	}
+	ln, err := net.Listen("tcp", s.address())
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w; free the port, or run without kone's metrics API (--disable metrics-server)", s.address(), err)
+	}
+	defer ln.Close()
 	o := options.NewOptions()
 	o.Kubeconfig = s.cfg.Kubeconfig
 	o.Authentication.RemoteKubeConfigFile = s.cfg.Kubeconfig
+	// Only the aggregator, with its front-proxy certificate, and holders of the cluster's client
+	// certificates may ask: nobody anonymously, not even for its health.
+	o.Authentication.Anonymous.Enabled = false
 	o.Authorization.RemoteKubeConfigFile = s.cfg.Kubeconfig
-	o.SecureServing.BindAddress = s.cfg.Address
-	o.SecureServing.BindPort = s.cfg.Port
+	o.SecureServing.Listener = ln
 	o.SecureServing.ServerCert.CertKey.CertFile = s.cfg.Serving.Cert
 	o.SecureServing.ServerCert.CertKey.KeyFile = s.cfg.Serving.Key
-	o.Features.EnableProfiling = false
 	o.MetricResolution = Resolution
 	o.KubeletClient.KubeletCAFile = s.cfg.KubeletCA
 	// As the apiserver reaches kubelets: edge nodes' host names are rarely in DNS.
 	o.KubeletClient.KubeletPreferredAddressTypes = []string{string(corev1.NodeInternalIP), string(corev1.NodeExternalIP), string(corev1.NodeHostName)}
 	// Logging options are not applied: they would set up klog for the whole process anew.
 	if errs := append(o.KubeletClient.Validate(), o.GenericServerRunOptions.Validate()...); len(errs) > 0 {
-		return fmt.Errorf("metrics-server: %w", errors.Join(errs...))
+		return errors.Join(errs...)
 	}
 	config, err := o.ServerConfig()
 	if err != nil {
-		return fmt.Errorf("metrics-server: %w", err)
+		return err
 	}
-	// metrics-server v0.8.0 names its OpenAPI models by Go package path; the metrics types of
-	// Kubernetes 1.36 name themselves io.k8s.metrics..., which its definitions then lack.
-	// Kubernetes' own definitions carry those names, and are in kone already.
+	// metrics-server does not apply its feature options: profiling would be on, and with it
+	// /debug/flags/v, which sets the log level of all of kone.
+	config.Apiserver.EnableProfiling = false
+	config.Apiserver.EnableContentionProfiling = false
 	namer := openapinamer.NewDefinitionNamer(api.Scheme)
-	v2, v3 := genericapiserver.DefaultOpenAPIConfig(kubeopenapi.GetOpenAPIDefinitions, namer),
-		genericapiserver.DefaultOpenAPIV3Config(kubeopenapi.GetOpenAPIDefinitions, namer)
+	v2, v3 := genericapiserver.DefaultOpenAPIConfig(definitions, namer), genericapiserver.DefaultOpenAPIV3Config(definitions, namer)
 	v2.Info, v3.Info = config.Apiserver.OpenAPIConfig.Info, config.Apiserver.OpenAPIV3Config.Info
 	config.Apiserver.OpenAPIConfig, config.Apiserver.OpenAPIV3Config = v2, v3
 	server, err := config.Complete()
 	if err != nil {
-		return fmt.Errorf("metrics-server: %w", err)
+		return err
 	}
 	serving, stop := context.WithCancel(ctx)
 	defer stop()
@@ -143,32 +189,74 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	// Published only once it answers as the aggregator asks: the aggregator checks a new
 	// endpoint at once, and reports each refusal as an error.
-	if err := probe.Until(serving, 200*time.Millisecond, s.answers); err != nil {
+	if err := probe.Until(serving, 200*time.Millisecond, func() error { return s.answers(serving) }); err != nil {
 		stop()
-		if served := <-done; served != nil {
-			return fmt.Errorf("metrics-server: %w", served)
+		if served := <-done; served != nil || ctx.Err() != nil {
+			return served
 		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("metrics-server: %w", err)
-	}
-	if err := s.publish(ctx); err != nil {
-		stop()
-		<-done
 		return err
 	}
-	s.ready.Open()
-	if err := <-done; err != nil {
-		return fmt.Errorf("metrics-server: %w", err)
+	// Published again now and then: a slice deleted by hand, or with a Service made anew,
+	// comes back. An apiserver that does not answer for a moment is tried again.
+	publish := func() error { return s.publish(serving) }
+	if err := probe.Until(serving, time.Second, publish); err != nil {
+		stop()
+		if served := <-done; served != nil || ctx.Err() != nil {
+			return served
+		}
+		return err
 	}
-	return nil
+	s.mu.Lock()
+	s.ready.Open()
+	s.mu.Unlock()
+	go wait.Until(func() { _ = publish() }, republish, serving.Done())
+	return <-done
+}
+
+// ForeignNote says what kone does when another metrics-server serves the metrics API.
+const ForeignNote = "another metrics-server serves the metrics API (its APIService is not kone's): kone leaves it in place and runs none of its own; give --disable metrics-server to say so"
+
+// Foreign says whether the cluster has a metrics APIService that kone did not apply: that of
+// another metrics-server, installed before kone had one, which kone leaves alone.
+func Foreign(ctx context.Context, apiservices apiregistrationv1.APIServiceInterface) (bool, error) {
+	svc, err := apiservices.Get(ctx, APIService, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	for _, m := range svc.ManagedFields {
+		if m.Manager == deploy.FieldManager && m.Operation == metav1.ManagedFieldsOperationApply {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// republish is how often the endpoint is published again, a no-op while it is as it was.
+const republish = time.Minute
+
+// definitions are metrics-server's OpenAPI definitions under the names that Kubernetes 1.36's
+// types give themselves (io.k8s.metrics.pkg.apis.metrics.v1beta1.NodeMetrics): v0.8.0 generated
+// them under Go package paths (k8s.io/metrics/pkg/apis/metrics/v1beta1.NodeMetrics), and the
+// OpenAPI builder finds none of them by the new names.
+func definitions(ref common.ReferenceCallback) map[string]common.OpenAPIDefinition {
+	defs := generatedopenapi.GetOpenAPIDefinitions(func(path string) spec.Ref { return ref(util.ToRESTFriendlyName(path)) })
+	renamed := make(map[string]common.OpenAPIDefinition, len(defs))
+	for name, d := range defs {
+		for i, dep := range d.Dependencies {
+			d.Dependencies[i] = util.ToRESTFriendlyName(dep)
+		}
+		renamed[util.ToRESTFriendlyName(name)] = d
+	}
+	return renamed
 }
 
 // answers asks for the API's discovery document as the aggregator does when it checks that
 // the API is available: with its client certificate, for an administrator.
-func (s *Server) answers() error {
-	req, err := http.NewRequest(http.MethodGet, "https://"+s.address()+"/apis/metrics.k8s.io/v1beta1", nil)
+func (s *Server) answers(ctx context.Context) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+s.address()+"/apis/metrics.k8s.io/v1beta1", nil)
 	if err != nil {
 		return err
 	}
@@ -189,7 +277,7 @@ func (s *Server) answers() error {
 func (s *Server) publish(ctx context.Context) error {
 	svc, err := s.cs.CoreV1().Services(Namespace).Get(ctx, ServiceName, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("metrics-server: its Service: %w", err)
+		return fmt.Errorf("its Service %s/%s: %w", Namespace, ServiceName, err)
 	}
 	slice := discoveryv1ac.EndpointSlice(ServiceName+"-kone", Namespace).
 		WithLabels(map[string]string{
@@ -204,7 +292,7 @@ func (s *Server) publish(ctx context.Context) error {
 			WithConditions(discoveryv1ac.EndpointConditions().WithReady(true))).
 		WithPorts(discoveryv1ac.EndpointPort().WithName(PortName).WithPort(int32(s.cfg.Port)).WithProtocol(corev1.ProtocolTCP))
 	if _, err := s.cs.DiscoveryV1().EndpointSlices(Namespace).Apply(ctx, slice, metav1.ApplyOptions{FieldManager: "kone", Force: true}); err != nil {
-		return fmt.Errorf("metrics-server: publish its address: %w", err)
+		return fmt.Errorf("publish its address: %w", err)
 	}
 	return nil
 }

@@ -50,7 +50,7 @@ func TestInventory(t *testing.T) {
 			t.Errorf("%s: %d days left", h.File, days)
 		}
 	}
-	// Six CAs, nine leaves, and kubelet's current serving certificate once (not the dated file).
+	// Six CAs, eleven leaves, and kubelet's current serving certificate once (not the dated file).
 	if cas != 6 || leaves != 12 {
 		t.Errorf("Inventory found %d CAs and %d leaves, want 6 and 12: %+v", cas, leaves, held)
 	}

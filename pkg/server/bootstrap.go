@@ -14,12 +14,14 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+	apiregistrationv1 "k8s.io/kube-aggregator/pkg/client/clientset_generated/clientset/typed/apiregistration/v1"
 
 	"github.com/kone-dev/kone/manifests"
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/deploy"
 	"github.com/kone-dev/kone/pkg/encryption"
 	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/metrics"
 	"github.com/kone-dev/kone/pkg/supervisor"
 	"github.com/kone-dev/kone/pkg/token"
 )
@@ -68,7 +70,22 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := applier.ApplyFS(ctx, manifests.Files(), b.values, b.disabled); err != nil {
+	disabled := b.disabled
+	if !slices.Contains(disabled, config.DisableMetrics) {
+		aggregator, err := apiregistrationv1.NewForConfig(rc)
+		if err != nil {
+			return err
+		}
+		foreign, err := metrics.Foreign(ctx, aggregator.APIServices())
+		if err != nil {
+			return fmt.Errorf("read the APIService %s: %w", metrics.APIService, err)
+		}
+		if foreign {
+			// Left out as --disable would, which removes only what kone applied.
+			disabled = append(slices.Clone(disabled), config.DisableMetrics)
+		}
+	}
+	if err := applier.ApplyFS(ctx, manifests.Files(), b.values, disabled); err != nil {
 		return fmt.Errorf("kone's manifests: %w", err)
 	}
 	usable, err := b.files.Publish(ctx, cs, b.tok, time.Now())

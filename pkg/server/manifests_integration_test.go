@@ -267,9 +267,19 @@ func checkDisable(t *testing.T, n *node) {
 			t.Fatal("the kube-dns Service of a removed manifest stays")
 		}
 	}
+	// Another metrics-server's APIService, made while kone's was off, stays as it is when kone's
+	// is on again, and kone runs none beside it.
+	foreign := `{"apiVersion":"apiregistration.k8s.io/v1","kind":"APIService","metadata":{"name":"v1beta1.metrics.k8s.io"},` +
+		`"spec":{"group":"metrics.k8s.io","version":"v1beta1","groupPriorityMinimum":100,"versionPriority":100,` +
+		`"insecureSkipTLSVerify":true,"service":{"namespace":"kube-system","name":"their-metrics","port":443}}}`
+	if err := cs.Discovery().RESTClient().Post().AbsPath("/apis/apiregistration.k8s.io/v1/apiservices").
+		SetHeader("Content-Type", "application/json").Body([]byte(foreign)).Do(ctx).Error(); err != nil {
+		t.Fatal(err)
+	}
 	n.stop()
 	n.extra = nil
 	n.start()
+	checkForeignMetricsKept(t, n, metricsAt)
 	if _, err := n.client().CoreV1().Services("default").Get(ctx, "lb", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("a released LoadBalancer Service was not deleted: %v", err)
 	}

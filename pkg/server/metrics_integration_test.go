@@ -127,6 +127,24 @@ func checkMetricsAPI(t *testing.T, n *node) {
 			t.Errorf("the metrics-server at %s answered %s to a caller with no credentials and the headers %v", addr, resp.Status, forged)
 		}
 	}
+	// Not even an administrator finds profiling there, nor the handler that sets kone's log level.
+	tlsDir := filepath.Join(n.dataDir, "server", "tls")
+	admin, err := tls.LoadX509KeyPair(filepath.Join(tlsDir, "client-admin.crt"), filepath.Join(tlsDir, "client-admin.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	asAdmin := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: roots, ServerName: pki.MetricsServiceName, Certificates: []tls.Certificate{admin}}}}
+	for _, path := range []string{"/apis/metrics.k8s.io/v1beta1/nodes", "/debug/pprof/", "/debug/flags/v"} {
+		resp, err := asAdmin.Get("https://" + addr + path)
+		if err != nil {
+			t.Fatalf("GET %s from the metrics-server as the administrator: %v", path, err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{true: http.StatusOK, false: http.StatusNotFound}[strings.HasPrefix(path, "/apis/")]; resp.StatusCode != want {
+			t.Errorf("GET %s from the metrics-server as the administrator: %s, want %d", path, resp.Status, want)
+		}
+	}
 }
 
 // checkTop: `kubectl top nodes` lists every node with CPU and memory in use, and a
@@ -236,4 +254,67 @@ func topListsAll(out string, nodes []string) bool {
 func (n *node) kubectlErr(args ...string) (string, error) {
 	out, err := n.command(append([]string{"kubectl", "--kubeconfig", n.kubeconfig}, args...)...).Output()
 	return string(out), err
+}
+
+// checkMetricsAfterRotation: after rotate-ca, the metrics-server serves a certificate from the new
+// server CA, and the apiserver, which checks it against the APIService's CAs, still reaches it.
+func checkMetricsAfterRotation(t *testing.T, cs kubernetes.Interface, newCA *x509.Certificate) {
+	t.Helper()
+	addr := metricsEndpoint(t, cs)
+	served := func() error {
+		// Only to read the certificate it serves, which is checked against newCA below.
+		conn, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].CheckSignatureFrom(newCA)
+	}
+	var err error
+	for deadline := time.Now().Add(90 * time.Second); ; time.Sleep(time.Second) {
+		if err = served(); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the metrics-server at %s does not serve a certificate from the new server CA 90 s after rotate-ca: %v", addr, err)
+		}
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+		if err = nodeMetricsServed(cs); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the metrics API, through the apiserver, a minute after the metrics-server took its certificate from the new CA: %v", err)
+		}
+	}
+}
+
+// checkForeignMetricsKept: the metrics APIService that another metrics-server made is as it
+// was, kone says that it runs none of its own, and nothing listens at its address.
+func checkForeignMetricsKept(t *testing.T, n *node, addr string) {
+	t.Helper()
+	raw, err := n.client().Discovery().RESTClient().Get().AbsPath("/apis/apiregistration.k8s.io/v1/apiservices/" + metrics.APIService).DoRaw(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var svc struct {
+		Spec struct {
+			InsecureSkipTLSVerify bool
+			Service               struct{ Name string }
+			CABundle              []byte
+		}
+	}
+	if err := json.Unmarshal(raw, &svc); err != nil {
+		t.Fatal(err)
+	}
+	if svc.Spec.Service.Name != "their-metrics" || !svc.Spec.InsecureSkipTLSVerify || len(svc.Spec.CABundle) > 0 {
+		t.Errorf("kone changed another metrics-server's APIService: %s", raw)
+	}
+	if !n.waitLog(metrics.ForeignNote, 30*time.Second) {
+		t.Errorf("kone does not say that it leaves the metrics API to another metrics-server:\n%s", n.log.String())
+	}
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Errorf("with another metrics-server's APIService, kone's listens on %s", addr)
+	}
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,12 +12,16 @@ import (
 	"slices"
 	"time"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	bootstrapapi "k8s.io/cluster-bootstrap/token/api"
+	apiregistrationv1 "k8s.io/kube-aggregator/pkg/client/clientset_generated/clientset/typed/apiregistration/v1"
 
 	"github.com/kone-dev/kone/pkg/config"
 	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/metrics"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/token"
 )
@@ -42,16 +47,21 @@ func RotateAuthorities(ctx context.Context, cfg *config.Config, now time.Time, o
 	if err != nil {
 		return fmt.Errorf("%w; rotate-ca needs kone running on this machine, which gives the cluster the new CAs", err)
 	}
-	cs, err := kubernetes.NewForConfig(adminConfig(cfg, certs.ca))
+	admin := adminConfig(cfg, certs.ca)
+	cs, err := kubernetes.NewForConfig(admin)
 	if err != nil {
 		return err
 	}
-	return rotateAuthorities(ctx, cs, certs, aside, len(voters)+len(learners)-1, now, out)
+	aggregator, err := apiregistrationv1.NewForConfig(admin)
+	if err != nil {
+		return err
+	}
+	return rotateAuthorities(ctx, cs, aggregator.APIServices(), certs, aside, len(voters)+len(learners)-1, now, out)
 }
 
 // rotateAuthorities is RotateAuthorities once this server's certificates are locked (certs),
 // with aside the directory for the CAs it replaces and others the number of other servers.
-func rotateAuthorities(ctx context.Context, cs kubernetes.Interface, certs serverCertificates, aside string, others int, now time.Time, out io.Writer) error {
+func rotateAuthorities(ctx context.Context, cs kubernetes.Interface, apiservices apiregistrationv1.APIServiceInterface, certs serverCertificates, aside string, others int, now time.Time, out io.Writer) error {
 	ca := certs.ca
 	current, err := readFiles(ca.Shared())
 	if err != nil {
@@ -87,13 +97,22 @@ func rotateAuthorities(ctx context.Context, cs kubernetes.Interface, certs serve
 			}
 		}
 	}
+	// The apiservers trust the new server CA for the metrics API before any server issues the
+	// metrics-server's certificate from it.
+	if err := trustForMetrics(ctx, apiservices, current["server-ca.crt"], rotation["server-ca.crt"]); err != nil {
+		err = fmt.Errorf("give the metrics APIService the new server CA: %w; nothing changed", err)
+		if !partly {
+			err = errors.Join(err, ca.DropRotation(), os.RemoveAll(aside))
+		}
+		return err
+	}
 	// The cluster's servers take the new CAs before this one puts them in place: a rotation
 	// on another server that came first wins, and this one changes nothing. Until the others
 	// have them, their leaves and this server's chain to the old CAs, which all trust.
 	err = join.ReplaceServerData(ctx, cs, rotation, func(key string, stored []byte) bool { return bytes.Equal(stored, current[key]) })
 	if errors.Is(err, join.ErrServerDataChanged) && !partly {
 		return errors.Join(fmt.Errorf("give the cluster the new CAs: %w; nothing changed here, and this server takes the cluster's CAs within seconds", err),
-			ca.DropRotation(), os.RemoveAll(aside))
+			trustForMetrics(ctx, apiservices, rotation["server-ca.crt"], current["server-ca.crt"]), ca.DropRotation(), os.RemoveAll(aside))
 	}
 	if err != nil {
 		return fmt.Errorf("give the cluster the new CAs: %w; run rotate-ca again, which takes up this rotation", err)
@@ -131,6 +150,25 @@ func rotateAuthorities(ctx context.Context, cs kubernetes.Interface, certs serve
 	fmt.Fprintln(out, "the old CAs stay trusted, so joined nodes keep working; each takes the new CAs within an hour, or as it restarts")
 	fmt.Fprintf(out, "the server token, pinned to the new CA (tokens made before keep joining):\n%s\n", tok)
 	return nil
+}
+
+// trustForMetrics makes caPEM the CAs that the apiservers check kone's metrics-server against,
+// where they are old, the server CAs kone gave them (manifests/metrics-server.yaml): not where
+// kone's metrics API is off, nor where the user's own metrics-server took its place.
+func trustForMetrics(ctx context.Context, apiservices apiregistrationv1.APIServiceInterface, old, caPEM []byte) error {
+	svc, err := apiservices.Get(ctx, metrics.APIService, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil || !bytes.Equal(svc.Spec.CABundle, old) {
+		return err
+	}
+	patch, err := json.Marshal(map[string]any{"spec": map[string]any{"caBundle": caPEM}})
+	if err != nil {
+		return err
+	}
+	_, err = apiservices.Patch(ctx, metrics.APIService, types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
 }
 
 // readFiles reads the files that every server of the cluster holds alike (sharedFiles), by the

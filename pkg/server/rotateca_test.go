@@ -17,8 +17,12 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	apiregistrationv1 "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1"
+	aggregatorfake "k8s.io/kube-aggregator/pkg/client/clientset_generated/clientset/fake"
+	apiregistrationclient "k8s.io/kube-aggregator/pkg/client/clientset_generated/clientset/typed/apiregistration/v1"
 
 	"github.com/kone-dev/kone/pkg/join"
+	"github.com/kone-dev/kone/pkg/metrics"
 	"github.com/kone-dev/kone/pkg/node"
 	"github.com/kone-dev/kone/pkg/pki"
 	"github.com/kone-dev/kone/pkg/token"
@@ -29,6 +33,7 @@ import (
 type rotationFixture struct {
 	certs serverCertificates
 	cs    *fake.Clientset
+	agg   *aggregatorfake.Clientset // with kone's metrics APIService, trusting the server CA
 	tok   token.Token
 	aside string
 }
@@ -47,6 +52,8 @@ func newRotationFixture(t *testing.T) rotationFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	f.agg = aggregatorfake.NewClientset(&apiregistrationv1.APIService{ObjectMeta: metav1.ObjectMeta{Name: metrics.APIService},
+		Spec: apiregistrationv1.APIServiceSpec{CABundle: caPEM}})
 	if f.tok, err = token.Generate(); err == nil {
 		f.tok, err = f.tok.WithCA(caPEM)
 	}
@@ -78,6 +85,20 @@ func newRotationFixture(t *testing.T) rotationFixture {
 		t.Fatal(err)
 	}
 	return f
+}
+
+func (f rotationFixture) apiservices() apiregistrationclient.APIServiceInterface {
+	return f.agg.ApiregistrationV1().APIServices()
+}
+
+// metricsCA is the server CA bundle that kone's metrics APIService trusts.
+func (f rotationFixture) metricsCA(t *testing.T) string {
+	t.Helper()
+	svc, err := f.apiservices().Get(context.Background(), metrics.APIService, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(svc.Spec.CABundle)
 }
 
 func (f rotationFixture) serverData(t *testing.T) map[string][]byte {
@@ -115,7 +136,7 @@ func TestRotateAuthoritiesLosesToAnotherServer(t *testing.T) {
 		}
 		return true, nil, apierrors.NewConflict(corev1.Resource("secrets"), s.Name, errors.New("the object has been modified"))
 	})
-	err := rotateAuthorities(context.Background(), f.cs, f.certs, f.aside, 1, time.Now(), &strings.Builder{})
+	err := rotateAuthorities(context.Background(), f.cs, f.apiservices(), f.certs, f.aside, 1, time.Now(), &strings.Builder{})
 	if !errors.Is(err, join.ErrServerDataChanged) || !strings.Contains(err.Error(), "nothing changed") || strings.Contains(err.Error(), "run rotate-ca again") {
 		t.Fatalf("a rotation that lost: %v", err)
 	}
@@ -124,6 +145,9 @@ func TestRotateAuthoritiesLosesToAnotherServer(t *testing.T) {
 	}
 	if string(f.serverData(t)["server-ca.crt"]) != "another server's rotation" {
 		t.Error("a rotation that lost replaced the one that won")
+	}
+	if old, _ := os.ReadFile(f.certs.ca.ServerCA); f.metricsCA(t) != string(old) {
+		t.Error("a rotation that lost left the metrics APIService trusting its CA")
 	}
 }
 
@@ -145,7 +169,7 @@ func TestRotateAuthoritiesTakesUpAnInterruptedOne(t *testing.T) {
 		return true, nil, errors.New("http2: client connection lost")
 	})
 	ctx := context.Background()
-	err := rotateAuthorities(ctx, f.cs, f.certs, f.aside, 0, time.Now(), &strings.Builder{})
+	err := rotateAuthorities(ctx, f.cs, f.apiservices(), f.certs, f.aside, 0, time.Now(), &strings.Builder{})
 	if err == nil || !strings.Contains(err.Error(), "run rotate-ca again") {
 		t.Fatalf("a rotation whose answer was lost: %v", err)
 	}
@@ -155,7 +179,7 @@ func TestRotateAuthoritiesTakesUpAnInterruptedOne(t *testing.T) {
 	}
 
 	var out strings.Builder
-	if err := rotateAuthorities(ctx, f.cs, f.certs, f.aside+"-2", 0, time.Now(), &out); err != nil {
+	if err := rotateAuthorities(ctx, f.cs, f.apiservices(), f.certs, f.aside+"-2", 0, time.Now(), &out); err != nil {
 		t.Fatalf("rotate-ca again: %v", err)
 	}
 	if !strings.Contains(out.String(), "took up a rotate-ca that was interrupted") {
@@ -189,7 +213,27 @@ func TestRotateAuthoritiesTakesUpAnInterruptedOne(t *testing.T) {
 	if err != nil || settings.ServerCA != string(newCA) {
 		t.Errorf("the settings do not carry the new server CA (%v)", err)
 	}
+	if f.metricsCA(t) != string(newCA) {
+		t.Error("the metrics APIService does not trust the new server CA")
+	}
 	if _, err := os.Stat(f.aside); err != nil {
 		t.Errorf("the old CAs were not kept aside by the first run: %v", err)
+	}
+}
+
+// A metrics APIService that is not kone's (the user's own metrics-server, with kone's off) keeps
+// the CAs it trusts through a rotation.
+func TestRotateAuthoritiesLeavesAnotherMetricsAPI(t *testing.T) {
+	f := newRotationFixture(t)
+	theirs := &apiregistrationv1.APIService{ObjectMeta: metav1.ObjectMeta{Name: metrics.APIService},
+		Spec: apiregistrationv1.APIServiceSpec{CABundle: []byte("their CA")}}
+	if _, err := f.apiservices().Update(context.Background(), theirs, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rotateAuthorities(context.Background(), f.cs, f.apiservices(), f.certs, f.aside, 0, time.Now(), &strings.Builder{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.metricsCA(t); got != "their CA" {
+		t.Errorf("a rotation changed the CAs of another metrics APIService to %q", got)
 	}
 }

@@ -17,10 +17,13 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"k8s.io/client-go/kubernetes"
+	apiregistrationv1 "k8s.io/kube-aggregator/pkg/client/clientset_generated/clientset/typed/apiregistration/v1"
 
 	"github.com/kone-dev/kone/pkg/args"
 	"github.com/kone-dev/kone/pkg/cloud"
@@ -62,7 +65,10 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if err != nil {
 		return err
 	}
-	advertise := advertiseAddress(cfg, self)
+	advertise := cfg.AdvertiseAddress
+	if advertise == nil {
+		advertise = self.IP
+	}
 	files := control.Files{
 		Advertise:                   advertise,
 		EtcdURL:                     cfg.EtcdURL(),
@@ -217,15 +223,21 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 	if !cfg.Node.Disabled(config.DisableLocalStorage) {
 		chain = append(chain, elect(storage.NewProvisioner(adminClient, log.Logger), "kone-local-path-provisioner"))
 	}
+	var late []supervisor.Component
 	if !cfg.Node.Disabled(config.DisableMetrics) {
-		ms, err := metrics.New(metrics.Config{
-			Kubeconfig: files.MetricsKubeconfig, Address: advertise, Port: metrics.Port,
-			Serving: ca.MetricsServing, ServingCA: ca.ServerCA, KubeletCA: ca.KubeletServingCA, AuthProxy: ca.AuthProxy,
-		}, adminClient)
+		aggregator, err := apiregistrationv1.NewForConfig(admin)
 		if err != nil {
 			return err
 		}
-		chain = append(chain, elect(ms, "kone-metrics-server"))
+		ms, err := metrics.New(metrics.Config{
+			Kubeconfig: files.MetricsKubeconfig, Address: metricsAddress(cfg, self), Port: metrics.Port,
+			Serving: ca.MetricsServing, ServingCA: ca.ServerCA, KubeletCA: ca.KubeletServingCA, AuthProxy: ca.AuthProxy,
+		}, adminClient, aggregator.APIServices(), log.Logger)
+		if err != nil {
+			return err
+		}
+		// After the node side, which need not wait for it.
+		late = append(late, elect(ms, "kone-metrics-server"))
 	}
 	manifestsDir, err := deploy.NewDir(cfg.ManifestsDir(), filepath.Join(cfg.ServerDir(), "manifests.owner"), self.Name, admin, log.Logger)
 	if err != nil {
@@ -243,7 +255,7 @@ func Run(ctx context.Context, cfg *config.Config, log *logging.Logging, notify *
 		}
 		chain = append(chain, snapshots)
 	}
-	return node.Supervisor(log, notify).Run(ctx, append(chain, nodeSide...)...)
+	return node.Supervisor(log, notify).Run(ctx, slices.Concat(chain, nodeSide, late)...)
 }
 
 // settleWhenReady settles kone's memory each time its component is ready.
@@ -395,13 +407,14 @@ func firstServiceIP(n *net.IPNet) net.IP {
 	return ip
 }
 
-// advertiseAddress is where the other servers and the nodes reach this server: --advertise-address,
-// or the node's address; nil for a server without a node side that finds none.
-func advertiseAddress(cfg *config.Config, self node.Identity) net.IP {
-	if cfg.AdvertiseAddress != nil {
-		return cfg.AdvertiseAddress
+// metricsAddress is where the metrics-server listens for the apiservers of all servers: the
+// server's node address, on which its etcd peers listen too; --advertise-address may be one
+// that only reaches this machine through NAT.
+func metricsAddress(cfg *config.Config, self node.Identity) net.IP {
+	if self.IP != nil {
+		return self.IP
 	}
-	return self.IP
+	return cfg.AdvertiseAddress
 }
 
 // checkPorts fails early, naming the flag to change, when a port kone needs is taken.
@@ -421,7 +434,7 @@ func checkPorts(cfg *config.Config, self node.Identity, cmArgs, schedArgs []stri
 	if !cfg.DisableAgent {
 		ports = append(ports, port{"127.0.0.1", fmt.Sprint(cfg.Node.LBServerPort), "pick another port with --lb-server-port"})
 	}
-	if ip := advertiseAddress(cfg, self); ip != nil && !cfg.Node.Disabled(config.DisableMetrics) {
+	if ip := metricsAddress(cfg, self); ip != nil && !cfg.Node.Disabled(config.DisableMetrics) {
 		ports = append(ports, port{ip.String(), fmt.Sprint(metrics.Port), "run without kone's metrics API (--disable metrics-server)"})
 	}
 	for _, p := range ports {
@@ -429,6 +442,9 @@ func checkPorts(cfg *config.Config, self node.Identity, cmArgs, schedArgs []stri
 		if err != nil {
 			if errors.Is(err, os.ErrPermission) {
 				return fmt.Errorf("cannot listen on port %s: %w; run kone as root", p.port, err)
+			}
+			if errors.Is(err, syscall.EADDRNOTAVAIL) {
+				return fmt.Errorf("cannot listen on %s: it is not an address of this machine; check --bind-address and --node-ip", p.host)
 			}
 			return fmt.Errorf("port %s on %s is already in use: stop whatever holds it (is another kone or Kubernetes running?) or %s", p.port, p.host, p.instead)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -545,6 +546,7 @@ func checkLeaseTakenAndRegained(t *testing.T, n *node, cs kubernetes.Interface, 
 			}
 		}
 	}
+	metricsAt := metricsEndpoint(t, cs)
 	holders := map[string]string{}
 	for _, lease := range []string{"kube-controller-manager", "kube-scheduler", "kone-metrics-server"} {
 		l, err := leases.Get(ctx, lease, metav1.GetOptions{})
@@ -558,6 +560,24 @@ func checkLeaseTakenAndRegained(t *testing.T, n *node, cs kubernetes.Interface, 
 		for deadline := time.Now().Add(30 * time.Second); !lost.MatchString(logOf(holder)); time.Sleep(500 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("%s kept running %s without the lease:\n%s", holder, lease, logOf(holder))
+			}
+		}
+		if lease == "kone-metrics-server" {
+			// Stopped, it listens no more; its published address, deleted meanwhile, comes back
+			// with the next run.
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+				c, err := net.DialTimeout("tcp", metricsAt, time.Second)
+				if err != nil {
+					break
+				}
+				c.Close()
+				if time.Now().After(deadline) {
+					t.Fatalf("the metrics-server of %s, which lost its lease, still listens on %s", holder, metricsAt)
+				}
+			}
+			if err := cs.DiscoveryV1().EndpointSlices("kube-system").DeleteCollection(ctx, metav1.DeleteOptions{},
+				metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=metrics-server"}); err != nil {
+				t.Fatal(err)
 			}
 		}
 		take(lease, holder, 15)
@@ -578,6 +598,9 @@ func checkLeaseTakenAndRegained(t *testing.T, n *node, cs kubernetes.Interface, 
 		if time.Now().After(deadline) {
 			t.Fatalf("no node metrics a minute after the metrics-server's server got its lease back: %v\n%s", err, logOf(holders["kone-metrics-server"]))
 		}
+	}
+	if again := metricsEndpoint(t, cs); again != metricsAt {
+		t.Errorf("the metrics-server, run again, published %s, not %s", again, metricsAt)
 	}
 	for lease, holder := range holders {
 		if l, err := leases.Get(ctx, lease, metav1.GetOptions{}); err != nil || *l.Spec.HolderIdentity != holder {
