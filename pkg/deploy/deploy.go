@@ -87,14 +87,15 @@ func Decode(name string, data []byte) ([]*unstructured.Unstructured, error) {
 // ApplyFS applies kone's own manifests, every .yaml, .yml and .json file of fsys in name order,
 // after Render with values, and stops at the first error. A file named after a part of kone
 // that disabled names (coredns.yaml for coredns) is that part's: its objects are removed
-// instead, those kone had applied.
-func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS, values map[string]string, disabled []string) error {
+// instead, those kone had applied. A part that left names is neither applied nor removed.
+func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS, values map[string]string, disabled, left []string) error {
 	names, err := fs.Glob(fsys, "*")
 	if err != nil {
 		return err
 	}
 	for _, name := range names {
-		if !isManifest(name) {
+		part := strings.TrimSuffix(name, path.Ext(name))
+		if !isManifest(name) || slices.Contains(left, part) {
 			continue
 		}
 		data, err := fs.ReadFile(fsys, name)
@@ -108,7 +109,7 @@ func (a *Applier) ApplyFS(ctx context.Context, fsys fs.FS, values map[string]str
 		if err != nil {
 			return err
 		}
-		off := slices.Contains(disabled, strings.TrimSuffix(name, path.Ext(name)))
+		off := slices.Contains(disabled, part)
 		if off {
 			// Taken down in the reverse of the order it goes up: the rights a policy holds in
 			// go before the policy.

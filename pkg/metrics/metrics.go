@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -134,12 +135,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("read the APIService %s: %w", APIService, err)
 	}
 	if foreign {
-		s.log.WithField("apiservice", APIService).Warn(ForeignNote)
-		s.mu.Lock()
-		s.ready.Open()
-		s.mu.Unlock()
-		<-ctx.Done()
-		return nil
+		return s.standBy(ctx)
 	}
 	ln, err := net.Listen("tcp", s.address())
 	if err != nil {
@@ -197,8 +193,19 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	// Published again now and then: a slice deleted by hand, or with a Service made anew,
-	// comes back. An apiserver that does not answer for a moment is tried again.
-	publish := func() error { return s.publish(serving) }
+	// comes back. An apiserver that does not answer for a moment is tried again. Another
+	// metrics-server's APIService, made meanwhile, ends this run.
+	var replaced atomic.Bool
+	publish := func() error {
+		if foreign, err := Foreign(serving, s.apiservices); err != nil || foreign {
+			if foreign {
+				replaced.Store(true)
+				stop()
+			}
+			return err
+		}
+		return s.publish(serving)
+	}
 	if err := probe.Until(serving, time.Second, publish); err != nil {
 		stop()
 		if served := <-done; served != nil || ctx.Err() != nil {
@@ -210,7 +217,25 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ready.Open()
 	s.mu.Unlock()
 	go wait.Until(func() { _ = publish() }, republish, serving.Done())
-	return <-done
+	if err := <-done; err != nil || !replaced.Load() {
+		return err
+	}
+	return s.standBy(ctx)
+}
+
+// standBy leaves the metrics API to another metrics-server until ctx ends: kone's published
+// address goes, so that the aggregator does not send its requests there.
+func (s *Server) standBy(ctx context.Context) error {
+	s.log.WithField("apiservice", APIService).Warn(ForeignNote)
+	err := s.cs.DiscoveryV1().EndpointSlices(Namespace).Delete(ctx, sliceName, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("withdraw its address: %w", err)
+	}
+	s.mu.Lock()
+	s.ready.Open()
+	s.mu.Unlock()
+	<-ctx.Done()
+	return nil
 }
 
 // ForeignNote says what kone does when another metrics-server serves the metrics API.
@@ -233,6 +258,9 @@ func Foreign(ctx context.Context, apiservices apiregistrationv1.APIServiceInterf
 	}
 	return true, nil
 }
+
+// sliceName is the EndpointSlice in which a server publishes its metrics-server's address.
+const sliceName = ServiceName + "-kone"
 
 // republish is how often the endpoint is published again, a no-op while it is as it was.
 const republish = time.Minute
@@ -279,7 +307,7 @@ func (s *Server) publish(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("its Service %s/%s: %w", Namespace, ServiceName, err)
 	}
-	slice := discoveryv1ac.EndpointSlice(ServiceName+"-kone", Namespace).
+	slice := discoveryv1ac.EndpointSlice(sliceName, Namespace).
 		WithLabels(map[string]string{
 			discoveryv1.LabelServiceName: ServiceName,
 			// Not the apiserver's endpoint controllers': they leave the slice alone.

@@ -6,10 +6,16 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	openapinamer "k8s.io/apiserver/pkg/endpoints/openapi"
+	genericapiserver "k8s.io/apiserver/pkg/server"
 	apiregistrationv1 "k8s.io/kube-aggregator/pkg/apis/apiregistration/v1"
 	aggregatorfake "k8s.io/kube-aggregator/pkg/client/clientset_generated/clientset/fake"
+	"k8s.io/kube-openapi/pkg/builder"
+	"k8s.io/kube-openapi/pkg/builder3"
+	"k8s.io/kube-openapi/pkg/util"
 	"k8s.io/kube-openapi/pkg/validation/spec"
 	metricsv1beta1 "k8s.io/metrics/pkg/apis/metrics/v1beta1"
+	"sigs.k8s.io/metrics-server/pkg/api"
 )
 
 // The definitions carry the names Kubernetes' types give themselves, in their keys, their
@@ -37,6 +43,32 @@ func TestDefinitionsByModelName(t *testing.T) {
 	}
 	if len(refs) == 0 {
 		t.Error("no references: the test proves nothing")
+	}
+}
+
+// The OpenAPI specs build from them, as the generic apiserver builds them, for the types the
+// metrics API serves; without the renaming they find no NodeMetrics.
+func TestOpenAPIBuilds(t *testing.T) {
+	namer := openapinamer.NewDefinitionNamer(api.Scheme)
+	var names []string
+	for _, obj := range []any{metricsv1beta1.NodeMetrics{}, metricsv1beta1.NodeMetricsList{}, metricsv1beta1.PodMetrics{}, metricsv1beta1.PodMetricsList{}} {
+		names = append(names, util.GetCanonicalTypeName(obj))
+	}
+	v3, err := builder3.BuildOpenAPIDefinitionsForResources(genericapiserver.DefaultOpenAPIV3Config(definitions, namer), names...)
+	if err != nil {
+		t.Fatalf("OpenAPI v3: %v", err)
+	}
+	v2, err := builder.BuildOpenAPIDefinitionsForResources(genericapiserver.DefaultOpenAPIConfig(definitions, namer), names...)
+	if err != nil {
+		t.Fatalf("OpenAPI v2: %v", err)
+	}
+	for _, name := range names {
+		if _, ok := v3[name]; !ok {
+			t.Errorf("OpenAPI v3 lacks %s", name)
+		}
+		if _, ok := v2.Definitions[name]; !ok {
+			t.Errorf("OpenAPI v2 lacks %s", name)
+		}
 	}
 }
 

@@ -70,8 +70,8 @@ func (b *bootstrap) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	disabled := b.disabled
-	if !slices.Contains(disabled, config.DisableMetrics) {
+	var left []string
+	if !slices.Contains(b.disabled, config.DisableMetrics) {
 		aggregator, err := apiregistrationv1.NewForConfig(rc)
 		if err != nil {
 			return err
@@ -81,11 +81,12 @@ func (b *bootstrap) Run(ctx context.Context) error {
 			return fmt.Errorf("read the APIService %s: %w", metrics.APIService, err)
 		}
 		if foreign {
-			// Left out as --disable would, which removes only what kone applied.
-			disabled = append(slices.Clone(disabled), config.DisableMetrics)
+			// Left as they are: the other metrics-server may have taken over objects of the
+			// same names that kone once applied (upstream's Service and ClusterRole).
+			left = append(left, config.DisableMetrics)
 		}
 	}
-	if err := applier.ApplyFS(ctx, manifests.Files(), b.values, disabled); err != nil {
+	if err := applier.ApplyFS(ctx, manifests.Files(), b.values, b.disabled, left); err != nil {
 		return fmt.Errorf("kone's manifests: %w", err)
 	}
 	usable, err := b.files.Publish(ctx, cs, b.tok, time.Now())

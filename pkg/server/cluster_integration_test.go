@@ -222,7 +222,7 @@ func TestAgents(t *testing.T) {
 
 	// New CAs while the agents run; the restart below has the first take them.
 	newCA := checkRotateCA(t, n, cs, []string{agents[0].name, agents[1].name}, onNode["agent-1"])
-	checkMetricsAfterRotation(t, cs, newCA)
+	checkMetricsAfterRotation(t, n, cs, newCA)
 
 	// An agent restart, after the token it joined with was deleted: its pods keep running,
 	// untouched, and it is Ready again with the credentials it got when it joined.

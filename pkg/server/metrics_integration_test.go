@@ -145,6 +145,23 @@ func checkMetricsAPI(t *testing.T, n *node) {
 			t.Errorf("GET %s from the metrics-server as the administrator: %s, want %d", path, resp.Status, want)
 		}
 	}
+	// Its address, deleted, is published again within the minute.
+	slices := cs.DiscoveryV1().EndpointSlices(metrics.Namespace)
+	selector := metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + metrics.ServiceName}
+	if err := slices.DeleteCollection(context.Background(), metav1.DeleteOptions{}, selector); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(75 * time.Second); ; time.Sleep(time.Second) {
+		if list, err := slices.List(context.Background(), selector); err == nil && len(list.Items) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the metrics-server's address, deleted, was not published again within 75 s")
+		}
+	}
+	if again := metricsEndpoint(t, cs); again != addr {
+		t.Errorf("the metrics-server's address was published again as %s, not %s", again, addr)
+	}
 }
 
 // checkTop: `kubectl top nodes` lists every node with CPU and memory in use, and a
@@ -256,10 +273,14 @@ func (n *node) kubectlErr(args ...string) (string, error) {
 	return string(out), err
 }
 
-// checkMetricsAfterRotation: after rotate-ca, the metrics-server serves a certificate from the new
-// server CA, and the apiserver, which checks it against the APIService's CAs, still reaches it.
-func checkMetricsAfterRotation(t *testing.T, cs kubernetes.Interface, newCA *x509.Certificate) {
+// checkMetricsAfterRotation: after rotate-ca, the APIService trusts the server CAs as they are
+// now, the metrics-server serves a certificate from the new one, and the apiserver still
+// reaches it.
+func checkMetricsAfterRotation(t *testing.T, n *node, cs kubernetes.Interface, newCA *x509.Certificate) {
 	t.Helper()
+	if apiCAs, now := metricsAPIServiceCAs(t, cs), readFile(t, filepath.Join(n.dataDir, "server", "tls", "server-ca.crt")); apiCAs != now {
+		t.Errorf("after rotate-ca, the metrics APIService trusts:\n%s\nnot the server CAs:\n%s", apiCAs, now)
+	}
 	addr := metricsEndpoint(t, cs)
 	served := func() error {
 		// Only to read the certificate it serves, which is checked against newCA below.
@@ -287,6 +308,20 @@ func checkMetricsAfterRotation(t *testing.T, cs kubernetes.Interface, newCA *x50
 			t.Fatalf("the metrics API, through the apiserver, a minute after the metrics-server took its certificate from the new CA: %v", err)
 		}
 	}
+}
+
+// metricsAPIServiceCAs are the CAs that the metrics APIService trusts.
+func metricsAPIServiceCAs(t *testing.T, cs kubernetes.Interface) string {
+	t.Helper()
+	raw, err := cs.Discovery().RESTClient().Get().AbsPath("/apis/apiregistration.k8s.io/v1/apiservices/" + metrics.APIService).DoRaw(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var svc struct{ Spec struct{ CABundle []byte } }
+	if err := json.Unmarshal(raw, &svc); err != nil {
+		t.Fatal(err)
+	}
+	return string(svc.Spec.CABundle)
 }
 
 // checkForeignMetricsKept: the metrics APIService that another metrics-server made is as it

@@ -100,11 +100,11 @@ func rotateAuthorities(ctx context.Context, cs kubernetes.Interface, apiservices
 	// The apiservers trust the new server CA for the metrics API before any server issues the
 	// metrics-server's certificate from it.
 	if err := trustForMetrics(ctx, apiservices, current["server-ca.crt"], rotation["server-ca.crt"]); err != nil {
-		err = fmt.Errorf("give the metrics APIService the new server CA: %w; nothing changed", err)
-		if !partly {
-			err = errors.Join(err, ca.DropRotation(), os.RemoveAll(aside))
+		// One taken up may have reached the cluster already: it is finished, not dropped.
+		if resumed || partly {
+			return fmt.Errorf("give the metrics APIService the new server CA: %w; run rotate-ca again, which takes up this rotation", err)
 		}
-		return err
+		return errors.Join(fmt.Errorf("give the metrics APIService the new server CA: %w; nothing changed", err), ca.DropRotation(), os.RemoveAll(aside))
 	}
 	// The cluster's servers take the new CAs before this one puts them in place: a rotation
 	// on another server that came first wins, and this one changes nothing. Until the others

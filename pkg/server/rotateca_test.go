@@ -163,6 +163,9 @@ func TestRotateAuthoritiesTakesUpAnInterruptedOne(t *testing.T) {
 			return false, nil, nil
 		}
 		lost = true
+		if string(s.Data["server-ca.crt"]) != f.metricsCA(t) {
+			t.Error("the cluster's servers were given the new CAs before the metrics APIService trusted the new server CA")
+		}
 		if err := f.cs.Tracker().Update(corev1.SchemeGroupVersion.WithResource("secrets"), s, metav1.NamespaceSystem); err != nil {
 			t.Fatal(err)
 		}
