@@ -192,21 +192,8 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	// Published again now and then: a slice deleted by hand, or with a Service made anew,
-	// comes back. An apiserver that does not answer for a moment is tried again. Another
-	// metrics-server's APIService, made meanwhile, ends this run.
-	var replaced atomic.Bool
-	publish := func() error {
-		if foreign, err := Foreign(serving, s.apiservices); err != nil || foreign {
-			if foreign {
-				replaced.Store(true)
-				stop()
-			}
-			return err
-		}
-		return s.publish(serving)
-	}
-	if err := probe.Until(serving, time.Second, publish); err != nil {
+	// An apiserver that does not answer for a moment is tried again.
+	if err := probe.Until(serving, time.Second, func() error { return s.publish(serving) }); err != nil {
 		stop()
 		if served := <-done; served != nil || ctx.Err() != nil {
 			return served
@@ -216,7 +203,19 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Lock()
 	s.ready.Open()
 	s.mu.Unlock()
-	go wait.Until(func() { _ = publish() }, republish, serving.Done())
+	// Published again now and then: a slice deleted by hand, or with a Service made anew,
+	// comes back. Another metrics-server's APIService, made meanwhile, ends this run.
+	var replaced atomic.Bool
+	go wait.Until(func() {
+		if foreign, err := Foreign(serving, s.apiservices); err != nil || foreign {
+			if foreign {
+				replaced.Store(true)
+				stop()
+			}
+			return
+		}
+		_ = s.publish(serving)
+	}, republish, serving.Done())
 	if err := <-done; err != nil || !replaced.Load() {
 		return err
 	}
