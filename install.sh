@@ -626,12 +626,14 @@ for ipt in iptables iptables-legacy iptables-nft ip6tables ip6tables-legacy ip6t
 		"$ipt-restore" || echo "[WARN]  could not restore $ipt without kone's rules" >&2
 done
 
-# kube-proxy's tables in nftables mode.
+# kube-proxy's tables in nftables mode, and kone's NetworkPolicy table.
 if command -v nft >/dev/null 2>&1; then
-	for family in ip ip6; do
-		if nft list table "$family" kube-proxy >/dev/null 2>&1; then
-			info "Deleting nftables table $family kube-proxy"
-			nft delete table "$family" kube-proxy || true
+	for table in "ip kube-proxy" "ip6 kube-proxy" "ip kone-netpol"; do
+		# shellcheck disable=SC2086 # a family and a name
+		if nft list table $table >/dev/null 2>&1; then
+			info "Deleting nftables table $table"
+			# shellcheck disable=SC2086
+			nft delete table $table || true
 		fi
 	done
 fi

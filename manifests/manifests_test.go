@@ -117,6 +117,7 @@ func TestManifestsMatchTheCode(t *testing.T) {
 	check("ClusterRoleBinding /kone:node-bootstrapper", "ClusterRole:system:node-bootstrapper", "Group:"+token.NodeGroup)
 	check("ClusterRoleBinding /"+join.DNSGroup, "ClusterRole:"+join.DNSGroup, "Group:"+join.DNSGroup)
 	check("ClusterRoleBinding /"+join.FlannelGroup, "ClusterRole:"+join.FlannelGroup, "Group:"+join.FlannelGroup)
+	check("ClusterRoleBinding /system:kone:network-policy", "ClusterRole:system:kone:network-policy", "Group:"+join.FlannelGroup)
 	check("ClusterRoleBinding /"+join.StorageGroup, "ClusterRole:"+join.StorageGroup, "Group:"+join.StorageGroup)
 	check("RoleBinding "+dns.Namespace+"/"+join.DNSGroup, "Role:"+join.DNSGroup, "Group:"+join.DNSGroup)
 	check("RoleBinding kube-system/kone:cluster-settings", "Role:kone:cluster-settings", "Group:"+token.NodeGroup, "Group:system:nodes")

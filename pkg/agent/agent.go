@@ -73,6 +73,7 @@ func Run(ctx context.Context, cfg *config.Config, logs *logging.Logging, notify 
 	cluster := node.Cluster{
 		ClusterCIDR: parsed.ClusterCIDR, ClusterDNS: parsed.ClusterDNS, ClusterDomain: settings.ClusterDomain,
 		Overlay: settings.FlannelBackend, CoreDNS: settings.CoreDNS, LocalStorage: settings.LocalStorage,
+		NetworkPolicy: settings.NetworkPolicy,
 	}
 	server, err := url.Parse(cfg.Server)
 	if err != nil {

@@ -133,13 +133,14 @@ func (n *Node) Disabled(part string) bool { return slices.Contains(n.Disable, pa
 
 // Parts that --disable accepts.
 const (
-	DisableCoreDNS      = "coredns"
-	DisableServiceLB    = "servicelb"
-	DisableLocalStorage = "local-storage"
-	DisableMetrics      = "metrics-server"
+	DisableCoreDNS       = "coredns"
+	DisableServiceLB     = "servicelb"
+	DisableLocalStorage  = "local-storage"
+	DisableMetrics       = "metrics-server"
+	DisableNetworkPolicy = "network-policy"
 )
 
-var disableable = []string{DisableCoreDNS, DisableServiceLB, DisableLocalStorage, DisableMetrics}
+var disableable = []string{DisableCoreDNS, DisableServiceLB, DisableLocalStorage, DisableMetrics, DisableNetworkPolicy}
 
 // BindServerFlags registers every `kone server` setting on fs, with its default, bound into c.
 func BindServerFlags(fs *pflag.FlagSet, c *Config) {
@@ -181,7 +182,7 @@ func BindServerFlags(fs *pflag.FlagSet, c *Config) {
 	fs.BoolVar(&c.DisableAgent, "disable-agent", false, "run only the control plane, no node components")
 	fs.BoolVar(&c.SecretsEncryption, "secrets-encryption", true, "encrypt Secrets in etcd (false: store new ones in plain text; encrypted ones stay readable)")
 	fs.StringSliceVar(&c.PodSecurityExempt, "pod-security-exempt-namespace", []string{"kube-system"}, "namespace that --profile=cis leaves out of Pod Security's restricted level (repeatable)")
-	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns, servicelb, local-storage, metrics-server (repeatable)")
+	fs.StringSliceVar(&c.Node.Disable, "disable", nil, "do not run this part of kone, to deploy your own instead: coredns, servicelb, local-storage, metrics-server, network-policy (repeatable)")
 	fs.StringVar(&c.FlannelBackend, "flannel-backend", FlannelVXLAN, "how pod traffic crosses nodes: vxlan, host-gw (nodes share a layer-2 network) or none (bring your own)")
 	bindNodeFlags(fs, &c.Node)
 }

@@ -31,6 +31,9 @@ type Settings struct {
 	// LocalStorage is true when every node serves the local-path StorageClass; false from a
 	// kone before it.
 	LocalStorage bool `json:"localStorage,omitempty"`
+	// NetworkPolicy is true when every node enforces NetworkPolicies; false from a kone before
+	// it.
+	NetworkPolicy bool `json:"networkPolicy,omitempty"`
 	// ClientCA signs the apiserver's client certificate for kubelets; kubelet trusts it.
 	ClientCA string `json:"clientCA"`
 	// ServerCA is the CA clients trust for the apiserver, with the CA it replaced after a

@@ -1,6 +1,7 @@
 // Package node assembles the node side of kone, the same for a server and an agent:
 // containerd (a child process), the image importer, kubelet, the node's addresses, the pod
-// network, kube-proxy and the node's CoreDNS, in that order. It only wires components; each
+// network, kube-proxy, the node's CoreDNS, its local-path directories and its NetworkPolicy
+// enforcement, in that order. It only wires components; each
 // lives in its own package. The caller provides the node's credentials: a server issues them
 // from its own CAs, an agent gets them by joining.
 package node
@@ -27,6 +28,7 @@ import (
 	"github.com/kone-dev/kone/pkg/loadbalancer"
 	"github.com/kone-dev/kone/pkg/logging"
 	"github.com/kone-dev/kone/pkg/memory"
+	"github.com/kone-dev/kone/pkg/netpol"
 	"github.com/kone-dev/kone/pkg/network"
 	"github.com/kone-dev/kone/pkg/proxy"
 	"github.com/kone-dev/kone/pkg/sdnotify"
@@ -82,6 +84,7 @@ type Cluster struct {
 	Overlay       string // flannel's backend, or none
 	CoreDNS       bool   // false when the user runs their own cluster DNS
 	LocalStorage  bool   // the node makes local-path volumes
+	NetworkPolicy bool   // the node enforces NetworkPolicies
 }
 
 // Upstream is the apiserver the node side knows first (a server's own, an agent's --server),
@@ -216,7 +219,18 @@ func Components(cfg *config.Config, cluster Cluster, id Identity, creds Credenti
 		}
 		chain = append(chain, dirs)
 	}
-	return chain, nil
+	// Disabled, it stays in the chain to remove the rules it wrote before.
+	var policyClient kubernetes.Interface
+	if cluster.NetworkPolicy {
+		if policyClient, err = client(creds.Flannel); err != nil {
+			return nil, err
+		}
+	}
+	policies, err := netpol.New(netpol.Config{NodeName: id.Name, Client: policyClient, Disabled: !cluster.NetworkPolicy, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	return append(chain, policies), nil
 }
 
 // Supervisor runs a kone process's components, server or agent: once all are ready it says so

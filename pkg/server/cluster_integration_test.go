@@ -203,6 +203,7 @@ func TestAgents(t *testing.T) {
 			t.Errorf("NodePort on %s: %q", ip, body)
 		}
 	}
+	checkNetworkPolicy(t, n, cs, ns, onNode["agent-1"], onNode["agent-2"], "web."+ns+".svc.cluster.local", svc.Spec.ClusterIP)
 	internalIPs := []string{bridgeHost, nodeNet + "2", nodeNet + "3"}
 	checkLoadBalancerNodes(t, cs, ns, svc.Spec.Selector, append(internalIPs, "203.0.113.20"), internalIPs, "agent-1", nodeNet+"2")
 	storageNS := "kone-storage-it"

@@ -159,8 +159,9 @@ func checkManifestsDir(t *testing.T, n *node, cs kubernetes.Interface, m manifes
 	waitConfigMap(t, cs, "later", "", "a removed file")
 }
 
-// checkDisable restarts a running server with --disable coredns, servicelb, local-storage and
-// metrics-server: what kone had deployed for CoreDNS, local storage and the metrics API goes,
+// checkDisable restarts a running server with --disable coredns, servicelb, local-storage,
+// metrics-server and network-policy: what kone had deployed for CoreDNS, local storage, the
+// metrics API and the nodes' policy enforcement goes,
 // the rest stays, and a kube-dns
 // Service of the user's own survives the next start; a LoadBalancer Service loses the finalizer
 // kone's service controller gave it, so that it can be deleted. The server is running again
@@ -190,9 +191,12 @@ func checkDisable(t *testing.T, n *node) {
 	if _, err := cs.StorageV1().StorageClasses().Get(ctx, "local-path", metav1.GetOptions{}); err != nil {
 		t.Errorf("no local-path StorageClass: %v", err)
 	}
+	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, "system:kone:network-policy", metav1.GetOptions{}); err != nil {
+		t.Errorf("no ClusterRole for the nodes' NetworkPolicy enforcement: %v", err)
+	}
 	metricsAt := metricsEndpoint(t, cs)
 	n.stop()
-	n.extra = []string{"--disable", "coredns", "--disable", "servicelb", "--disable", "local-storage", "--disable", "metrics-server"}
+	n.extra = []string{"--disable", "coredns", "--disable", "servicelb", "--disable", "local-storage", "--disable", "metrics-server", "--disable", "network-policy"}
 	n.start()
 	cs = n.client()
 	for deadline := time.Now().Add(30 * time.Second); len(finalizers()) > 0; time.Sleep(500 * time.Millisecond) {
@@ -214,6 +218,9 @@ func checkDisable(t *testing.T, n *node) {
 	}
 	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, "system:kone:flannel", metav1.GetOptions{}); err != nil {
 		t.Errorf("--disable coredns removed flannel's ClusterRole: %v", err)
+	}
+	if _, err := cs.RbacV1().ClusterRoles().Get(ctx, "system:kone:network-policy", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("--disable network-policy: the nodes' ClusterRole for it is still there: %v", err)
 	}
 	if _, err := cs.StorageV1().StorageClasses().Get(ctx, "local-path", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
 		t.Errorf("--disable local-storage: the local-path StorageClass is still there: %v", err)

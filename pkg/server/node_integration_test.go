@@ -15,6 +15,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -57,8 +58,8 @@ func addBusybox(t *testing.T, imagesDir string) {
 
 // TestNodeSide runs real pods on a one-node kone server: an image from the images directory,
 // a Deployment behind a Service reached by DNS name, ClusterIP, NodePort and hairpin, logs,
-// exec, attach, port-forward and cp, and a restart of kone, into kube-proxy's nftables mode,
-// that no container notices. Then it removes everything and checks that the host is as it was.
+// exec, attach, port-forward and cp, a NetworkPolicy, and a restart of kone, into kube-proxy's
+// nftables mode and with --disable network-policy, that no container notices. Then it removes everything and checks that the host is as it was.
 func TestNodeSide(t *testing.T) {
 	bin := koneBinary(t)
 	before := snapshotHost(t)
@@ -171,13 +172,37 @@ func TestNodeSide(t *testing.T) {
 
 	checkStreaming(t, n, ns, pods)
 
-	// A restart of kone, into kube-proxy's nftables mode: every container keeps running, none
-	// is restarted or replaced, and Services work as before.
+	// A policy that isolates the web pods: the client no longer reaches them, through their
+	// Service either. The restart below turns enforcement off, and they are reached again.
+	deny := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: "deny-web", Namespace: ns},
+		Spec: networkingv1.NetworkPolicySpec{PodSelector: metav1.LabelSelector{MatchLabels: svc.Spec.Selector}}}
+	if _, err := cs.NetworkingV1().NetworkPolicies(ns).Create(ctx, deny, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+		if err := n.command("kubectl", "--kubeconfig", n.kubeconfig, "exec", "-n", ns, "client", "--", "timeout", "3", "wget", "-q", "-O-", "http://web/").Run(); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a default-deny ingress policy on the web pods: the client still reaches them after 30 s")
+		}
+	}
+	if !netpolTable(t, exec.Command("nft", "list", "tables")) {
+		t.Error("policies are enforced, but kone's nftables table is not there")
+	}
+
+	// A restart of kone, into kube-proxy's nftables mode and with --disable network-policy:
+	// every container keeps running, none is restarted or replaced, and Services work as before.
 	containers := containerIDs(t, cs, ns)
 	n.stop()
-	n.extra = []string{"--kube-proxy-arg", "proxy-mode=nftables"}
+	n.extra = []string{"--kube-proxy-arg", "proxy-mode=nftables", "--disable", "network-policy"}
 	n.start()
 	waitNodesReady(t, cs, 1)
+	for deadline := time.Now().Add(30 * time.Second); netpolTable(t, exec.Command("nft", "list", "tables")); time.Sleep(time.Second) {
+		if time.Now().After(deadline) {
+			t.Fatal("--disable network-policy: kone's nftables table is still there after 30 s")
+		}
+	}
 	time.Sleep(10 * time.Second) // long enough for kubelet to have noticed a dead container
 	if after := containerIDs(t, cs, ns); strings.Join(after, ",") != strings.Join(containers, ",") {
 		t.Errorf("containers changed across a restart of kone:\nbefore %v\nafter  %v", containers, after)

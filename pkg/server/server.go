@@ -302,7 +302,7 @@ func nodeComponents(cfg *config.Config, ca *pki.Cluster, local string, log *logg
 	cluster := node.Cluster{
 		ClusterCIDR: cfg.ClusterCIDR, ClusterDNS: cfg.ClusterDNS, ClusterDomain: cfg.ClusterDomain,
 		Overlay: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
-		LocalStorage: !cfg.Node.Disabled(config.DisableLocalStorage),
+		LocalStorage: !cfg.Node.Disabled(config.DisableLocalStorage), NetworkPolicy: !cfg.Node.Disabled(config.DisableNetworkPolicy),
 	}
 	upstream := node.Upstream{Default: strings.TrimPrefix(local, "https://"), CAFile: ca.ServerCA}
 	chain, err := node.Components(cfg, cluster, id, creds, upstream, log)
@@ -314,7 +314,8 @@ func clusterSettings(cfg *config.Config) join.Settings {
 	return join.Settings{
 		ClusterCIDR: cfg.ClusterCIDR.String(), ServiceCIDR: cfg.ServiceCIDR.String(), ClusterDNS: cfg.ClusterDNS.String(),
 		ClusterDomain: cfg.ClusterDomain, FlannelBackend: cfg.FlannelBackend, CoreDNS: !cfg.Node.Disabled(config.DisableCoreDNS),
-		LocalStorage: !cfg.Node.Disabled(config.DisableLocalStorage), APIServerPort: cfg.HTTPSPort,
+		LocalStorage: !cfg.Node.Disabled(config.DisableLocalStorage), NetworkPolicy: !cfg.Node.Disabled(config.DisableNetworkPolicy),
+		APIServerPort: cfg.HTTPSPort,
 	}
 }
 

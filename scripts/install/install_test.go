@@ -904,6 +904,7 @@ ip6tables -N KUBE-FORWARD
 ip6tables -A FORWARD -j KUBE-FORWARD
 nft add table ip kube-proxy
 nft add table ip6 kube-proxy
+nft add table ip kone-netpol
 nft add table ip other
 mount -t tmpfs tmpfs /var/lib/kubelet/pods/p1/volumes/v1
 mount -t tmpfs tmpfs /run/kone/containerd/io
@@ -937,7 +938,7 @@ done
 if iptables-save | grep -e KUBE- -e KONE-; then fail "iptables rules left"; fi
 if ip6tables-save | grep -e KUBE- -e KONE-; then fail "ip6tables rules left"; fi
 iptables-save | grep -q 10.9.9.9 || fail "the host's rule is gone"
-if nft list table ip kube-proxy || nft list table ip6 kube-proxy; then fail "nftables tables left"; fi
+if nft list table ip kube-proxy || nft list table ip6 kube-proxy || nft list table ip kone-netpol; then fail "nftables tables left"; fi
 nft list table ip other >/dev/null || fail "the host's nftables table is gone"
 echo checked`)
 		steps := e.run(
@@ -958,7 +959,7 @@ echo checked`)
 		wantExit(t, s, 0)
 		wantContains(t, "kone-killall.sh's output", s.Output, "Stopping kone processes", "Killing the containers' shims",
 			"Deleting link cni0", "Deleting link flannel.1", "Deleting kone's rules from iptables",
-			"Deleting nftables table ip kube-proxy")
+			"Deleting nftables table ip kube-proxy", "Deleting nftables table ip kone-netpol")
 		wantExit(t, steps[4], 0)
 		if len(s.Mounts) != 0 {
 			t.Errorf("still mounted: %v", s.Mounts)
