@@ -170,7 +170,7 @@ func compileRule(namespace string, peers []networkingv1.NetworkPolicyPeer, ports
 		var b netipx.IPSetBuilder
 		matched, err := peerPods(namespace, peers, pods, namespaces)
 		if err != nil {
-			return rule, err
+			return Rule{}, err
 		}
 		for _, p := range matched {
 			b.Add(podAddr(p))
@@ -180,12 +180,12 @@ func compileRule(namespace string, peers []networkingv1.NetworkPolicyPeer, ports
 				continue
 			}
 			if err := addBlock(&b, peer.IPBlock); err != nil {
-				return rule, err
+				return Rule{}, err
 			}
 		}
 		set, err := b.IPSet()
 		if err != nil {
-			return rule, err
+			return Rule{}, fmt.Errorf("peers: %w", err)
 		}
 		rule.Peers = set.Ranges()
 	}
@@ -196,7 +196,7 @@ func compileRule(namespace string, peers []networkingv1.NetworkPolicyPeer, ports
 	for _, p := range ports {
 		proto, err := protocol(p.Protocol)
 		if err != nil {
-			return rule, err
+			return Rule{}, err
 		}
 		switch {
 		case p.Port == nil:
@@ -214,7 +214,7 @@ func compileRule(namespace string, peers []networkingv1.NetworkPolicyPeer, ports
 				last = *p.EndPort
 			}
 			if first < 1 || last < first || last > 65535 {
-				return rule, fmt.Errorf("port %d to %d is not a range of ports", first, last)
+				return Rule{}, fmt.Errorf("port %d to %d is not a range of ports", first, last)
 			}
 			rule.Ports = append(rule.Ports, Port{Protocol: proto, First: uint16(first), Last: uint16(last)})
 		}
@@ -282,7 +282,7 @@ func addBlock(b *netipx.IPSetBuilder, block *networkingv1.IPBlock) error {
 	}
 	set, err := part.IPSet()
 	if err != nil {
-		return err
+		return fmt.Errorf("ipBlock %q: %w", block.CIDR, err)
 	}
 	b.AddSet(set)
 	return nil

@@ -186,6 +186,14 @@ func TestCompile(t *testing.T) {
 			Egress:  []Policy{{Name: "shop/both", Targets: addrs4("10.42.0.5")}},
 		},
 	}, {
+		name: "egress rules under policy types that name ingress alone isolate ingress alone",
+		policy: policy("shop", "in", networkingv1.NetworkPolicySpec{
+			PodSelector: *sel("app", "db"),
+			PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress},
+			Egress:      []networkingv1.NetworkPolicyEgressRule{{}},
+		}),
+		want: Ruleset{Ingress: []Policy{{Name: "shop/in", Targets: addrs4("10.42.0.6")}}},
+	}, {
 		name:   "a policy that selects none of this node's pods",
 		policy: policy("tools", "deny", networkingv1.NetworkPolicySpec{}),
 		want:   Ruleset{},
@@ -201,9 +209,9 @@ func TestCompile(t *testing.T) {
 // A policy that cannot be compiled is reported and left out; the others still apply, in the
 // order of their names.
 func TestCompileSkipsABrokenPolicy(t *testing.T) {
-	sctp := corev1.Protocol("ICMP")
+	icmp := corev1.Protocol("ICMP")
 	broken := policy("shop", "broken", networkingv1.NetworkPolicySpec{
-		Ingress: []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &sctp}}}},
+		Ingress: []networkingv1.NetworkPolicyIngressRule{{Ports: []networkingv1.NetworkPolicyPort{{Protocol: &icmp}}}},
 	})
 	rs, skipped := Compile(cluster(policy("shop", "z", networkingv1.NetworkPolicySpec{}), broken, policy("shop", "a", networkingv1.NetworkPolicySpec{})))
 	if len(skipped) != 1 || !strings.Contains(skipped[0].Error(), "shop/broken") || !strings.Contains(skipped[0].Error(), `"ICMP"`) {

@@ -57,7 +57,8 @@ func New(cfg Config) (*Controller, error) {
 
 func (c *Controller) Name() string { return "network policy" }
 
-// Ready once the node's table holds the policies as they were at start.
+// Ready once the node's table was written with the policies as they were at start, or the
+// kernel refused it (said in the log; the table from before stays).
 func (c *Controller) Ready(ctx context.Context) error { return c.ready.Wait(ctx) }
 
 func (c *Controller) Run(ctx context.Context) error {
@@ -74,15 +75,15 @@ func (c *Controller) Run(ctx context.Context) error {
 	namespaces := factory.Core().V1().Namespaces()
 	policies := factory.Networking().V1().NetworkPolicies()
 	if err := pods.Informer().SetTransform(slimPod); err != nil {
-		return err
+		return fmt.Errorf("network policy: %w", err)
 	}
 	changes := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
 	defer changes.ShutDown()
 	changed := cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { changes.Add("") },
-		UpdateFunc: func(old, new any) {
+		UpdateFunc: func(before, after any) {
 			// Most pod updates are of its status, which the slim copies leave out.
-			if !samePod(old, new) {
+			if !samePod(before, after) {
 				changes.Add("")
 			}
 		},
@@ -90,7 +91,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	for _, inf := range []cache.SharedIndexInformer{pods.Informer(), namespaces.Informer(), policies.Informer()} {
 		if _, err := inf.AddEventHandler(changed); err != nil {
-			return err
+			return fmt.Errorf("network policy: %w", err)
 		}
 	}
 	factory.Start(ctx.Done())
@@ -102,24 +103,33 @@ func (c *Controller) Run(ctx context.Context) error {
 		cluster := Cluster{Node: c.cfg.NodeName}
 		var err error
 		if cluster.Pods, err = pods.Lister().List(labels.Everything()); err != nil {
-			return err
+			return fmt.Errorf("list pods: %w", err)
 		}
 		if cluster.Namespaces, err = namespaces.Lister().List(labels.Everything()); err != nil {
-			return err
+			return fmt.Errorf("list namespaces: %w", err)
 		}
 		if cluster.Policies, err = policies.Lister().List(labels.Everything()); err != nil {
-			return err
+			return fmt.Errorf("list network policies: %w", err)
 		}
 		return c.sync(cluster)
 	}
+	// Said once per reason: every change of a pod comes back here while the kernel refuses.
+	var lastFailure string
 	failed := func(_ string, err error) {
-		c.cfg.Log.WithError(err).Warn("network policies not enforced as they stand; trying again")
+		if err.Error() != lastFailure {
+			lastFailure = err.Error()
+			c.cfg.Log.WithError(err).Warn("network policies not enforced as they stand; the last table written stays, trying again")
+		}
 	}
-	// The first write is the proof that this kernel has what enforcement needs: without it,
-	// kone stops rather than run pods that their policies do not hold to.
+	// Without nftables kone stops, rather than run pods that their policies do not hold to.
+	// A table the kernel refuses is another matter: the last one stays, and the worker retries.
+	if err := Available(-1); err != nil {
+		return fmt.Errorf("network policy: %w; enable CONFIG_NF_TABLES in the kernel (or load nf_tables), or start kone with --disable network-policy", err)
+	}
 	if err := sync(""); err != nil {
-		return fmt.Errorf("network policy: %w; this kernel may lack nftables (CONFIG_NF_TABLES): enable it, or start kone with --disable network-policy", err)
+		failed("", err)
 	}
+	c.ready.Open()
 	// The informers' first events are queued already: the worker takes it from here.
 	go queue.Work(changes, sync, failed, resync)
 	<-ctx.Done()
@@ -151,14 +161,13 @@ func (c *Controller) sync(cluster Cluster) error {
 		c.cfg.Log.WithFields(logrus.Fields{"ingress": len(rs.Ingress), "egress": len(rs.Egress)}).Debug("network policies written")
 	}
 	c.last, c.written = rs, time.Now()
-	c.ready.Open()
 	return nil
 }
 
 // samePod says whether two slim copies of a pod are the same but for their resource versions.
-func samePod(old, new any) bool {
-	a, ok := old.(*corev1.Pod)
-	b, ok2 := new.(*corev1.Pod)
+func samePod(before, after any) bool {
+	a, ok := before.(*corev1.Pod)
+	b, ok2 := after.(*corev1.Pod)
 	if !ok || !ok2 {
 		return false
 	}

@@ -2,10 +2,8 @@ package netpol
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"slices"
 
 	"github.com/google/nftables"
@@ -23,8 +21,14 @@ const (
 	sourceOffset   = 12
 	destOffset     = 16
 	destPortOffset = 2
-	register       = 1
 )
+
+// register is the one data register the rules load into; each match reuses it.
+const register = 1
+
+// maxComment is the most of a policy's name a rule's comment keeps: the kernel takes 256 bytes
+// of user data, and the library's length field is one byte, while a namespace/name may be 317.
+const maxComment = 128
 
 // Program replaces the node's table with rs, in one transaction: a packet meets either the
 // old rules or the new ones, never a mix or none. netns is a network namespace's file
@@ -52,17 +56,27 @@ func Program(rs Ruleset, netns int) error {
 	return nil
 }
 
-// Remove deletes the node's table, if there is one.
+// Available says why this kernel cannot hold the node's table, or nil if it can.
+func Available(netns int) error {
+	conn, err := connect(netns)
+	if err == nil {
+		_, err = conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	}
+	if err != nil {
+		return fmt.Errorf("nftables: %w", err)
+	}
+	return nil
+}
+
+// Remove deletes the node's table, if there is one. A kernel without nftables has none.
 func Remove(netns int) error {
 	conn, err := connect(netns)
 	if err != nil {
-		return err
+		return nil
 	}
-	if _, err := conn.ListTableOfFamily(TableName, nftables.TableFamilyIPv4); err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil
-		}
-		return fmt.Errorf("nftables table %s: %w", TableName, err)
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil || !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+		return nil
 	}
 	conn.DelTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName})
 	if err := conn.Flush(); err != nil {
@@ -146,6 +160,9 @@ func (b *builder) set(name string, ranges []netipx.IPRange) *nftables.Set {
 func (b *builder) rule(chain *nftables.Chain, comment string, exprs ...expr.Any) {
 	r := &nftables.Rule{Table: b.table, Chain: chain, Exprs: exprs}
 	if comment != "" {
+		if len(comment) > maxComment {
+			comment = comment[:maxComment]
+		}
 		r.UserData = userdata.AppendString(nil, userdata.TypeComment, comment)
 	}
 	b.conn.AddRule(r)

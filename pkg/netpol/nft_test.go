@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,6 +217,12 @@ func TestProgramFiltersForwardedTraffic(t *testing.T) {
 			Ingress: []Policy{{Name: "t/in", Targets: serverAddr}},
 		}, false},
 		{"policies on other pods only", Ruleset{Ingress: []Policy{{Name: "t/else", Targets: addrs4("10.99.2.3")}}}, true},
+		{"ingress from a range that ends just below the client", Ruleset{Ingress: []Policy{{Name: "t/below", Targets: serverAddr, Rules: []Rule{{Peers: r("10.99.1.0", "10.99.1.1"), AnyPort: true}}}}}, false},
+		{"egress to the server's port range", Ruleset{Egress: []Policy{{Name: "t/ports", Targets: clientAddr, Rules: []Rule{{AnyPeer: true, Ports: tcpPorts(8000, 8090, "")}}}}}, true},
+		{"egress on another port", Ruleset{Egress: []Policy{{Name: "t/ports", Targets: clientAddr, Rules: []Rule{{AnyPeer: true, Ports: tcpPorts(9000, 9000, "")}}}}}, false},
+		{"egress to a named port on the server", Ruleset{Egress: []Policy{{Name: "t/named", Targets: clientAddr, Rules: []Rule{{Peers: r("10.99.2.0", "10.99.2.255"), Ports: tcpPorts(8080, 8080, "10.99.2.2")}}}}}, true},
+		// The API allows a namespace/name of 317 bytes; a rule comment holds 256.
+		{"a policy with the longest name", Ruleset{Ingress: []Policy{{Name: strings.Repeat("n", 63) + "/" + strings.Repeat("p", 253), Targets: serverAddr, Rules: []Rule{{AnyPeer: true, AnyPort: true}}}}}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			program(t, router, tc.rs)

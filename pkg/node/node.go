@@ -1,9 +1,9 @@
 // Package node assembles the node side of kone, the same for a server and an agent:
 // containerd (a child process), the image importer, kubelet, the node's addresses, the pod
 // network, kube-proxy, the node's CoreDNS, its local-path directories and its NetworkPolicy
-// enforcement, in that order. It only wires components; each
-// lives in its own package. The caller provides the node's credentials: a server issues them
-// from its own CAs, an agent gets them by joining.
+// enforcement, in that order. It only wires components; each lives in its own package. The
+// caller provides the node's credentials: a server issues them from its own CAs, an agent gets
+// them by joining.
 package node
 
 import (

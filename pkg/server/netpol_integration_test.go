@@ -41,22 +41,33 @@ func checkNetworkPolicy(t *testing.T, n *node, cs kubernetes.Interface, ns strin
 			t.Fatalf("the probe pod is not running on %s within 2 minutes: %+v", target.Spec.NodeName, p.Status)
 		}
 	}
-	// reaches says whether from gets the web page of to.
-	reaches := func(from string, to corev1.Pod) bool {
+	// reaches says whether from gets the web page of to, or else whether the connection hung
+	// until timeout ended wget (exit 143), as a dropped one does: a refusal or an exec that
+	// failed is neither.
+	reaches := func(from string, to corev1.Pod) (reached, dropped bool, out string) {
 		cmd := n.command("kubectl", "--kubeconfig", n.kubeconfig, "exec", "-n", ns, from, "--", "timeout", "3", "wget", "-q", "-O-", "http://"+to.Status.PodIP+":8080/")
-		out, err := cmd.CombinedOutput()
-		return err == nil && strings.TrimSpace(string(out)) == "hello from "+to.Name
+		data, err := cmd.CombinedOutput()
+		out = string(data)
+		return err == nil && strings.TrimSpace(out) == "hello from "+to.Name, strings.Contains(out, "exit code 143"), out
 	}
-	// expect waits up to 30 s for the policies to make from reach to, or not.
+	// expect waits up to 30 s for the policies to let from reach to, or to drop its connection.
 	expect := func(from string, to corev1.Pod, want bool, why string) {
 		t.Helper()
-		for deadline := time.Now().Add(30 * time.Second); reaches(from, to) != want; time.Sleep(time.Second) {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
+			reached, dropped, out := reaches(from, to)
+			if (want && reached) || (!want && dropped) {
+				return
+			}
 			if time.Now().After(deadline) {
-				t.Errorf("%s: %s reaching %s (on %s): %t within 30 s, want %t", why, from, to.Name, to.Spec.NodeName, !want, want)
+				t.Errorf("%s: %s reaching %s (on %s), want reached %t; after 30 s: %s", why, from, to.Name, to.Spec.NodeName, want, out)
 				return
 			}
 		}
 	}
+	// Whatever happens below, the later checks of the test run with no policy.
+	t.Cleanup(func() {
+		_ = cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+	})
 	apply := func(name string, spec networkingv1.NetworkPolicySpec) {
 		t.Helper()
 		np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: spec}
@@ -68,6 +79,7 @@ func checkNetworkPolicy(t *testing.T, n *node, cs kubernetes.Interface, ns strin
 	port := intstr.FromInt32(8080)
 
 	expect(probe.Name, target, true, "no policy, the same node")
+	expect(probe.Name, remote, true, "no policy, across nodes")
 	expect(remote.Name, target, true, "no policy, across nodes")
 
 	apply("deny-web-ingress", networkingv1.NetworkPolicySpec{PodSelector: web, PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}})
@@ -88,9 +100,8 @@ func checkNetworkPolicy(t *testing.T, n *node, cs kubernetes.Interface, ns strin
 	expect(probe.Name, target, false, "default-deny egress, the same node")
 	expect(probe.Name, remote, false, "default-deny egress, across nodes")
 	// The cluster DNS a pod asks is its own node's, which no policy stands between.
-	lookup := n.command("kubectl", "--kubeconfig", n.kubeconfig, "exec", "-n", ns, probe.Name, "--", "/bin/busybox", "nslookup", dnsName)
-	if out, err := lookup.CombinedOutput(); err != nil || !strings.Contains(string(out), dnsAddr) {
-		t.Errorf("cluster DNS under a default-deny egress policy: %v\n%s", err, out)
+	if out := kubectlEventually(t, n, "exec", "-n", ns, probe.Name, "--", "/bin/busybox", "nslookup", dnsName); !strings.Contains(out, dnsAddr) {
+		t.Errorf("cluster DNS under a default-deny egress policy: %s answers\n%s", dnsName, out)
 	}
 
 	if err := cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
