@@ -183,22 +183,23 @@ func (s *Server) Run(ctx context.Context) error {
 		done <- server.RunUntil(serving.Done())
 		stop()
 	}()
+	// giveUp ends the run before it served: with the server's own failure if it had one,
+	// none if kone is stopping, else with why the wait ended.
+	giveUp := func(waited error) error {
+		stop()
+		if served := <-done; served != nil || ctx.Err() != nil {
+			return served
+		}
+		return waited
+	}
 	// Published only once it answers as the aggregator asks: the aggregator checks a new
 	// endpoint at once, and reports each refusal as an error.
 	if err := probe.Until(serving, 200*time.Millisecond, func() error { return s.answers(serving) }); err != nil {
-		stop()
-		if served := <-done; served != nil || ctx.Err() != nil {
-			return served
-		}
-		return err
+		return giveUp(err)
 	}
 	// An apiserver that does not answer for a moment is tried again.
 	if err := probe.Until(serving, time.Second, func() error { return s.publish(serving) }); err != nil {
-		stop()
-		if served := <-done; served != nil || ctx.Err() != nil {
-			return served
-		}
-		return err
+		return giveUp(err)
 	}
 	s.mu.Lock()
 	s.ready.Open()
