@@ -5,9 +5,13 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -114,8 +118,9 @@ func (a *agentNode) log() string {
 
 // TestAgents runs a cluster of one server and two agents on this machine: joins that must be
 // refused are, a Deployment spread over the three nodes reaches every pod by IP and the
-// Service by name from every node, NodePorts answer on every node, the agents keep working
-// through a rotate-ca, and an agent restart leaves its pods untouched.
+// Service by name from every node, NetworkPolicies hold on the same node and across nodes,
+// pod traffic leaving the cluster network is masqueraded, NodePorts answer on every node, the
+// agents keep working through a rotate-ca, and an agent restart leaves its pods untouched.
 func TestAgents(t *testing.T) {
 	bin := koneBinary(t)
 	n, cs, first := startClusterServer(t, bin)
@@ -129,14 +134,23 @@ func TestAgents(t *testing.T) {
 	checkRefusedJoins(t, n, cs, tok, first)
 
 	agents := []*agentNode{newAgent(t, bin, "agent-1", nodeNet+"2", server, tok), newAgent(t, bin, "agent-2", nodeNet+"3", server, tok)}
-	// An address from a documentation range: published, never sent to.
-	agents[1].args = append(agents[1].args, "--node-external-ip", "203.0.113.20")
+	// An address from a documentation range: published, never sent to. A label and a taint
+	// that leaves the node schedulable, as a user gives them.
+	agents[1].args = append(agents[1].args, "--node-external-ip", "203.0.113.20",
+		"--node-label", "kone.dev/zone=edge-2", "--node-taint", "kone.dev/slow=yes:PreferNoSchedule")
 	for _, a := range agents {
 		a.up()
 	}
 	waitNodesReady(t, cs, 3)
 	checkNodeAddresses(t, cs, "agent-1", "InternalIP="+nodeNet+"2 Hostname=agent-1")
 	checkNodeAddresses(t, cs, "agent-2", "InternalIP="+nodeNet+"3 ExternalIP=203.0.113.20 Hostname=agent-2")
+	if node, err := cs.CoreV1().Nodes().Get(context.Background(), "agent-2", metav1.GetOptions{}); err != nil {
+		t.Fatal(err)
+	} else if node.Labels["kone.dev/zone"] != "edge-2" || !slices.ContainsFunc(node.Spec.Taints, func(taint corev1.Taint) bool {
+		return taint.Key == "kone.dev/slow" && taint.Value == "yes" && taint.Effect == corev1.TaintEffectPreferNoSchedule
+	}) {
+		t.Errorf("agent-2 lacks its --node-label or --node-taint: labels %v, taints %v", node.Labels, node.Spec.Taints)
+	}
 	// Agents have no role; the server's node is the control plane.
 	for _, line := range strings.Split(n.kubectl("get", "nodes", "--no-headers"), "\n") {
 		if f := strings.Fields(line); len(f) > 2 && strings.HasPrefix(f[0], "agent-") && f[2] != "<none>" {
@@ -204,6 +218,7 @@ func TestAgents(t *testing.T) {
 		}
 	}
 	checkNetworkPolicy(t, n, cs, ns, onNode["agent-1"], onNode["agent-2"], "web."+ns+".svc.cluster.local", svc.Spec.ClusterIP)
+	checkMasquerade(t, n, ns, onNode["agent-1"], bridgeHost, nodeNet+"2")
 	internalIPs := []string{bridgeHost, nodeNet + "2", nodeNet + "3"}
 	checkLoadBalancerNodes(t, cs, ns, svc.Spec.Selector, append(internalIPs, "203.0.113.20"), internalIPs, "agent-1", nodeNet+"2")
 	storageNS := "kone-storage-it"
@@ -634,4 +649,26 @@ func waitPodsGone(t *testing.T, cs kubernetes.Interface, ns string) {
 		}
 	}
 	t.Errorf("pods of %s still there after 2 minutes", ns)
+}
+
+// checkMasquerade: a pod's traffic to an address outside the cluster network leaves its node
+// with the node's address (README: "pod traffic leaving the cluster network is masqueraded"),
+// while traffic between pods keeps the pods' own (checked by the policies above, which match
+// pod addresses). The other end is a listener of the test's on the test bridge.
+func checkMasquerade(t *testing.T, n *node, ns string, from corev1.Pod, listenHost, nodeIP string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", net.JoinHostPort(listenHost, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		_, _ = io.WriteString(w, host)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	defer srv.Close()
+	url := "http://" + ln.Addr().String() + "/"
+	if out := kubectlEventually(t, n, "exec", "-n", ns, from.Name, "--", "timeout", "5", "wget", "-q", "-O-", url); strings.TrimSpace(out) != nodeIP {
+		t.Errorf("%s (pod address %s, on %s) reached %s from %q, want its node's address %s", from.Name, from.Status.PodIP, from.Spec.NodeName, url, out, nodeIP)
+	}
 }
