@@ -41,10 +41,11 @@ type Controller struct {
 	cfg   Config
 	ready *supervisor.Latch
 
-	// Only the queue's one worker touches these.
+	// Only Run, then the queue's one worker, touch these.
 	last    Ruleset
 	written time.Time
 	skipped []string // why policies were left out
+	failure string   // why the last write failed, until one succeeds
 }
 
 // New checks the configuration.
@@ -114,15 +115,15 @@ func (c *Controller) Run(ctx context.Context) error {
 		return c.sync(cluster)
 	}
 	// Said once per reason: every change of a pod comes back here while the kernel refuses.
-	var lastFailure string
 	failed := func(_ string, err error) {
-		if err.Error() != lastFailure {
-			lastFailure = err.Error()
+		if err.Error() != c.failure {
+			c.failure = err.Error()
 			c.cfg.Log.WithError(err).Warn("network policies not enforced as they stand; the last table written stays, trying again")
 		}
 	}
-	// Without nftables kone stops, rather than run pods that their policies do not hold to.
-	// A table the kernel refuses is another matter: the last one stays, and the worker retries.
+	// Without nftables, or without a part of it that the table uses, kone stops rather than run
+	// pods that their policies do not hold to. A table the kernel refuses for its size is
+	// another matter: the last one stays, and the worker retries.
 	if err := Available(-1); err != nil {
 		return fmt.Errorf("network policy: %w; enable CONFIG_NF_TABLES in the kernel (or load nf_tables), or start kone with --disable network-policy", err)
 	}
@@ -159,6 +160,10 @@ func (c *Controller) sync(cluster Cluster) error {
 	}
 	if c.written.IsZero() || !reflect.DeepEqual(rs, c.last) {
 		c.cfg.Log.WithFields(logrus.Fields{"ingress": len(rs.Ingress), "egress": len(rs.Egress)}).Debug("network policies written")
+	}
+	if c.failure != "" {
+		c.cfg.Log.Info("network policies enforced again")
+		c.failure = ""
 	}
 	c.last, c.written = rs, time.Now()
 	return nil

@@ -2,6 +2,7 @@ package netpol
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"go4.org/netipx"
+	"golang.org/x/sys/unix"
 )
 
 // TableName is kone's nftables table (family ip) that holds the node's policies.
@@ -44,11 +46,8 @@ func Program(rs Ruleset, netns int) error {
 	conn.AddTable(table)
 	conn.DelTable(table)
 	conn.AddTable(table)
-	b := builder{conn: conn, table: table}
-	b.direction("ingress", destOffset, sourceOffset, rs.Ingress, nftables.ChainPriorityFilter)
-	b.direction("egress", sourceOffset, destOffset, rs.Egress, nftables.ChainPriorityRef(*nftables.ChainPriorityFilter-1))
-	if b.err != nil {
-		return b.err
+	if err := build(conn, table, rs); err != nil {
+		return err
 	}
 	if err := conn.Flush(); err != nil {
 		return fmt.Errorf("nftables table %s: %w", TableName, err)
@@ -56,26 +55,50 @@ func Program(rs Ruleset, netns int) error {
 	return nil
 }
 
-// Available says why this kernel cannot hold the node's table, or nil if it can.
+// sample has a rule of every kind Program writes.
+var sample = Ruleset{Ingress: []Policy{{Name: "kone/check", Targets: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Rules: []Rule{{
+	Peers: []netipx.IPRange{netipx.IPRangeFrom(netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.9"))},
+	Ports: []Port{{Protocol: unix.IPPROTO_TCP, First: 80, Last: 90, To: netip.MustParseAddr("10.0.0.1")}},
+}}}}}
+
+// Available says why this kernel cannot hold the node's table, or nil if it can: it writes a
+// table with a rule of every kind, and deletes it, in one transaction.
 func Available(netns int) error {
 	conn, err := connect(netns)
-	if err == nil {
-		_, err = conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
-	}
 	if err != nil {
-		return fmt.Errorf("nftables: %w", err)
+		return err
+	}
+	table := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName + "-check"}
+	conn.AddTable(table)
+	if err := build(conn, table, sample); err != nil {
+		return err
+	}
+	conn.DelTable(table)
+	if err := conn.Flush(); err != nil {
+		return fmt.Errorf("nftables: a table like kone's: %w", err)
 	}
 	return nil
 }
 
-// Remove deletes the node's table, if there is one. A kernel without nftables has none.
+func build(conn *nftables.Conn, table *nftables.Table, rs Ruleset) error {
+	b := builder{conn: conn, table: table}
+	b.direction("ingress", destOffset, sourceOffset, rs.Ingress, nftables.ChainPriorityFilter)
+	b.direction("egress", sourceOffset, destOffset, rs.Egress, nftables.ChainPriorityRef(*nftables.ChainPriorityFilter-1))
+	return b.err
+}
+
+// Remove deletes the node's table, if there is one. A kernel without nftables has none; one
+// that does not let kone look is an error.
 func Remove(netns int) error {
 	conn, err := connect(netns)
-	if err != nil {
-		return nil
+	var tables []*nftables.Table
+	if err == nil {
+		tables, err = conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
 	}
-	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
-	if err != nil || !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+	switch {
+	case errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES):
+		return fmt.Errorf("nftables: %w", err)
+	case err != nil || !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }):
 		return nil
 	}
 	conn.DelTable(&nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName})

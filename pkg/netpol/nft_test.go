@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"go4.org/netipx"
@@ -238,6 +239,24 @@ func TestProgramFiltersForwardedTraffic(t *testing.T) {
 				t.Error("a connection made before the policy no longer works")
 			}
 		})
+	}
+
+	// The check at start writes a table like kone's, and leaves none behind.
+	if err := Available(int(router)); err != nil {
+		t.Fatalf("available: %v", err)
+	}
+	conn, err := connect(int(router))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, table := range tables {
+		if table.Name != TableName {
+			t.Errorf("the check left table %s", table.Name)
+		}
 	}
 
 	program(t, router, Ruleset{Ingress: []Policy{{Name: "t/deny", Targets: serverAddr}}})

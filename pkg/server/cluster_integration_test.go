@@ -652,9 +652,8 @@ func waitPodsGone(t *testing.T, cs kubernetes.Interface, ns string) {
 }
 
 // checkMasquerade: a pod's traffic to an address outside the cluster network leaves its node
-// with the node's address (README: "pod traffic leaving the cluster network is masqueraded"),
-// while traffic between pods keeps the pods' own (checked by the policies above, which match
-// pod addresses). The other end is a listener of the test's on the test bridge.
+// with the node's address (README: "pod traffic leaving the cluster network is masqueraded").
+// The other end is a listener of the test's on the test bridge.
 func checkMasquerade(t *testing.T, n *node, ns string, from corev1.Pod, listenHost, nodeIP string) {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(listenHost, "0"))

@@ -64,7 +64,7 @@ func checkNetworkPolicy(t *testing.T, n *node, cs kubernetes.Interface, ns strin
 			}
 		}
 	}
-	// Whatever happens below, the later checks of the test run with no policy.
+	// A check that stops the test leaves no policy behind it for the teardown's pods.
 	t.Cleanup(func() {
 		_ = cs.NetworkingV1().NetworkPolicies(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 	})

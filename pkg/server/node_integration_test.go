@@ -180,8 +180,9 @@ func TestNodeSide(t *testing.T) {
 		t.Fatal(err)
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Second) {
-		// Dropped: the connection hangs until timeout ends wget (exit 143).
-		out, _ := n.command("kubectl", "--kubeconfig", n.kubeconfig, "exec", "-n", ns, "client", "--", "timeout", "3", "wget", "-q", "-O-", "http://web/").CombinedOutput()
+		// Dropped: the connection hangs until timeout ends wget (exit 143). By address: a DNS
+		// lookup that hangs would end the same way.
+		out, _ := n.command("kubectl", "--kubeconfig", n.kubeconfig, "exec", "-n", ns, "client", "--", "timeout", "3", "wget", "-q", "-O-", "http://"+svc.Spec.ClusterIP+"/").CombinedOutput()
 		if strings.Contains(string(out), "exit code 143") {
 			break
 		}
