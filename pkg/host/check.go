@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 
-	"github.com/google/nftables"
 	"k8s.io/component-helpers/node/util/sysctl"
 )
 
@@ -24,7 +23,7 @@ type Finding struct {
 }
 
 // Check looks at what the node side needs from this host: cgroup controllers, overlayfs,
-// iptables, nftables, bridge netfilter, forwarding, network namespaces, and the kernel settings that
+// iptables, bridge netfilter, forwarding, network namespaces, and the kernel settings that
 // kubelet protects under --profile=cis (essential only with cis). It changes nothing.
 func Check(cis bool) []Finding {
 	return append([]Finding{
@@ -32,7 +31,6 @@ func Check(cis bool) []Finding {
 		checkFilesystem("overlay", "overlayfs", "containerd's snapshotter needs it: enable CONFIG_OVERLAY_FS or load the overlay module (modprobe overlay)"),
 		checkCommand("iptables", true, "kone and kube-proxy write their rules with it: install iptables (apt-get install iptables, apk add iptables)"),
 		checkCommand("nft", false, "needed only for --kube-proxy-arg=proxy-mode=nftables: install nftables"),
-		checkNFTables(),
 		checkFile("br_netfilter", "/proc/sys/net/bridge/bridge-nf-call-iptables", true,
 			"Services need bridged pod traffic to pass through iptables: enable CONFIG_BRIDGE_NETFILTER or load br_netfilter (modprobe br_netfilter)"),
 		checkFile("network namespaces", "/proc/self/ns/net", true, "enable CONFIG_NET_NS in the kernel"),
@@ -195,23 +193,6 @@ func checkForwarding() Finding {
 	f.Detail = "net.ipv4.ip_forward=" + strings.TrimSpace(string(data))
 	if f.Detail == "net.ipv4.ip_forward=0" {
 		f.Detail += " (kone sets 1)"
-	}
-	return f
-}
-
-// checkNFTables asks the kernel for its nftables tables, as NetworkPolicy enforcement writes one
-// of its own over netlink, with no nft program.
-func checkNFTables() Finding {
-	f := Finding{Name: "nf_tables", Fix: "NetworkPolicy enforcement needs it: enable CONFIG_NF_TABLES or load nf_tables (modprobe nf_tables), or start kone with --disable network-policy"}
-	conn, err := nftables.New()
-	if err == nil {
-		var tables []*nftables.Table
-		if tables, err = conn.ListTables(); err == nil {
-			f.OK, f.Detail = true, fmt.Sprintf("%d tables", len(tables))
-		}
-	}
-	if err != nil {
-		f.Detail = err.Error()
 	}
 	return f
 }

@@ -13,6 +13,7 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 )
 
 const here = "node-a"
@@ -147,7 +148,7 @@ func TestCompile(t *testing.T) {
 			PodSelector: *sel("app", "db"),
 			Ingress: []networkingv1.NetworkPolicyIngressRule{{
 				From:  []networkingv1.NetworkPolicyPeer{{IPBlock: &networkingv1.IPBlock{CIDR: "192.168.0.0/16", Except: []string{"192.168.1.0/24"}}}, {IPBlock: &networkingv1.IPBlock{CIDR: "fd00::/8"}}},
-				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp}, {Port: ptr(intstr.FromInt32(8000)), EndPort: &end}},
+				Ports: []networkingv1.NetworkPolicyPort{{Protocol: &udp}, {Port: ptr.To(intstr.FromInt32(8000)), EndPort: &end}},
 			}},
 		}),
 		want: Ruleset{Ingress: []Policy{{Name: "shop/block", Targets: addrs4("10.42.0.6"), Rules: []Rule{{
@@ -227,7 +228,7 @@ func TestSlimPodCompilesTheSame(t *testing.T) {
 	c := cluster(policy("shop", "named", networkingv1.NetworkPolicySpec{
 		Ingress: []networkingv1.NetworkPolicyIngressRule{{
 			From:  []networkingv1.NetworkPolicyPeer{{PodSelector: sel("app", "web")}},
-			Ports: []networkingv1.NetworkPolicyPort{{Port: ptr(intstr.FromString("http"))}},
+			Ports: []networkingv1.NetworkPolicyPort{{Port: ptr.To(intstr.FromString("http"))}},
 		}},
 	}))
 	want := compile(t, c)

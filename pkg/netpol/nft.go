@@ -13,6 +13,7 @@ import (
 	"github.com/google/nftables/userdata"
 	"go4.org/netipx"
 	"golang.org/x/sys/unix"
+	"k8s.io/utils/ptr"
 )
 
 // TableName is kone's nftables table (family ip) that holds the node's policies.
@@ -55,12 +56,6 @@ func Program(rs Ruleset, netns int) error {
 	return nil
 }
 
-// sample has a rule of every kind Program writes.
-var sample = Ruleset{Ingress: []Policy{{Name: "kone/check", Targets: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Rules: []Rule{{
-	Peers: []netipx.IPRange{netipx.IPRangeFrom(netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.9"))},
-	Ports: []Port{{Protocol: unix.IPPROTO_TCP, First: 80, Last: 90, To: netip.MustParseAddr("10.0.0.1")}},
-}}}}}
-
 // Available says why this kernel cannot hold the node's table, or nil if it can: it writes a
 // table with a rule of every kind, and deletes it, in one transaction.
 func Available(netns int) error {
@@ -68,6 +63,11 @@ func Available(netns int) error {
 	if err != nil {
 		return err
 	}
+	// A rule of every kind Program writes.
+	sample := Ruleset{Ingress: []Policy{{Name: "kone/check", Targets: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, Rules: []Rule{{
+		Peers: []netipx.IPRange{netipx.IPRangeFrom(netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.9"))},
+		Ports: []Port{{Protocol: unix.IPPROTO_TCP, First: 80, Last: 90, To: netip.MustParseAddr("10.0.0.1")}},
+	}}}}}
 	table := &nftables.Table{Family: nftables.TableFamilyIPv4, Name: TableName + "-check"}
 	conn.AddTable(table)
 	if err := build(conn, table, sample); err != nil {
@@ -134,7 +134,7 @@ type builder struct {
 func (b *builder) direction(name string, target, peer uint32, policies []Policy, priority *nftables.ChainPriority) {
 	base := b.conn.AddChain(&nftables.Chain{
 		Name: name, Table: b.table, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookForward,
-		Priority: priority, Policy: ptr(nftables.ChainPolicyAccept),
+		Priority: priority, Policy: ptr.To(nftables.ChainPolicyAccept),
 	})
 	b.rule(base, "", replies()...)
 	var isolated []netip.Addr
@@ -236,8 +236,6 @@ func portMatch(p Port) []expr.Any {
 func accept() expr.Any { return &expr.Verdict{Kind: expr.VerdictAccept} }
 
 func be16(v uint16) []byte { return binary.BigEndian.AppendUint16(nil, v) }
-
-func ptr[T any](v T) *T { return &v }
 
 // addrRanges are addresses as merged ranges, as an interval set needs them.
 func addrRanges(addrs []netip.Addr) []netipx.IPRange {

@@ -190,7 +190,7 @@ func TestNodeSide(t *testing.T) {
 			t.Fatalf("a default-deny ingress policy on the web pods: the client's connections are not dropped after 30 s: %s", out)
 		}
 	}
-	if !netpolTable(t, exec.Command("nft", "list", "tables")) {
+	if !netpolTable(t) {
 		t.Error("policies are enforced, but kone's nftables table is not there")
 	}
 
@@ -201,7 +201,7 @@ func TestNodeSide(t *testing.T) {
 	n.extra = []string{"--kube-proxy-arg", "proxy-mode=nftables", "--disable", "network-policy"}
 	n.start()
 	waitNodesReady(t, cs, 1)
-	for deadline := time.Now().Add(30 * time.Second); netpolTable(t, exec.Command("nft", "list", "tables")); time.Sleep(time.Second) {
+	for deadline := time.Now().Add(30 * time.Second); netpolTable(t); time.Sleep(time.Second) {
 		if time.Now().After(deadline) {
 			t.Fatal("--disable network-policy: kone's nftables table is still there after 30 s")
 		}
